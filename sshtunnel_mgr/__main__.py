@@ -1,0 +1,3 @@
+from sshtunnel_mgr.cli.main import run
+
+run()

@@ -1,0 +1,211 @@
+"""One agent ↔ bastion link: connect, verify the pinned host key, publish every tunnel,
+stay up with keepalives, and reconnect forever with backoff when the connection drops.
+
+Connection errors are retried; a host key mismatch or a refused login is fatal (retrying
+cannot fix it and must not hammer the bastion). A refused forward (a name the bastion does
+not allow this key) is reported and retried only at the backoff cap, never in a tight loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncssh
+
+from sshtunnel_mgr import policy
+from sshtunnel_mgr.backoff import Backoff
+from sshtunnel_mgr.config import AgentConfig, BastionEndpoint, TunnelConfig
+from sshtunnel_mgr.errors import ConfigError, HostKeyError, PermissionRefused
+
+log = logging.getLogger("sshtunnel_mgr.agent")
+
+
+@dataclass
+class LinkStatus:
+    """What the agent knows about one bastion link (read by status reporting)."""
+
+    bastion: str
+    state: str = "connecting"  # connecting | up | backoff | failed | stopped
+    up_since: float | None = None
+    last_error: str = ""
+    next_retry_at: float | None = None
+    published: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    connects: int = 0
+
+
+def known_hosts_arg(endpoint: BastionEndpoint) -> object:
+    """asyncssh's known_hosts argument: the pinned key, or the named known_hosts file."""
+    if endpoint.host_key is not None:
+        try:
+            key = asyncssh.import_public_key(endpoint.host_key)
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise ConfigError(f"agent.bastions: host_key for {endpoint.address} is not a valid "
+                              f"public key: {exc}") from None
+        return ([key], [], [])
+    assert endpoint.known_hosts is not None
+    if not endpoint.known_hosts.exists():
+        raise ConfigError(f"known_hosts file {endpoint.known_hosts} does not exist",
+                          hint="pin the bastion's host key there (ssh-keyscan output, checked)")
+    return str(endpoint.known_hosts)
+
+
+class BastionLink:
+    def __init__(
+        self,
+        config: AgentConfig,
+        endpoint: BastionEndpoint,
+        key: asyncssh.SSHKey,
+        *,
+        on_published: Callable[[BastionLink], None] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.key = key
+        self.on_published = on_published
+        self.backoff = backoff or Backoff(
+            base=config.backoff.base, cap=config.backoff.cap,
+            healthy_after=config.backoff.healthy_after)
+        self.status = LinkStatus(bastion=endpoint.address)
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self._known_hosts = known_hosts_arg(endpoint)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the link up until ``stop`` is set; raise only on fatal errors."""
+        while not stop.is_set():
+            delay = await self._run_once(stop)
+            if stop.is_set():
+                break
+            self.status.state = "backoff"
+            self.status.next_retry_at = time.time() + delay
+            log.info("reconnect bastion=%s in=%.1fs", self.endpoint.address, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        self.status.state = "stopped"
+
+    async def _run_once(self, stop: asyncio.Event) -> float:
+        """One connection's life; returns the delay before the next attempt."""
+        self.status.state = "connecting"
+        try:
+            conn = await self._connect()
+        except asyncssh.HostKeyNotVerifiable as exc:
+            self.status.state = "failed"
+            self.status.last_error = f"host key mismatch: {exc}"
+            raise HostKeyError(
+                f"bastion {self.endpoint.address} presented a host key that does not match the "
+                f"pinned one ({exc})",
+                hint="if the bastion's key really changed, verify the new key out of band and "
+                "update host_key/known_hosts; never disable the check",
+            ) from None
+        except asyncssh.PermissionDenied as exc:
+            self.status.state = "failed"
+            self.status.last_error = f"login refused: {exc}"
+            raise PermissionRefused(
+                f"bastion {self.endpoint.address} refused key {self.config.key} ({exc.reason})",
+                hint="add the agent's public key with a permitlisten=... option to the "
+                "bastion's access file",
+            ) from None
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            self._failed(f"connect: {_describe(exc)}")
+            return self.backoff.next_delay()
+
+        self.conn = conn
+        self.backoff.connected()
+        self.status.connects += 1
+        try:
+            published = await self._publish_all(conn)
+            if not published:
+                log.error("no tunnel could be published on bastion=%s; retrying in %.0fs",
+                          self.endpoint.address, self.backoff.cap)
+                conn.close()
+                return self.backoff.cap
+            self.status.state = "up"
+            self.status.up_since = time.time()
+            self.status.next_retry_at = None
+            if self.on_published is not None:
+                self.on_published(self)
+            await _wait_either(conn.wait_closed(), stop.wait())
+        except (OSError, asyncssh.Error) as exc:
+            self._failed(_describe(exc))
+        finally:
+            conn.close()
+            self.conn = None
+            self.status.published = []
+            self.backoff.disconnected()
+        if not stop.is_set():
+            self._failed("connection to bastion lost")
+        return 0.0 if stop.is_set() else self.backoff.next_delay()
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        ep = self.endpoint
+        log.info("connect bastion=%s", ep.address)
+        return await asyncssh.connect(
+            ep.host,
+            ep.port,
+            username=ep.user,
+            client_keys=[self.key],
+            known_hosts=self._known_hosts,  # type: ignore[arg-type]
+            config=None,
+            agent_path=None,
+            password=None,
+            kbdint_auth=False,
+            gss_auth=False,
+            host_based_auth=False,
+            preferred_auth="publickey",
+            keepalive_interval=self.config.keepalive_interval,
+            keepalive_count_max=self.config.keepalive_count_max,
+            connect_timeout=self.config.connect_timeout,
+            login_timeout=self.config.connect_timeout,
+            **policy.client_options(),  # type: ignore[arg-type]
+        )
+
+    async def _publish_all(self, conn: asyncssh.SSHClientConnection) -> list[str]:
+        self.status.published = []
+        self.status.refused = {}
+        for tunnel in self.config.tunnels:
+            label = f"{tunnel.name}:{tunnel.port}"
+            try:
+                await self._publish(conn, tunnel)
+            except asyncssh.ChannelListenError as exc:
+                self.status.refused[label] = exc.reason
+                log.error("publish refused bastion=%s name=%s: the bastion does not allow this "
+                          "key to publish it (%s); ask its admin for permitlisten=\"%s\"",
+                          self.endpoint.address, label, exc.reason, label)
+                continue
+            self.status.published.append(label)
+            log.info("published bastion=%s name=%s target=%s", self.endpoint.address, label,
+                     tunnel.target)
+        return self.status.published
+
+    @staticmethod
+    async def _publish(conn: asyncssh.SSHClientConnection, tunnel: TunnelConfig) -> None:
+        await conn.forward_remote_port(tunnel.name, tunnel.port, tunnel.target_host,
+                                       tunnel.target_port)
+
+    def _failed(self, message: str) -> None:
+        self.status.last_error = message
+        log.warning("link down bastion=%s error=%s", self.endpoint.address, message)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.DisconnectError):
+        return f"{exc.reason} (code {exc.code})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+async def _wait_either(*aws: object) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]  # type: ignore[call-overload]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,105 @@
+"""The bastion's lifecycle: start → ready → run until stopped → stop accepting → close
+connections → drain under a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import asyncssh
+
+from sshtunnel_mgr import policy, systemd
+from sshtunnel_mgr.access import AccessPolicy, load_access
+from sshtunnel_mgr.bastion import authlog
+from sshtunnel_mgr.bastion.server import BastionConnection
+from sshtunnel_mgr.bastion.state import BastionState
+from sshtunnel_mgr.config import BastionConfig
+from sshtunnel_mgr.errors import ConfigError
+from sshtunnel_mgr.keys.store import key_fingerprint, load_or_create_host_key
+
+log = logging.getLogger("sshtunnel_mgr.bastion")
+
+
+class Bastion:
+    """A running bastion. ``start()`` binds, ``stop()`` shuts down; tests use it directly."""
+
+    def __init__(self, config: BastionConfig, access: AccessPolicy | None = None) -> None:
+        self.config = config
+        self.state = BastionState(config, access or load_access(config.access_file))
+        self._servers: list[asyncssh.SSHAcceptor] = []
+        self.host_key: asyncssh.SSHKey | None = None
+        self.addresses: list[tuple[str, int]] = []
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    async def start(self) -> None:
+        authlog.install()
+        self.host_key = load_or_create_host_key(self.config.host_key)
+        for host, port in self.config.listen_addresses:
+            try:
+                server = await asyncssh.create_server(
+                    lambda: BastionConnection(self.state),
+                    host,
+                    port,
+                    server_host_keys=[self.host_key],
+                    login_timeout=self.config.limits.login_timeout,
+                    keepalive_interval=self.config.keepalive_interval,
+                    keepalive_count_max=self.config.keepalive_count_max,
+                    allow_pty=False,
+                    agent_forwarding=False,
+                    x11_forwarding=False,
+                    password_auth=False,
+                    kbdint_auth=False,
+                    gss_host=None,
+                    server_version="sshtun",
+                    reuse_address=True,
+                    **policy.server_options(),  # type: ignore[arg-type]
+                )
+            except OSError as exc:
+                await self.stop()
+                raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                                  hint="check bastion.listen; is another server on that port?"
+                                  ) from None
+            self._servers.append(server)
+            for sock in server.sockets:
+                bound = sock.getsockname()
+                self.addresses.append((str(bound[0]), int(bound[1])))
+        log.info("listening on %s host_key=%s access=%s keys=%d",
+                 ",".join(f"{h}:{p}" for h, p in self.addresses),
+                 key_fingerprint(self.host_key), self.config.access_file,
+                 len(self.state.access.entries))
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self.state.accepting = False
+        for server in self._servers:
+            server.close()
+        for conn in list(self.state.connections.values()):
+            if conn.conn is not None:
+                conn.conn.close()
+        waits = [c.conn.wait_closed() for c in self.state.connections.values() if c.conn]
+        waits += [s.wait_closed() for s in self._servers]
+        if waits:
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), grace)
+            except TimeoutError:
+                log.warning("stop: connections did not close within %.1fs", grace)
+        self._servers.clear()
+
+
+async def serve(config: BastionConfig, stop: asyncio.Event,
+                on_ready: Callable[[Bastion], None] | None = None) -> None:
+    bastion = Bastion(config)
+    await bastion.start()
+    systemd.notify("READY=1\nSTATUS=listening on " +
+                   ",".join(f"{h}:{p}" for h, p in bastion.addresses))
+    if on_ready is not None:
+        on_ready(bastion)
+    try:
+        await stop.wait()
+    finally:
+        systemd.notify("STOPPING=1")
+        log.info("stopping")
+        await bastion.stop()

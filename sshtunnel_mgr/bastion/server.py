@@ -1,0 +1,241 @@
+"""One ``BastionConnection`` per SSH connection: asyncssh's server callbacks, deny by default.
+
+Every answer comes from the access policy and the route table; nothing here connects to
+an address of its own choosing, resolves a name, or opens a listening socket per name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+
+import asyncssh
+from asyncssh import ChannelOpenError
+
+from sshtunnel_mgr.access import AccessEntry
+from sshtunnel_mgr.bastion.splice import Pipe
+from sshtunnel_mgr.bastion.state import BastionState
+from sshtunnel_mgr.names import InvalidName, normalize_name
+from sshtunnel_mgr.routing import Route
+
+log = logging.getLogger("sshtunnel_mgr.bastion")
+
+OPEN_PROHIBITED = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+OPEN_FAILED = asyncssh.OPEN_CONNECT_FAILED
+OPEN_RESOURCE = asyncssh.OPEN_RESOURCE_SHORTAGE
+
+
+class VirtualListener(asyncssh.SSHListener):
+    """What ``server_requested`` returns for a published name: it registers a route and
+    opens no socket. asyncssh closes it on ``cancel-tcpip-forward`` and connection loss."""
+
+    def __init__(self, state: BastionState, name: str, port: int, conn_id: int) -> None:
+        super().__init__()
+        self._state, self._name, self._port, self._conn_id = state, name, port, conn_id
+        self._closed = False
+
+    def get_port(self) -> int:
+        return self._port
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._state.withdraw(self._name, self._port, self._conn_id)
+            log.info("unpublish name=%s port=%d conn=%d", self._name, self._port, self._conn_id)
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class BastionConnection(asyncssh.SSHServer):
+    def __init__(self, state: BastionState) -> None:
+        self.state = state
+        self.conn_id = state.next_conn_id()
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.peer_ip = "?"
+        self.peer_port = 0
+        self.entry: AccessEntry | None = None
+        self.auth_failures = 0
+        self.open_channels = 0
+        self.since = state.now()
+
+    # Connection --------------------------------------------------------------------
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
+        limits = self.state.config.limits
+        if not self.state.accepting:
+            log.info("refused conn=%d from=%s reason=bastion is shutting down",
+                     self.conn_id, self.peer_ip)
+            conn.close()
+            return
+        if len(self.state.connections) >= limits.max_connections:
+            log.warning("refused conn=%d from=%s reason=too many connections (max %d)",
+                        self.conn_id, self.peer_ip, limits.max_connections)
+            conn.close()
+            return
+        self.state.connections[self.conn_id] = self
+        log.debug("connect conn=%d from=%s:%d", self.conn_id, self.peer_ip, self.peer_port)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        names = self.state.routes.names_of(self.conn_id)
+        self.state.drop_connection(self.conn_id)
+        who = self.entry.label if self.entry else "unauthenticated"
+        reason = str(exc) if exc else "closed"
+        level = logging.INFO if self.entry else logging.DEBUG
+        log.log(level, "disconnect conn=%d key=%s from=%s names=%s reason=%s", self.conn_id, who,
+                self.peer_ip, ",".join(f"{n}:{p}" for n, p in names) or "-", reason)
+
+    # Authentication: public key only -----------------------------------------------
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        blob = key.public_data
+        decision = self.state.access.authenticate(blob, self.peer_ip, datetime.now(timezone.utc))
+        if decision:
+            self.entry = self.state.access.find(blob)
+            return True
+        self.auth_failed(f"{decision.reason} (user {username!r})")
+        return False
+
+    def auth_method_refused(self, method: str, username: str) -> None:
+        """Called for password, keyboard-interactive, ... (see ``authlog``)."""
+        self.auth_failed(f"{method} authentication is not accepted, only publickey "
+                         f"(user {username!r})")
+
+    def auth_failed(self, reason: str) -> None:
+        self.auth_failures += 1
+        max_tries = self.state.config.limits.max_auth_tries
+        log.warning("auth refused conn=%d from=%s reason=%s", self.conn_id, self.peer_ip, reason)
+        if self.auth_failures >= max_tries and self.conn is not None:
+            log.warning("disconnect conn=%d from=%s reason=too many authentication failures (%d)",
+                        self.conn_id, self.peer_ip, self.auth_failures)
+            conn = self.conn
+            asyncio.get_running_loop().call_soon(
+                conn.disconnect, asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                "Too many authentication failures")
+
+    def auth_completed(self) -> None:
+        assert self.entry is not None
+        log.info("auth ok conn=%d key=%s from=%s", self.conn_id, self.entry.label, self.peer_ip)
+
+    # No shell, exec, subsystem, agent or X11: asyncssh refuses sessions by default. -------
+    def session_requested(self) -> bool:
+        log.warning("refused session conn=%d key=%s reason=no shell, exec or subsystem here",
+                    self.conn_id, self.entry.label if self.entry else "-")
+        return False
+
+    # Publishing (tcpip-forward from an agent) --------------------------------------------
+    def server_requested(self, listen_host: str, listen_port: int) -> asyncssh.SSHListener | bool:
+        entry = self.entry
+        if entry is None or self.conn is None:
+            return False
+        refusal = self._publish_refusal(entry, listen_host, listen_port)
+        if refusal:
+            log.warning("refused publish conn=%d key=%s from=%s name=%s port=%d reason=%s",
+                        self.conn_id, entry.label, self.peer_ip, listen_host or "''",
+                        listen_port, refusal)
+            return False
+        name = normalize_name(listen_host)
+        self.state.publish(Route(name=name, port=listen_port, owner=entry.fingerprint,
+                                 conn_id=self.conn_id, handle=self, spelling=listen_host,
+                                 since=self.state.now()))
+        log.info("publish conn=%d key=%s from=%s name=%s port=%d", self.conn_id, entry.label,
+                 self.peer_ip, name, listen_port)
+        return VirtualListener(self.state, name, listen_port, self.conn_id)
+
+    @staticmethod
+    def _publish_refusal(entry: AccessEntry, host: str, port: int) -> str:
+        if port == 0:
+            return "port 0 (a dynamic port) cannot be published; name a fixed port"
+        if host in ("", "*", "0.0.0.0", "::"):
+            return "wildcard bind address; publish a name, like -R homebox:22:localhost:22"
+        try:
+            name = normalize_name(host)
+        except InvalidName as exc:
+            return exc.message
+        decision = entry.may_publish(name, port)
+        return "" if decision else decision.reason
+
+    # Routing (direct-tcpip from a client) -------------------------------------------------
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int) -> object:
+        entry = self.entry
+        who = entry.label if entry else "-"
+        try:
+            route = self._route_for(entry, dest_host, dest_port)
+        except ChannelOpenError as exc:
+            log.warning("refused open conn=%d key=%s from=%s dest=%s:%d reason=%s", self.conn_id,
+                        who, self.peer_ip, dest_host, dest_port, exc.reason)
+            raise
+        self.open_channels += 1
+        log.info("route conn=%d key=%s from=%s name=%s port=%d agent_conn=%d", self.conn_id, who,
+                 self.peer_ip, route.name, route.port, route.conn_id)
+        return self._splice(route, orig_host, orig_port)
+
+    def _route_for(self, entry: AccessEntry | None, host: str,
+                   port: int) -> Route[BastionConnection]:
+        if entry is None:
+            raise ChannelOpenError(OPEN_PROHIBITED, "not authenticated")
+        limit = self.state.config.limits.max_channels_per_connection
+        if self.open_channels >= limit:
+            raise ChannelOpenError(OPEN_RESOURCE, f"too many open channels (max {limit})")
+        try:
+            name = normalize_name(host)
+        except InvalidName as exc:
+            raise ChannelOpenError(OPEN_PROHIBITED,
+                                   f"{exc.message}; this bastion routes published names only")
+        decision = entry.may_reach(name, port)
+        if not decision:
+            raise ChannelOpenError(OPEN_PROHIBITED, decision.reason)
+        route = self.state.routes.pick(name, port, self.state.next_pick())
+        if route is None:
+            raise ChannelOpenError(OPEN_FAILED, f"{name}:{port} is not published (no agent serves it)")
+        return route
+
+    async def _splice(self, route: Route[BastionConnection], orig_host: str,
+                      orig_port: int) -> Pipe:
+        client_end = Pipe(on_close=self._channel_closed)
+        agent_end = Pipe()
+        agent_conn = route.handle.conn
+        try:
+            if agent_conn is None:
+                raise ChannelOpenError(OPEN_FAILED, "agent connection is gone")
+            await agent_conn.create_connection(lambda: agent_end, route.spelling or route.name,
+                                               route.port, orig_host, orig_port)
+        except ChannelOpenError as exc:
+            self.open_channels -= 1
+            reason = f"{route.name}:{route.port}: the home side refused: {exc.reason}"
+            log.warning("refused open conn=%d key=%s name=%s port=%d reason=%s", self.conn_id,
+                        self.entry.label if self.entry else "-", route.name, route.port, reason)
+            raise ChannelOpenError(OPEN_FAILED, reason) from None
+        except (OSError, asyncssh.Error) as exc:
+            self.open_channels -= 1
+            reason = f"{route.name}:{route.port}: agent connection failed: {exc}"
+            log.warning("refused open conn=%d name=%s port=%d reason=%s", self.conn_id,
+                        route.name, route.port, reason)
+            raise ChannelOpenError(OPEN_FAILED, reason) from None
+        client_end.link(agent_end)
+        return client_end
+
+    def _channel_closed(self, pipe: Pipe) -> None:
+        self.open_channels -= 1
+        peer_bytes = pipe.peer.bytes_in if pipe.peer else 0
+        log.debug("channel closed conn=%d bytes_up=%d bytes_down=%d", self.conn_id,
+                  pipe.bytes_in, peer_bytes)
+

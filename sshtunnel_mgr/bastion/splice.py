@@ -1,0 +1,84 @@
+"""Splicing two SSH channels: a client's ``direct-tcpip`` and an agent's ``forwarded-tcpip``.
+
+Each channel gets a ``Pipe``; data received on one is written to the other's channel with
+no copy and no task. Backpressure follows the channel windows: when one side's send buffer
+fills (``pause_writing``), the other side stops reading. Data that arrives before the other
+end's channel is open (the home sshd's banner does) is buffered and flushed on attach, so
+nothing is lost between the two channel opens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import asyncssh
+
+
+class Pipe(asyncssh.SSHTCPSession[bytes]):
+    def __init__(self, on_close: Callable[[Pipe], None] | None = None) -> None:
+        self.chan: asyncssh.SSHTCPChannel[bytes] | None = None
+        self.peer: Pipe | None = None
+        self.bytes_in = 0
+        self._pending: list[bytes] = []
+        self._pending_eof = False
+        self._closed = False
+        self._on_close = on_close
+
+    # Wiring --------------------------------------------------------------------------
+    def link(self, peer: Pipe) -> None:
+        self.peer = peer
+        peer.peer = self
+
+    def connection_made(self, chan: asyncssh.SSHChannel[bytes]) -> None:  # type: ignore[override]
+        self.chan = chan  # type: ignore[assignment]
+        peer = self.peer
+        if peer is not None and peer._pending:
+            for data in peer._pending:
+                chan.write(data)
+            peer._pending.clear()
+        if peer is not None and peer._pending_eof:
+            chan.write_eof()
+        if peer is not None and peer._closed:
+            chan.close()  # the other end went away before this one opened
+
+    # Data path (hot) -------------------------------------------------------------------
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        self.bytes_in += len(data)
+        peer = self.peer
+        if peer is not None and peer.chan is not None:
+            peer.chan.write(data)
+        else:
+            self._pending.append(data)
+
+    def eof_received(self) -> bool:
+        peer = self.peer
+        if peer is not None and peer.chan is not None:
+            peer.chan.write_eof()
+        else:
+            self._pending_eof = True
+        return True  # keep the channel half-open until the other side is done too
+
+    def pause_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.chan is not None:
+            peer.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.chan is not None:
+            peer.chan.resume_reading()
+
+    # Teardown --------------------------------------------------------------------------
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        peer = self.peer
+        if peer is not None and peer.chan is not None and not peer._closed:
+            peer.chan.close()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def close(self) -> None:
+        if self.chan is not None:
+            self.chan.close()

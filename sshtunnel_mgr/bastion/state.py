@@ -1,0 +1,56 @@
+"""Everything a running bastion knows, in one object: access policy, routes, connections."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sshtunnel_mgr.access import AccessPolicy
+from sshtunnel_mgr.config import BastionConfig
+from sshtunnel_mgr.routing import Route, RouteTable
+
+if TYPE_CHECKING:
+    from sshtunnel_mgr.bastion.server import BastionConnection
+
+log = logging.getLogger("sshtunnel_mgr.bastion")
+
+
+
+@dataclass
+class BastionState:
+    config: BastionConfig
+    access: AccessPolicy
+    routes: RouteTable[BastionConnection] = field(default_factory=RouteTable)
+    connections: dict[int, BastionConnection] = field(default_factory=dict)
+    accepting: bool = True
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _picks: itertools.count[int] = field(default_factory=itertools.count)
+
+    def next_conn_id(self) -> int:
+        return next(self._ids)
+
+    def next_pick(self) -> int:
+        return next(self._picks)
+
+    def publish(self, route: Route[BastionConnection]) -> None:
+        self.routes, replaced = self.routes.publish(route)
+        for old in replaced:
+            if old.conn_id != route.conn_id:
+                log.info(
+                    "takeover name=%s port=%d key=%s old_conn=%d new_conn=%d",
+                    route.name, route.port, route.owner, old.conn_id, route.conn_id,
+                )
+
+    def withdraw(self, name: str, port: int, conn_id: int) -> None:
+        self.routes = self.routes.withdraw(name, port, conn_id)
+
+    def drop_connection(self, conn_id: int) -> None:
+        self.connections.pop(conn_id, None)
+        self.routes = self.routes.withdraw_connection(conn_id)
+
+    @staticmethod
+    def now() -> float:
+        return time.time()

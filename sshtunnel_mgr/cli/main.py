@@ -1,0 +1,69 @@
+"""The ``sshtun`` entry point: one typer app, one place that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import click
+import typer
+
+from sshtunnel_mgr import __version__
+from sshtunnel_mgr.cli import demo, keys, services
+from sshtunnel_mgr.errors import EXIT_USAGE, SshtunError
+from sshtunnel_mgr.logsetup import setup_logging
+
+app = typer.Typer(
+    name="sshtun",
+    help="sshtun: reach machines behind NAT through an SSH bastion, with no port open at home.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(keys.app, name="keys")
+services.register(app)
+demo.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sshtun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version.")] = False,
+) -> None:
+    setup_logging(verbose, quiet)
+
+
+def fail(error: SshtunError) -> int:
+    """The one place a user-facing error is printed."""
+    typer.echo(f"sshtun: error: {error.message}", err=True)
+    if error.hint:
+        typer.echo(f"  hint: {error.hint}", err=True)
+    return error.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="sshtun")
+    except SshtunError as error:
+        return fail(error)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE if exc.exit_code == 2 else exc.exit_code
+    return int(result) if isinstance(result, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

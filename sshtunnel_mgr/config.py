@@ -1,0 +1,275 @@
+"""Config: one TOML file, validated once at start-up into typed, frozen models.
+
+``parse_config(text, source, base_dir)`` is pure; ``load_config(path)`` reads the file.
+Relative paths in the file are relative to the file's own directory, never the cwd.
+Errors are ``ConfigError`` naming the file and the field path (``agent.tunnels[0].port``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from sshtunnel_mgr.errors import ConfigError
+from sshtunnel_mgr.names import InvalidName, is_ip_address, normalize_name
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    return value
+
+
+def split_host_port(text: str, default_port: int, allow_zero: bool = False) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` to (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"{text!r} has no host")
+    if not port_text:
+        return host, default_port
+    low = 0 if allow_zero else 1
+    if not port_text.isdigit() or not low <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: port must be {low}-65535")
+    return host, int(port_text)
+
+
+class BackoffConfig(_Model):
+    base: Seconds = 1.0
+    cap: Seconds = 60.0
+    healthy_after: Seconds = 30.0
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> BackoffConfig:
+        if self.cap < self.base:
+            raise ValueError("cap must be >= base")
+        return self
+
+
+class TunnelConfig(_Model):
+    name: str
+    port: Port = 22
+    target: str = "127.0.0.1:22"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        try:
+            return normalize_name(value)
+        except InvalidName as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        host, port = split_host_port(value, 0)
+        if port == 0:
+            raise ValueError(f"target {value!r} needs a port, like 127.0.0.1:22")
+        return f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+
+    @property
+    def target_host(self) -> str:
+        return split_host_port(self.target, 0)[0]
+
+    @property
+    def target_port(self) -> int:
+        return split_host_port(self.target, 0)[1]
+
+
+class BastionEndpoint(_Model):
+    address: str
+    user: str = "sshtun"
+    host_key: str | None = None  # a pinned public key line: "ssh-ed25519 AAAA..."
+    known_hosts: Path | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        split_host_port(value, 22)
+        return value
+
+    @field_validator("known_hosts")
+    @classmethod
+    def _kh(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = value.split()
+        if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
+            raise ValueError("host_key must be a public key line like 'ssh-ed25519 AAAA...'")
+        return value
+
+    @model_validator(mode="after")
+    def _pinned(self) -> BastionEndpoint:
+        if (self.host_key is None) == (self.known_hosts is None):
+            raise ValueError(
+                "set exactly one of host_key (the pinned key) or known_hosts (a file); "
+                "sshtun never trusts a bastion on first use"
+            )
+        return self
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.address, 22)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.address, 22)[1]
+
+
+class AgentConfig(_Model):
+    key: Path
+    bastions: list[BastionEndpoint] = Field(min_length=1)
+    tunnels: list[TunnelConfig] = Field(min_length=1)
+    keepalive_interval: Seconds = 15.0
+    keepalive_count_max: Annotated[int, Field(ge=1, le=100)] = 3
+    connect_timeout: Seconds = 15.0
+    backoff: BackoffConfig = BackoffConfig()
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AgentConfig:
+        seen: set[tuple[str, int]] = set()
+        for t in self.tunnels:
+            if (t.name, t.port) in seen:
+                raise ValueError(f"tunnel {t.name}:{t.port} is listed twice")
+            seen.add((t.name, t.port))
+        return self
+
+
+class LimitsConfig(_Model):
+    login_timeout: Seconds = 20.0
+    max_auth_tries: Annotated[int, Field(ge=1, le=100)] = 6
+    max_channels_per_connection: Annotated[int, Field(ge=1, le=10000)] = 64
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10000
+
+
+class BastionConfig(_Model):
+    listen: list[str] = Field(default_factory=lambda: ["0.0.0.0:2222"], min_length=1)
+    host_key: Path
+    access_file: Path
+    keepalive_interval: Seconds = 15.0
+    keepalive_count_max: Annotated[int, Field(ge=1, le=100)] = 3
+    limits: LimitsConfig = LimitsConfig()
+
+    @field_validator("host_key", "access_file")
+    @classmethod
+    def _paths(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: list[str]) -> list[str]:
+        for item in value:
+            host, _port = split_host_port(item, 22, allow_zero=True)
+            if not is_ip_address(host) and host != "localhost":
+                raise ValueError(f"listen address {item!r} must be an IP address and port")
+        return value
+
+    @property
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        return [split_host_port(item, 22, allow_zero=True) for item in self.listen]
+
+
+class Config(_Model):
+    agent: AgentConfig | None = None
+    bastion: BastionConfig | None = None
+    source: str = Field(default="<config>", exclude=True)
+
+    def require_agent(self) -> AgentConfig:
+        if self.agent is None:
+            raise ConfigError(f"{self.source}: no [agent] section",
+                              hint="see config.example.toml for the [agent] keys")
+        return self.agent
+
+    def require_bastion(self) -> BastionConfig:
+        if self.bastion is None:
+            raise ConfigError(f"{self.source}: no [bastion] section",
+                              hint="see config.example.toml for the [bastion] keys")
+        return self.bastion
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or "[" in str(part):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if err["type"] == "extra_forbidden":
+        return "unknown key (not one sshtun knows; check the spelling)"
+    return msg
+
+
+def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    if "source" in raw:
+        raise ConfigError(f"{source}: source: unknown key (not one sshtun knows; check the spelling)")
+    try:
+        return Config.model_validate({**raw, "source": source},
+                                     context={"base_dir": base_dir})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ConfigError(
+            f"{source}: {_loc(first['loc'])}: {_message(first)}{suffix}",
+            hint="config.example.toml documents every key",
+        ) from None
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist",
+                          hint="start from config.example.toml") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    return parse_config(text, str(path), path.resolve().parent)

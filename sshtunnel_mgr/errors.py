@@ -1,0 +1,50 @@
+"""The one exception tree of sshtun.
+
+Library code raises these; only the CLI turns them into a message, a hint and an exit code.
+"""
+
+from __future__ import annotations
+
+# Exit codes, distinct per failure family so scripts and systemd can tell them apart.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_HOSTKEY = 4
+EXIT_PERMISSION = 5
+EXIT_KEYS = 6
+
+
+class SshtunError(Exception):
+    """Base of every error sshtun reports to a person."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class ConfigError(SshtunError):
+    """A config or access file is missing or invalid."""
+
+    exit_code = EXIT_CONFIG
+
+
+class HostKeyError(SshtunError):
+    """The bastion's host key does not match the pinned one (never retried)."""
+
+    exit_code = EXIT_HOSTKEY
+
+
+class PermissionRefused(SshtunError):
+    """The bastion refused what we asked for (auth or a forward): retrying will not help."""
+
+    exit_code = EXIT_PERMISSION
+
+
+class KeyFileError(SshtunError):
+    """A key file could not be read or written."""
+
+    exit_code = EXIT_KEYS

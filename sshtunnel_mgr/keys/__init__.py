@@ -1,0 +1,1 @@
+"""Key manager: generation, loading and (in later work) rotation and audit."""

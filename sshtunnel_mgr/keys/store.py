@@ -1,0 +1,82 @@
+"""Key files: ed25519 by default, OpenSSH format, private key 0600 written atomically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from sshtunnel_mgr.access import fingerprint
+from sshtunnel_mgr.errors import KeyFileError
+from sshtunnel_mgr.fsutil import write_atomic
+from sshtunnel_mgr.policy import MIN_RSA_BITS
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    path: Path
+    public_line: str  # "ssh-ed25519 AAAA... comment"
+    fingerprint: str
+    algorithm: str
+
+
+def public_line(key: asyncssh.SSHKey, comment: str | None = None) -> str:
+    data = key.export_public_key("openssh").decode().strip()
+    parts = data.split()
+    line = " ".join(parts[:2])
+    comment = comment if comment is not None else (key.get_comment() or "")
+    return f"{line} {comment}".strip()
+
+
+def key_fingerprint(key: asyncssh.SSHKey) -> str:
+    return fingerprint(key.public_data)
+
+
+def generate_key(
+    path: Path,
+    *,
+    comment: str = "",
+    algorithm: str = "ssh-ed25519",
+    bits: int | None = None,
+    passphrase: str | None = None,
+    overwrite: bool = False,
+) -> KeyInfo:
+    """Write a new key pair: ``path`` (private, 0600) and ``path.pub`` (0644)."""
+    path = Path(path)
+    if not overwrite and (path.exists() or path.with_name(path.name + ".pub").exists()):
+        raise KeyFileError(f"{path} already exists", hint="choose another path or remove it first")
+    kwargs: dict[str, object] = {"comment": comment or None}
+    if algorithm == "ssh-rsa":
+        bits = bits or MIN_RSA_BITS
+        if bits < MIN_RSA_BITS:
+            raise KeyFileError(f"RSA keys must have at least {MIN_RSA_BITS} bits, not {bits}")
+        kwargs["key_size"] = bits
+    elif algorithm != "ssh-ed25519":
+        raise KeyFileError(f"unsupported key type {algorithm!r}", hint="use ssh-ed25519 (default)")
+    key = asyncssh.generate_private_key(algorithm, **kwargs)  # type: ignore[arg-type]
+    private = key.export_private_key("openssh", passphrase=passphrase)
+    try:
+        write_atomic(path, private, 0o600)
+        line = public_line(key, comment)
+        write_atomic(path.with_name(path.name + ".pub"), (line + "\n").encode(), 0o644)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write key {path}: {exc}") from None
+    return KeyInfo(path, line, key_fingerprint(key), algorithm)
+
+
+def load_private_key(path: Path, passphrase: str | None = None) -> asyncssh.SSHKey:
+    try:
+        return asyncssh.read_private_key(str(path), passphrase)
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} does not exist",
+                           hint=f"create one with: sshtun keys gen {path}") from None
+    except (OSError, asyncssh.KeyImportError, ValueError) as exc:
+        raise KeyFileError(f"cannot load key {path}: {exc}") from None
+
+
+def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
+    """The bastion's host key; generated (ed25519, 0600) on first start if missing."""
+    if not Path(path).exists():
+        generate_key(path, comment="sshtun-bastion")
+    return load_private_key(path)

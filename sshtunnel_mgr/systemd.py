@@ -1,0 +1,22 @@
+"""sd_notify in one tiny module that never raises (systemd may not be there at all)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def notify(message: str) -> bool:
+    """Send ``message`` (e.g. "READY=1") to $NOTIFY_SOCKET; False if there is none or it fails."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError:
+        return False
+    return True
