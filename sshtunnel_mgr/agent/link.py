@@ -173,10 +173,11 @@ class BastionLink:
             try:
                 await self._publish(conn, tunnel)
             except asyncssh.ChannelListenError as exc:
-                self.status.refused[label] = exc.reason
+                reason = str(exc) or "refused"
+                self.status.refused[label] = reason
                 log.error("publish refused bastion=%s name=%s: the bastion does not allow this "
-                          "key to publish it (%s); ask its admin for permitlisten=\"%s\"",
-                          self.endpoint.address, label, exc.reason, label)
+                          "key to publish it (%s); its access file needs permitlisten=\"%s\" "
+                          "on this key", self.endpoint.address, label, reason, label)
                 continue
             self.status.published.append(label)
             log.info("published bastion=%s name=%s target=%s", self.endpoint.address, label,
