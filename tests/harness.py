@@ -108,12 +108,13 @@ class HomeSshd:
 
 
 @contextlib.asynccontextmanager
-async def home_sshd(keys: Keys, workdir: Path, authorized: Sequence[str] = ()) -> AsyncIterator[HomeSshd]:
+async def home_sshd(keys: Keys, workdir: Path, authorized: Sequence[str] = (),
+                    port: int | None = None) -> AsyncIterator[HomeSshd]:
     require_openssh(server=True)
     assert SSHD is not None
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     auth = workdir / "authorized_keys"
     auth.write_text("\n".join([keys.client.public_line, *authorized]) + "\n")
     cfg = workdir / "sshd_config"
@@ -287,6 +288,29 @@ async def process(*argv: str, env: dict[str, str] | None = None) -> AsyncIterato
 
 
 SSHTUN = [sys.executable, "-m", "sshtunnel_mgr"]
+
+
+def write_toml(path: Path, section: str, config: AgentConfig | BastionConfig) -> Path:
+    """A config file for ``sshtun up``/``sshtun bastion`` run as a real process."""
+    import tomli_w
+
+    data = config.model_dump(mode="json", exclude_none=True)
+    path.write_text(tomli_w.dumps({section: data}))
+    return path
+
+
+async def read_until(stream: asyncio.StreamReader | None, marker: str,
+                     timeout: float = 15) -> list[str]:
+    """Read a child's log lines until one contains ``marker``."""
+    assert stream is not None
+    lines: list[str] = []
+    while True:
+        raw = await asyncio.wait_for(stream.readline(), timeout)
+        if not raw:
+            raise AssertionError(f"stream ended before {marker!r}: {''.join(lines)}")
+        lines.append(raw.decode(errors="replace"))
+        if marker in lines[-1]:
+            return lines
 
 
 async def wait_for(predicate: object, timeout: float = 15, interval: float = 0.05) -> None:

@@ -58,6 +58,7 @@ class BastionConnection(asyncssh.SSHServer):
         self.entry: AccessEntry | None = None
         self.auth_failures = 0
         self.open_channels = 0
+        self.published: list[str] = []  # every name:port this connection published
         self.since = state.now()
 
     # Connection --------------------------------------------------------------------
@@ -80,13 +81,12 @@ class BastionConnection(asyncssh.SSHServer):
         log.debug("connect conn=%d from=%s:%d", self.conn_id, self.peer_ip, self.peer_port)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        names = self.state.routes.names_of(self.conn_id)
         self.state.drop_connection(self.conn_id)
         who = self.entry.label if self.entry else "unauthenticated"
         reason = str(exc) if exc else "closed"
         level = logging.INFO if self.entry else logging.DEBUG
         log.log(level, "disconnect conn=%d key=%s from=%s names=%s reason=%s", self.conn_id, who,
-                self.peer_ip, ",".join(f"{n}:{p}" for n, p in names) or "-", reason)
+                self.peer_ip, ",".join(self.published) or "-", reason)
 
     # Authentication: public key only -----------------------------------------------
     def begin_auth(self, username: str) -> bool:
@@ -155,6 +155,7 @@ class BastionConnection(asyncssh.SSHServer):
         self.state.publish(Route(name=name, port=listen_port, owner=entry.fingerprint,
                                  conn_id=self.conn_id, handle=self, spelling=listen_host,
                                  since=self.state.now()))
+        self.published.append(f"{name}:{listen_port}")
         log.info("publish conn=%d key=%s from=%s name=%s port=%d", self.conn_id, entry.label,
                  self.peer_ip, name, listen_port)
         return VirtualListener(self.state, name, listen_port, self.conn_id)
