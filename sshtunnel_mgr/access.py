@@ -236,7 +236,7 @@ def _split_options(text: str) -> tuple[list[tuple[str, str | None]], str]:
     raise ValueError("options must be followed by a key")
 
 
-def _decode_key(key_type: str, b64: str) -> bytes:
+def decode_key(key_type: str, b64: str) -> bytes:
     try:
         blob = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
@@ -266,7 +266,7 @@ def parse_line(line: str, lineno: int) -> AccessEntry:
     comment = parts[2] if len(parts) > 2 else ""
     if key_type not in KEY_TYPES:
         raise ValueError(f"unsupported key type {key_type!r}")
-    blob = _decode_key(key_type, b64)
+    blob = decode_key(key_type, b64)
 
     listen: list[HostPortPattern] = []
     opens: list[HostPortPattern] = []

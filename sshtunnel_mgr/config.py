@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from sshtunnel_mgr.access import KEY_TYPES, decode_key
 from sshtunnel_mgr.errors import ConfigError
 from sshtunnel_mgr.names import InvalidName, is_ip_address, normalize_name
 
@@ -125,8 +126,12 @@ class BastionEndpoint(_Model):
         if value is None:
             return None
         parts = value.split()
-        if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        if len(parts) < 2 or parts[0] not in KEY_TYPES:
             raise ValueError("host_key must be a public key line like 'ssh-ed25519 AAAA...'")
+        try:
+            decode_key(parts[0], parts[1])
+        except ValueError as exc:
+            raise ValueError(f"host_key: {exc}") from None
         return value
 
     @model_validator(mode="after")
