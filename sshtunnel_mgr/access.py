@@ -21,7 +21,7 @@ import ipaddress
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sshtunnel_mgr.errors import ConfigError
@@ -140,8 +140,9 @@ class AccessPolicy:
             )
         if entry.from_patterns and not match_from(entry.from_patterns, source_ip):
             return Decision(
-                False, f"key {entry.label} not allowed from {source_ip} "
-                f"(from={','.join(entry.from_patterns)})"
+                False,
+                f"key {entry.label} not allowed from {source_ip} "
+                f"(from={','.join(entry.from_patterns)})",
             )
         if not (entry.permit_listen or entry.permit_open):
             return Decision(False, f"key {entry.label} has neither permitlisten nor permitopen")
@@ -195,7 +196,7 @@ def parse_expiry(text: str) -> datetime:
     except ValueError as exc:
         raise ValueError(f"expiry-time {text!r}: {exc}") from None
     if utc:
-        return stamp.replace(tzinfo=timezone.utc)
+        return stamp.replace(tzinfo=UTC)
     return stamp.astimezone()  # local time, as OpenSSH does
 
 
@@ -214,7 +215,7 @@ def _split_options(text: str) -> tuple[list[tuple[str, str | None]], str]:
         if i < n and text[i] == "=":
             i += 1
             if i >= n or text[i] != '"':
-                raise ValueError(f'option {name} needs a double-quoted value')
+                raise ValueError(f"option {name} needs a double-quoted value")
             i += 1
             chars: list[str] = []
             while i < n and text[i] != '"':
@@ -246,8 +247,9 @@ def decode_key(key_type: str, b64: str) -> bytes:
     (tlen,) = struct.unpack(">I", blob[:4])
     embedded = blob[4 : 4 + tlen]
     if embedded.decode("ascii", "replace") != key_type:
-        raise ValueError(f"key data is a {embedded.decode('ascii', 'replace')!r} key, "
-                         f"not {key_type!r}")
+        raise ValueError(
+            f"key data is a {embedded.decode('ascii', 'replace')!r} key, not {key_type!r}"
+        )
     return blob
 
 

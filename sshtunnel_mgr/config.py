@@ -217,14 +217,18 @@ class Config(_Model):
 
     def require_agent(self) -> AgentConfig:
         if self.agent is None:
-            raise ConfigError(f"{self.source}: no [agent] section",
-                              hint="see config.example.toml for the [agent] keys")
+            raise ConfigError(
+                f"{self.source}: no [agent] section",
+                hint="see config.example.toml for the [agent] keys",
+            )
         return self.agent
 
     def require_bastion(self) -> BastionConfig:
         if self.bastion is None:
-            raise ConfigError(f"{self.source}: no [bastion] section",
-                              hint="see config.example.toml for the [bastion] keys")
+            raise ConfigError(
+                f"{self.source}: no [bastion] section",
+                hint="see config.example.toml for the [bastion] keys",
+            )
         return self.bastion
 
 
@@ -255,10 +259,11 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
     if "source" in raw:
-        raise ConfigError(f"{source}: source: unknown key (not one sshtun knows; check the spelling)")
+        raise ConfigError(
+            f"{source}: source: unknown key (not one sshtun knows; check the spelling)"
+        )
     try:
-        return Config.model_validate({**raw, "source": source},
-                                     context={"base_dir": base_dir})
+        return Config.model_validate({**raw, "source": source}, context={"base_dir": base_dir})
     except ValidationError as exc:
         first = exc.errors()[0]
         more = len(exc.errors()) - 1
@@ -273,8 +278,9 @@ def load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist",
-                          hint="start from config.example.toml") from None
+        raise ConfigError(
+            f"config file {path} does not exist", hint="start from config.example.toml"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     return parse_config(text, str(path), path.resolve().parent)

@@ -42,10 +42,15 @@ async def _home_service(host_key: asyncssh.SSHKey, client_pub: str) -> asyncssh.
         process.exit(0)
 
     return await asyncssh.create_server(
-        asyncssh.SSHServer, "127.0.0.1", 0, server_host_keys=[host_key],
+        asyncssh.SSHServer,
+        "127.0.0.1",
+        0,
+        server_host_keys=[host_key],
         authorized_client_keys=asyncssh.import_authorized_keys(client_pub + "\n"),
-        process_factory=handle, password_auth=False, kbdint_auth=False,
-        **policy.server_options(),  # type: ignore[arg-type]
+        process_factory=handle,
+        password_auth=False,
+        kbdint_auth=False,
+        **policy.server_options(),
     )
 
 
@@ -61,31 +66,41 @@ def _write_keys(work: Path) -> None:
 def _write_config(work: Path, bastion: tuple[str, int], home_port: int) -> Path:
     """One config.toml with both roles, as a real install would have (one role each)."""
     config = {
-        "bastion": {"listen": [f"{bastion[0]}:{bastion[1]}"], "host_key": "bastion_host_key",
-                    "access_file": "access"},
-        "agent": {"key": "agent_key",
-                  "bastions": [{"address": f"{bastion[0]}:{bastion[1]}",
-                                "known_hosts": "known_hosts"}],
-                  "tunnels": [{"name": NAME, "port": 22, "target": f"127.0.0.1:{home_port}"}]},
+        "bastion": {
+            "listen": [f"{bastion[0]}:{bastion[1]}"],
+            "host_key": "bastion_host_key",
+            "access_file": "access",
+        },
+        "agent": {
+            "key": "agent_key",
+            "bastions": [{"address": f"{bastion[0]}:{bastion[1]}", "known_hosts": "known_hosts"}],
+            "tunnels": [{"name": NAME, "port": 22, "target": f"127.0.0.1:{home_port}"}],
+        },
     }
     path = work / "config.toml"
     path.write_text(tomli_w.dumps(config))
     return path
 
 
-async def run_demo(work: Path, say: Say, hold: asyncio.Event | None = None,
-                   timeout: float = 20.0) -> DemoResult:
+async def run_demo(
+    work: Path, say: Say, hold: asyncio.Event | None = None, timeout: float = 20.0
+) -> DemoResult:
     say(f"1. keys and config in {work}")
     _write_keys(work)
     home_key = asyncssh.generate_private_key("ssh-ed25519")
     home_pub = public_line(home_key, "")
     home = await _home_service(home_key, (work / "client_key.pub").read_text().strip())
     home_port = home.sockets[0].getsockname()[1]
-    say(f"2. home service (stand-in for the home box's sshd) on 127.0.0.1:{home_port}; "
-        "nothing else can reach it")
+    say(
+        f"2. home service (stand-in for the home box's sshd) on 127.0.0.1:{home_port}; "
+        "nothing else can reach it"
+    )
 
-    bastion = Bastion(BastionConfig(listen=["127.0.0.1:0"], host_key=work / "bastion_host_key",
-                                    access_file=work / "access"))
+    bastion = Bastion(
+        BastionConfig(
+            listen=["127.0.0.1:0"], host_key=work / "bastion_host_key", access_file=work / "access"
+        )
+    )
     stop = asyncio.Event()
     agent_task: asyncio.Task[None] | None = None
     try:
@@ -100,8 +115,9 @@ async def run_demo(work: Path, say: Say, hold: asyncio.Event | None = None,
         agent = Agent(config.require_agent())
         agent_task = asyncio.create_task(agent.run(stop))
         ready = asyncio.create_task(agent.ready_event.wait())
-        done, _ = await asyncio.wait({ready, agent_task}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {ready, agent_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if agent_task in done:
             agent_task.result()
         if ready not in done:
@@ -110,16 +126,27 @@ async def run_demo(work: Path, say: Say, hold: asyncio.Event | None = None,
         say(f"4. agent connected out to the bastion and published {NAME}:22")
 
         client_key = load_private_key(work / "client_key")
-        common = dict(client_keys=[client_key], config=None, agent_path=None,
-                      preferred_auth="publickey", **policy.client_options())
+        common = dict(
+            client_keys=[client_key],
+            config=None,
+            agent_path=None,
+            preferred_auth="publickey",
+            **policy.client_options(),
+        )
         async with asyncssh.connect(
-            bhost, bport, username="demo", known_hosts=str(work / "known_hosts"),
-            **common,  # type: ignore[arg-type]
+            bhost,
+            bport,
+            username="demo",
+            known_hosts=str(work / "known_hosts"),
+            **common,
         ) as jump:
             async with asyncssh.connect(
-                NAME, 22, tunnel=jump, username="demo",
+                NAME,
+                22,
+                tunnel=jump,
+                username="demo",
                 known_hosts=([asyncssh.import_public_key(home_pub)], [], []),
-                **common,  # type: ignore[arg-type]
+                **common,
             ) as inner:
                 result = await inner.run("hostname", check=True)
                 reply = str(result.stdout).strip()
@@ -140,14 +167,17 @@ async def run_demo(work: Path, say: Say, hold: asyncio.Event | None = None,
             f"  UserKnownHostsFile {work / 'ssh_known_hosts'}\n"
         )
         (work / "ssh_known_hosts").write_text(
-            f"[{bhost}]:{bport} {bastion_pub}\n{NAME} {home_pub}\n")
+            f"[{bhost}]:{bport} {bastion_pub}\n{NAME} {home_pub}\n"
+        )
         command = f"ssh -F {ssh_config} {NAME} hostname"
         if hold is not None:
             say(f"7. running until Ctrl-C; from another terminal try:\n     {command}")
             await hold.wait()
         else:
-            say(f"7. with `sshtun demo --hold` it keeps running; then a real OpenSSH client "
-                f"can do the same:\n     {command}")
+            say(
+                f"7. with `sshtun demo --hold` it keeps running; then a real OpenSSH client "
+                f"can do the same:\n     {command}"
+            )
         return DemoResult(reply, refusal, command)
     finally:
         stop.set()

@@ -49,7 +49,7 @@ def free_port() -> int:
 
 
 def pub_of(info: KeyInfo) -> str:
-    """"type base64" without the comment."""
+    """ "type base64" without the comment."""
     return " ".join(info.public_line.split()[:2])
 
 
@@ -82,10 +82,14 @@ class Keys:
         return generate_key(self.dir / name, comment=name)
 
 
-def access_text(keys: Keys, listen: str = "homebox:22", open_: str = "homebox:22",
-                extra: Sequence[str] = ()) -> str:
-    lines = [f'permitlisten="{listen}" {keys.agent.public_line}',
-             f'permitopen="{open_}" {keys.client.public_line}', *extra]
+def access_text(
+    keys: Keys, listen: str = "homebox:22", open_: str = "homebox:22", extra: Sequence[str] = ()
+) -> str:
+    lines = [
+        f'permitlisten="{listen}" {keys.agent.public_line}',
+        f'permitopen="{open_}" {keys.client.public_line}',
+        *extra,
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -108,8 +112,9 @@ class HomeSshd:
 
 
 @contextlib.asynccontextmanager
-async def home_sshd(keys: Keys, workdir: Path, authorized: Sequence[str] = (),
-                    port: int | None = None) -> AsyncIterator[HomeSshd]:
+async def home_sshd(
+    keys: Keys, workdir: Path, authorized: Sequence[str] = (), port: int | None = None
+) -> AsyncIterator[HomeSshd]:
     require_openssh(server=True)
     assert SSHD is not None
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
@@ -129,8 +134,15 @@ async def home_sshd(keys: Keys, workdir: Path, authorized: Sequence[str] = (),
     check = subprocess.run([SSHD, "-t", "-f", str(cfg)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     proc = await asyncio.create_subprocess_exec(
-        SSHD, "-D", "-e", "-f", str(cfg), stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        SSHD,
+        "-D",
+        "-e",
+        "-f",
+        str(cfg),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     home = HomeSshd(port, proc, cfg)
     assert proc.stderr is not None
     # Wait for "Server listening on 127.0.0.1 port N." and keep draining stderr after.
@@ -160,8 +172,9 @@ async def home_sshd(keys: Keys, workdir: Path, authorized: Sequence[str] = (),
 # The sshtun bastion and agent, in-process ------------------------------------------------
 def bastion_config(keys: Keys, access: Path, port: int = 0, **kw: object) -> BastionConfig:
     limits = kw.pop("limits", None)
-    data: dict[str, object] = dict(listen=[f"127.0.0.1:{port}"],
-                                   host_key=keys.bastion_host_path, access_file=access, **kw)
+    data: dict[str, object] = dict(
+        listen=[f"127.0.0.1:{port}"], host_key=keys.bastion_host_path, access_file=access, **kw
+    )
     if limits is not None:
         data["limits"] = limits
     return BastionConfig.model_validate(data)
@@ -181,12 +194,16 @@ def bastion_pub(keys: Keys) -> str:
     return pub_of(keys.bastion_host)
 
 
-def agent_config(keys: Keys, bastion_port: int, tunnels: Sequence[tuple[str, int, str]],
-                 key: Path | None = None, **kw: object) -> AgentConfig:
+def agent_config(
+    keys: Keys,
+    bastion_port: int,
+    tunnels: Sequence[tuple[str, int, str]],
+    key: Path | None = None,
+    **kw: object,
+) -> AgentConfig:
     return AgentConfig(
         key=key or keys.agent.path,
-        bastions=[BastionEndpoint(address=f"127.0.0.1:{bastion_port}",
-                                  host_key=bastion_pub(keys))],
+        bastions=[BastionEndpoint(address=f"127.0.0.1:{bastion_port}", host_key=bastion_pub(keys))],
         tunnels=[TunnelConfig(name=n, port=p, target=t) for n, p, t in tunnels],
         **kw,  # type: ignore[arg-type]
     )
@@ -200,8 +217,9 @@ class RunningAgent:
 
     async def wait_ready(self, timeout: float = 15) -> None:
         ready = asyncio.ensure_future(self.agent.ready_event.wait())
-        done, _ = await asyncio.wait({ready, self.task}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {ready, self.task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if self.task in done:
             ready.cancel()
             self.task.result()
@@ -227,14 +245,30 @@ async def running_agent(config: AgentConfig, wait: bool = True) -> AsyncIterator
 
 
 # The real ssh client ----------------------------------------------------------------------
-def write_ssh_config(workdir: Path, keys: Keys, bastion_port: int, *,
-                     identity: Path | None = None, name: str = "homebox", name_port: int = 22,
-                     extra_known: Sequence[str] = (), extra_opts: str = "") -> Path:
+def write_ssh_config(
+    workdir: Path,
+    keys: Keys,
+    bastion_port: int,
+    *,
+    identity: Path | None = None,
+    name: str = "homebox",
+    name_port: int = 22,
+    extra_known: Sequence[str] = (),
+    extra_opts: str = "",
+) -> Path:
     """`Host bastion` + `Host <name>` with ProxyJump, strict checking, pinned known_hosts."""
     workdir.mkdir(parents=True, exist_ok=True)
     known = workdir / "known_hosts"
-    known.write_text("\n".join([f"[127.0.0.1]:{bastion_port} {bastion_pub(keys)}",
-                                f"{name} {pub_of(keys.home_host)}", *extra_known]) + "\n")
+    known.write_text(
+        "\n".join(
+            [
+                f"[127.0.0.1]:{bastion_port} {bastion_pub(keys)}",
+                f"{name} {pub_of(keys.home_host)}",
+                *extra_known,
+            ]
+        )
+        + "\n"
+    )
     cfg = workdir / "ssh_config"
     cfg.write_text(
         f"Host bastion\n  HostName 127.0.0.1\n  Port {bastion_port}\n  User sshtun\n\n"
@@ -255,13 +289,18 @@ class Result:
     stderr: str
 
 
-async def run_ssh(cfg: Path, *args: str, stdin: bytes | None = None,
-                  timeout: float = 60) -> Result:
+async def run_ssh(cfg: Path, *args: str, stdin: bytes | None = None, timeout: float = 60) -> Result:
     require_openssh()
     assert SSH is not None
     proc = await asyncio.create_subprocess_exec(
-        SSH, "-F", str(cfg), *args, stdin=subprocess.PIPE if stdin is not None
-        else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        SSH,
+        "-F",
+        str(cfg),
+        *args,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except TimeoutError:
@@ -273,11 +312,17 @@ async def run_ssh(cfg: Path, *args: str, stdin: bytes | None = None,
 
 
 @contextlib.asynccontextmanager
-async def process(*argv: str, env: dict[str, str] | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
+async def process(
+    *argv: str, env: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """A child process that is always stopped (by its PID) when the block ends."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, **(env or {})})
+        *argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
     try:
         yield proc
     finally:
@@ -299,8 +344,9 @@ def write_toml(path: Path, section: str, config: AgentConfig | BastionConfig) ->
     return path
 
 
-async def read_until(stream: asyncio.StreamReader | None, marker: str,
-                     timeout: float = 15) -> list[str]:
+async def read_until(
+    stream: asyncio.StreamReader | None, marker: str, timeout: float = 15
+) -> list[str]:
     """Read a child's log lines until one contains ``marker``."""
     assert stream is not None
     lines: list[str] = []

@@ -45,13 +45,16 @@ def known_hosts_arg(endpoint: BastionEndpoint) -> object:
         try:
             key = asyncssh.import_public_key(endpoint.host_key)
         except (asyncssh.KeyImportError, ValueError) as exc:
-            raise ConfigError(f"agent.bastions: host_key for {endpoint.address} is not a valid "
-                              f"public key: {exc}") from None
+            raise ConfigError(
+                f"agent.bastions: host_key for {endpoint.address} is not a valid public key: {exc}"
+            ) from None
         return ([key], [], [])
     assert endpoint.known_hosts is not None
     if not endpoint.known_hosts.exists():
-        raise ConfigError(f"known_hosts file {endpoint.known_hosts} does not exist",
-                          hint="pin the bastion's host key there (ssh-keyscan output, checked)")
+        raise ConfigError(
+            f"known_hosts file {endpoint.known_hosts} does not exist",
+            hint="pin the bastion's host key there (ssh-keyscan output, checked)",
+        )
     return str(endpoint.known_hosts)
 
 
@@ -70,8 +73,10 @@ class BastionLink:
         self.key = key
         self.on_published = on_published
         self.backoff = backoff or Backoff(
-            base=config.backoff.base, cap=config.backoff.cap,
-            healthy_after=config.backoff.healthy_after)
+            base=config.backoff.base,
+            cap=config.backoff.cap,
+            healthy_after=config.backoff.healthy_after,
+        )
         self.status = LinkStatus(bastion=endpoint.address)
         self.conn: asyncssh.SSHClientConnection | None = None
         self._known_hosts = known_hosts_arg(endpoint)
@@ -121,8 +126,11 @@ class BastionLink:
         try:
             published = await self._publish_all(conn)
             if not published:
-                log.error("no tunnel could be published on bastion=%s; retrying in %.0fs",
-                          self.endpoint.address, self.backoff.cap)
+                log.error(
+                    "no tunnel could be published on bastion=%s; retrying in %.0fs",
+                    self.endpoint.address,
+                    self.backoff.cap,
+                )
                 conn.close()
                 return self.backoff.cap
             self.status.state = "up"
@@ -150,7 +158,7 @@ class BastionLink:
             ep.port,
             username=ep.user,
             client_keys=[self.key],
-            known_hosts=self._known_hosts,  # type: ignore[arg-type]
+            known_hosts=self._known_hosts,
             config=None,
             agent_path=None,
             password=None,
@@ -162,7 +170,7 @@ class BastionLink:
             keepalive_count_max=self.config.keepalive_count_max,
             connect_timeout=self.config.connect_timeout,
             login_timeout=self.config.connect_timeout,
-            **policy.client_options(),  # type: ignore[arg-type]
+            **policy.client_options(),
         )
 
     async def _publish_all(self, conn: asyncssh.SSHClientConnection) -> list[str]:
@@ -175,19 +183,30 @@ class BastionLink:
             except asyncssh.ChannelListenError as exc:
                 reason = str(exc) or "refused"
                 self.status.refused[label] = reason
-                log.error("publish refused bastion=%s name=%s: the bastion does not allow this "
-                          "key to publish it (%s); its access file needs permitlisten=\"%s\" "
-                          "on this key", self.endpoint.address, label, reason, label)
+                log.error(
+                    "publish refused bastion=%s name=%s: the bastion does not allow this "
+                    'key to publish it (%s); its access file needs permitlisten="%s" '
+                    "on this key",
+                    self.endpoint.address,
+                    label,
+                    reason,
+                    label,
+                )
                 continue
             self.status.published.append(label)
-            log.info("published bastion=%s name=%s target=%s", self.endpoint.address, label,
-                     tunnel.target)
+            log.info(
+                "published bastion=%s name=%s target=%s",
+                self.endpoint.address,
+                label,
+                tunnel.target,
+            )
         return self.status.published
 
     @staticmethod
     async def _publish(conn: asyncssh.SSHClientConnection, tunnel: TunnelConfig) -> None:
-        await conn.forward_remote_port(tunnel.name, tunnel.port, tunnel.target_host,
-                                       tunnel.target_port)
+        await conn.forward_remote_port(
+            tunnel.name, tunnel.port, tunnel.target_host, tunnel.target_port
+        )
 
     def _failed(self, message: str) -> None:
         self.status.last_error = message

@@ -16,15 +16,18 @@ log = logging.getLogger("sshtunnel_mgr.agent")
 
 
 class Agent:
-    def __init__(self, config: AgentConfig,
-                 on_ready: Callable[[Agent], None] | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, on_ready: Callable[[Agent], None] | None = None
+    ) -> None:
         self.config = config
         self.key = load_private_key(config.key)
         self._on_ready = on_ready
         self._ready = False
         self.ready_event = asyncio.Event()
-        self.links = [BastionLink(config, ep, self.key, on_published=self._published)
-                      for ep in config.bastions]
+        self.links = [
+            BastionLink(config, ep, self.key, on_published=self._published)
+            for ep in config.bastions
+        ]
 
     def _published(self, link: BastionLink) -> None:
         names = ",".join(link.status.published)
@@ -49,6 +52,7 @@ class Agent:
             systemd.notify("STOPPING=1")
 
 
-async def serve(config: AgentConfig, stop: asyncio.Event,
-                on_ready: Callable[[Agent], None] | None = None) -> None:
+async def serve(
+    config: AgentConfig, stop: asyncio.Event, on_ready: Callable[[Agent], None] | None = None
+) -> None:
     await Agent(config, on_ready).run(stop)

@@ -12,11 +12,11 @@ from typing import Any
 
 import asyncssh.connection as _conn
 
-_ORIGINAL = _conn.lookup_server_auth
+_ORIGINAL: Any = getattr(_conn, "lookup_server_auth")  # noqa: B009 (not re-exported)
 
 
 def _lookup_server_auth(conn: Any, username: str, method: bytes, packet: Any) -> Any:
-    owner = getattr(conn, "_owner", None)
+    owner: Any = getattr(conn, "_owner", None)
     if method not in (b"publickey", b"none") and hasattr(owner, "auth_method_refused"):
         owner.auth_method_refused(method.decode("ascii", "replace"), username)
     return _ORIGINAL(conn, username, method, packet)
@@ -24,5 +24,5 @@ def _lookup_server_auth(conn: Any, username: str, method: bytes, packet: Any) ->
 
 def install() -> None:
     """Idempotent: wrap asyncssh's server auth lookup with the logging one."""
-    if _conn.lookup_server_auth is not _lookup_server_auth:
-        _conn.lookup_server_auth = _lookup_server_auth
+    if getattr(_conn, "lookup_server_auth") is not _lookup_server_auth:  # noqa: B009
+        setattr(_conn, "lookup_server_auth", _lookup_server_auth)  # noqa: B010

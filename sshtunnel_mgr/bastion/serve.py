@@ -56,21 +56,25 @@ class Bastion:
                     gss_host=None,
                     server_version="sshtun",
                     reuse_address=True,
-                    **policy.server_options(),  # type: ignore[arg-type]
+                    **policy.server_options(),
                 )
             except OSError as exc:
                 await self.stop()
-                raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                                  hint="check bastion.listen; is another server on that port?"
-                                  ) from None
+                raise ConfigError(
+                    f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                    hint="check bastion.listen; is another server on that port?",
+                ) from None
             self._servers.append(server)
             for sock in server.sockets:
                 bound = sock.getsockname()
                 self.addresses.append((str(bound[0]), int(bound[1])))
-        log.info("listening on %s host_key=%s access=%s keys=%d",
-                 ",".join(f"{h}:{p}" for h, p in self.addresses),
-                 key_fingerprint(self.host_key), self.config.access_file,
-                 len(self.state.access.entries))
+        log.info(
+            "listening on %s host_key=%s access=%s keys=%d",
+            ",".join(f"{h}:{p}" for h, p in self.addresses),
+            key_fingerprint(self.host_key),
+            self.config.access_file,
+            len(self.state.access.entries),
+        )
 
     async def stop(self, grace: float = 5.0) -> None:
         self.state.accepting = False
@@ -89,12 +93,14 @@ class Bastion:
         self._servers.clear()
 
 
-async def serve(config: BastionConfig, stop: asyncio.Event,
-                on_ready: Callable[[Bastion], None] | None = None) -> None:
+async def serve(
+    config: BastionConfig, stop: asyncio.Event, on_ready: Callable[[Bastion], None] | None = None
+) -> None:
     bastion = Bastion(config)
     await bastion.start()
-    systemd.notify("READY=1\nSTATUS=listening on " +
-                   ",".join(f"{h}:{p}" for h, p in bastion.addresses))
+    systemd.notify(
+        "READY=1\nSTATUS=listening on " + ",".join(f"{h}:{p}" for h, p in bastion.addresses)
+    )
     if on_ready is not None:
         on_ready(bastion)
     try:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from collections.abc import Awaitable
+from datetime import UTC, datetime
 
 import asyncssh
 from asyncssh import ChannelOpenError
@@ -68,13 +69,20 @@ class BastionConnection(asyncssh.SSHServer):
         self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
         limits = self.state.config.limits
         if not self.state.accepting:
-            log.info("refused conn=%d from=%s reason=bastion is shutting down",
-                     self.conn_id, self.peer_ip)
+            log.info(
+                "refused conn=%d from=%s reason=bastion is shutting down",
+                self.conn_id,
+                self.peer_ip,
+            )
             conn.close()
             return
         if len(self.state.connections) >= limits.max_connections:
-            log.warning("refused conn=%d from=%s reason=too many connections (max %d)",
-                        self.conn_id, self.peer_ip, limits.max_connections)
+            log.warning(
+                "refused conn=%d from=%s reason=too many connections (max %d)",
+                self.conn_id,
+                self.peer_ip,
+                limits.max_connections,
+            )
             conn.close()
             return
         self.state.connections[self.conn_id] = self
@@ -85,8 +93,15 @@ class BastionConnection(asyncssh.SSHServer):
         who = self.entry.label if self.entry else "unauthenticated"
         reason = str(exc) if exc else "closed"
         level = logging.INFO if self.entry else logging.DEBUG
-        log.log(level, "disconnect conn=%d key=%s from=%s names=%s reason=%s", self.conn_id, who,
-                self.peer_ip, ",".join(self.published) or "-", reason)
+        log.log(
+            level,
+            "disconnect conn=%d key=%s from=%s names=%s reason=%s",
+            self.conn_id,
+            who,
+            self.peer_ip,
+            ",".join(self.published) or "-",
+            reason,
+        )
 
     # Authentication: public key only -----------------------------------------------
     def begin_auth(self, username: str) -> bool:
@@ -106,7 +121,7 @@ class BastionConnection(asyncssh.SSHServer):
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         blob = key.public_data
-        decision = self.state.access.authenticate(blob, self.peer_ip, datetime.now(timezone.utc))
+        decision = self.state.access.authenticate(blob, self.peer_ip, datetime.now(UTC))
         if decision:
             self.entry = self.state.access.find(blob)
             return True
@@ -115,20 +130,27 @@ class BastionConnection(asyncssh.SSHServer):
 
     def auth_method_refused(self, method: str, username: str) -> None:
         """Called for password, keyboard-interactive, ... (see ``authlog``)."""
-        self.auth_failed(f"{method} authentication is not accepted, only publickey "
-                         f"(user {username!r})")
+        self.auth_failed(
+            f"{method} authentication is not accepted, only publickey (user {username!r})"
+        )
 
     def auth_failed(self, reason: str) -> None:
         self.auth_failures += 1
         max_tries = self.state.config.limits.max_auth_tries
         log.warning("auth refused conn=%d from=%s reason=%s", self.conn_id, self.peer_ip, reason)
         if self.auth_failures >= max_tries and self.conn is not None:
-            log.warning("disconnect conn=%d from=%s reason=too many authentication failures (%d)",
-                        self.conn_id, self.peer_ip, self.auth_failures)
+            log.warning(
+                "disconnect conn=%d from=%s reason=too many authentication failures (%d)",
+                self.conn_id,
+                self.peer_ip,
+                self.auth_failures,
+            )
             conn = self.conn
             asyncio.get_running_loop().call_soon(
-                conn.disconnect, asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
-                "Too many authentication failures")
+                conn.disconnect,
+                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                "Too many authentication failures",
+            )
 
     def auth_completed(self) -> None:
         assert self.entry is not None
@@ -136,8 +158,11 @@ class BastionConnection(asyncssh.SSHServer):
 
     # No shell, exec, subsystem, agent or X11: asyncssh refuses sessions by default. -------
     def session_requested(self) -> bool:
-        log.warning("refused session conn=%d key=%s reason=no shell, exec or subsystem here",
-                    self.conn_id, self.entry.label if self.entry else "-")
+        log.warning(
+            "refused session conn=%d key=%s reason=no shell, exec or subsystem here",
+            self.conn_id,
+            self.entry.label if self.entry else "-",
+        )
         return False
 
     # Publishing (tcpip-forward from an agent) --------------------------------------------
@@ -147,17 +172,37 @@ class BastionConnection(asyncssh.SSHServer):
             return False
         refusal = self._publish_refusal(entry, listen_host, listen_port)
         if refusal:
-            log.warning("refused publish conn=%d key=%s from=%s name=%s port=%d reason=%s",
-                        self.conn_id, entry.label, self.peer_ip, listen_host or "''",
-                        listen_port, refusal)
+            log.warning(
+                "refused publish conn=%d key=%s from=%s name=%s port=%d reason=%s",
+                self.conn_id,
+                entry.label,
+                self.peer_ip,
+                listen_host or "''",
+                listen_port,
+                refusal,
+            )
             return False
         name = normalize_name(listen_host)
-        self.state.publish(Route(name=name, port=listen_port, owner=entry.fingerprint,
-                                 conn_id=self.conn_id, handle=self, spelling=listen_host,
-                                 since=self.state.now()))
+        self.state.publish(
+            Route(
+                name=name,
+                port=listen_port,
+                owner=entry.fingerprint,
+                conn_id=self.conn_id,
+                handle=self,
+                spelling=listen_host,
+                since=self.state.now(),
+            )
+        )
         self.published.append(f"{name}:{listen_port}")
-        log.info("publish conn=%d key=%s from=%s name=%s port=%d", self.conn_id, entry.label,
-                 self.peer_ip, name, listen_port)
+        log.info(
+            "publish conn=%d key=%s from=%s name=%s port=%d",
+            self.conn_id,
+            entry.label,
+            self.peer_ip,
+            name,
+            listen_port,
+        )
         return VirtualListener(self.state, name, listen_port, self.conn_id)
 
     @staticmethod
@@ -174,23 +219,39 @@ class BastionConnection(asyncssh.SSHServer):
         return "" if decision else decision.reason
 
     # Routing (direct-tcpip from a client) -------------------------------------------------
-    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
-                             orig_port: int) -> object:
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
         entry = self.entry
         who = entry.label if entry else "-"
         try:
             route = self._route_for(entry, dest_host, dest_port)
         except ChannelOpenError as exc:
-            log.warning("refused open conn=%d key=%s from=%s dest=%s:%d reason=%s", self.conn_id,
-                        who, self.peer_ip, dest_host, dest_port, exc.reason)
+            log.warning(
+                "refused open conn=%d key=%s from=%s dest=%s:%d reason=%s",
+                self.conn_id,
+                who,
+                self.peer_ip,
+                dest_host,
+                dest_port,
+                exc.reason,
+            )
             raise
         self.open_channels += 1
-        log.info("route conn=%d key=%s from=%s name=%s port=%d agent_conn=%d", self.conn_id, who,
-                 self.peer_ip, route.name, route.port, route.conn_id)
+        log.info(
+            "route conn=%d key=%s from=%s name=%s port=%d agent_conn=%d",
+            self.conn_id,
+            who,
+            self.peer_ip,
+            route.name,
+            route.port,
+            route.conn_id,
+        )
         return self._splice(route, orig_host, orig_port)
 
-    def _route_for(self, entry: AccessEntry | None, host: str,
-                   port: int) -> Route[BastionConnection]:
+    def _route_for(
+        self, entry: AccessEntry | None, host: str, port: int
+    ) -> Route[BastionConnection]:
         if entry is None:
             raise ChannelOpenError(OPEN_PROHIBITED, "not authenticated")
         limit = self.state.config.limits.max_channels_per_connection
@@ -199,37 +260,53 @@ class BastionConnection(asyncssh.SSHServer):
         try:
             name = normalize_name(host)
         except InvalidName as exc:
-            raise ChannelOpenError(OPEN_PROHIBITED,
-                                   f"{exc.message}; this bastion routes published names only")
+            raise ChannelOpenError(
+                OPEN_PROHIBITED, f"{exc.message}; this bastion routes published names only"
+            ) from None
         decision = entry.may_reach(name, port)
         if not decision:
             raise ChannelOpenError(OPEN_PROHIBITED, decision.reason)
         route = self.state.routes.pick(name, port, self.state.next_pick())
         if route is None:
-            raise ChannelOpenError(OPEN_FAILED, f"{name}:{port} is not published (no agent serves it)")
+            raise ChannelOpenError(
+                OPEN_FAILED, f"{name}:{port} is not published (no agent serves it)"
+            )
         return route
 
-    async def _splice(self, route: Route[BastionConnection], orig_host: str,
-                      orig_port: int) -> Pipe:
+    async def _splice(
+        self, route: Route[BastionConnection], orig_host: str, orig_port: int
+    ) -> Pipe:
         client_end = Pipe(on_close=self._channel_closed)
         agent_end = Pipe()
         agent_conn = route.handle.conn
         try:
             if agent_conn is None:
                 raise ChannelOpenError(OPEN_FAILED, "agent connection is gone")
-            await agent_conn.create_connection(lambda: agent_end, route.spelling or route.name,
-                                               route.port, orig_host, orig_port)
+            await agent_conn.create_connection(
+                lambda: agent_end, route.spelling or route.name, route.port, orig_host, orig_port
+            )
         except ChannelOpenError as exc:
             self.open_channels -= 1
             reason = f"{route.name}:{route.port}: the home side refused: {exc.reason}"
-            log.warning("refused open conn=%d key=%s name=%s port=%d reason=%s", self.conn_id,
-                        self.entry.label if self.entry else "-", route.name, route.port, reason)
+            log.warning(
+                "refused open conn=%d key=%s name=%s port=%d reason=%s",
+                self.conn_id,
+                self.entry.label if self.entry else "-",
+                route.name,
+                route.port,
+                reason,
+            )
             raise ChannelOpenError(OPEN_FAILED, reason) from None
         except (OSError, asyncssh.Error) as exc:
             self.open_channels -= 1
             reason = f"{route.name}:{route.port}: agent connection failed: {exc}"
-            log.warning("refused open conn=%d name=%s port=%d reason=%s", self.conn_id,
-                        route.name, route.port, reason)
+            log.warning(
+                "refused open conn=%d name=%s port=%d reason=%s",
+                self.conn_id,
+                route.name,
+                route.port,
+                reason,
+            )
             raise ChannelOpenError(OPEN_FAILED, reason) from None
         client_end.link(agent_end)
         return client_end
@@ -237,6 +314,9 @@ class BastionConnection(asyncssh.SSHServer):
     def _channel_closed(self, pipe: Pipe) -> None:
         self.open_channels -= 1
         peer_bytes = pipe.peer.bytes_in if pipe.peer else 0
-        log.debug("channel closed conn=%d bytes_up=%d bytes_down=%d", self.conn_id,
-                  pipe.bytes_in, peer_bytes)
-
+        log.debug(
+            "channel closed conn=%d bytes_up=%d bytes_down=%d",
+            self.conn_id,
+            pipe.bytes_in,
+            peer_bytes,
+        )

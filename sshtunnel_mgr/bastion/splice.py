@@ -29,8 +29,8 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
         self.peer = peer
         peer.peer = self
 
-    def connection_made(self, chan: asyncssh.SSHChannel[bytes]) -> None:  # type: ignore[override]
-        self.chan = chan  # type: ignore[assignment]
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        self.chan = chan
         peer = self.peer
         if peer is not None and peer._pending:
             for data in peer._pending:

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
 
-
 @dataclass
 class BastionState:
     config: BastionConfig
@@ -41,7 +40,11 @@ class BastionState:
             if old.conn_id != route.conn_id:
                 log.info(
                     "takeover name=%s port=%d key=%s old_conn=%d new_conn=%d",
-                    route.name, route.port, route.owner, old.conn_id, route.conn_id,
+                    route.name,
+                    route.port,
+                    route.owner,
+                    old.conn_id,
+                    route.conn_id,
                 )
 
     def withdraw(self, name: str, port: int, conn_id: int) -> None:

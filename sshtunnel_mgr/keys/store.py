@@ -69,8 +69,9 @@ def load_private_key(path: Path, passphrase: str | None = None) -> asyncssh.SSHK
     try:
         return asyncssh.read_private_key(str(path), passphrase)
     except FileNotFoundError:
-        raise KeyFileError(f"key file {path} does not exist",
-                           hint=f"create one with: sshtun keys gen {path}") from None
+        raise KeyFileError(
+            f"key file {path} does not exist", hint=f"create one with: sshtun keys gen {path}"
+        ) from None
     except (OSError, asyncssh.KeyImportError, ValueError) as exc:
         raise KeyFileError(f"cannot load key {path}: {exc}") from None
 

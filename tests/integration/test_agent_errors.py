@@ -27,22 +27,28 @@ from tests.integration.conftest import logged
 
 def impostor_pinned(keys: Keys, port: int, known_hosts: Path | None = None) -> AgentConfig:
     other = public_line(asyncssh.generate_private_key("ssh-ed25519"), "")
-    endpoint = (BastionEndpoint(address=f"127.0.0.1:{port}", known_hosts=known_hosts)
-                if known_hosts else BastionEndpoint(address=f"127.0.0.1:{port}", host_key=other))
+    endpoint = (
+        BastionEndpoint(address=f"127.0.0.1:{port}", known_hosts=known_hosts)
+        if known_hosts
+        else BastionEndpoint(address=f"127.0.0.1:{port}", host_key=other)
+    )
     if known_hosts:
         known_hosts.write_text(f"[127.0.0.1]:{port} {other}\n")
-    return AgentConfig(key=keys.agent.path, bastions=[endpoint],
-                       tunnels=[TunnelConfig(name="homebox", target="127.0.0.1:9")])
+    return AgentConfig(
+        key=keys.agent.path,
+        bastions=[endpoint],
+        tunnels=[TunnelConfig(name="homebox", target="127.0.0.1:9")],
+    )
 
 
 @pytest.mark.parametrize("pin", ["host_key", "known_hosts"])
-async def test_host_key_mismatch_is_fatal_not_retried(keys: Keys, tmp_path: Path, pin: str,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+async def test_host_key_mismatch_is_fatal_not_retried(
+    keys: Keys, tmp_path: Path, pin: str, caplog: pytest.LogCaptureFixture
+) -> None:
     access = tmp_path / "access"
     access.write_text(access_text(keys))
     async with running_bastion(bastion_config(keys, access)) as bastion:
-        cfg = impostor_pinned(keys, bastion.port,
-                              tmp_path / "kh" if pin == "known_hosts" else None)
+        cfg = impostor_pinned(keys, bastion.port, tmp_path / "kh" if pin == "known_hosts" else None)
         agent = Agent(cfg)
         with pytest.raises(HostKeyError, match="does not match the pinned one"):
             await asyncio.wait_for(agent.run(asyncio.Event()), 15)
@@ -65,9 +71,9 @@ async def test_cli_up_exits_with_hostkey_status_and_a_hint(keys: Keys, tmp_path:
     assert "Traceback" not in err
 
 
-async def test_refused_login_is_fatal_with_permission_status(keys: Keys, tmp_path: Path,
-                                                             caplog: pytest.LogCaptureFixture
-                                                             ) -> None:
+async def test_refused_login_is_fatal_with_permission_status(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     access = tmp_path / "access"
     access.write_text(f'permitopen="homebox:22" {keys.client.public_line}\n')
     async with running_bastion(bastion_config(keys, access)) as bastion:
@@ -85,8 +91,9 @@ async def test_refused_login_is_fatal_with_permission_status(keys: Keys, tmp_pat
 async def test_unreachable_bastion_is_retried_with_backoff(keys: Keys, tmp_path: Path) -> None:
     from tests.harness import free_port, wait_for
 
-    cfg = agent_config(keys, free_port(), [("homebox", 22, "127.0.0.1:9")],
-                       backoff={"base": 0.05, "cap": 0.2})
+    cfg = agent_config(
+        keys, free_port(), [("homebox", 22, "127.0.0.1:9")], backoff={"base": 0.05, "cap": 0.2}
+    )
     agent = Agent(cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))

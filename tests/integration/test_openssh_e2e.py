@@ -26,14 +26,18 @@ from tests.integration.conftest import logged
 pytestmark = pytest.mark.openssh
 
 
-async def test_ssh_jump_reaches_home_sshd_through_sshtun(keys: Keys, tmp_path: Path,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+async def test_ssh_jump_reaches_home_sshd_through_sshtun(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     access = tmp_path / "access"
     access.write_text(access_text(keys))
-    async with home_sshd(keys, tmp_path / "home") as home, \
-            running_bastion(bastion_config(keys, access)) as bastion, \
-            running_agent(agent_config(keys, bastion.port,
-                                       [("homebox", 22, f"127.0.0.1:{home.port}")])):
+    async with (
+        home_sshd(keys, tmp_path / "home") as home,
+        running_bastion(bastion_config(keys, access)) as bastion,
+        running_agent(
+            agent_config(keys, bastion.port, [("homebox", 22, f"127.0.0.1:{home.port}")])
+        ),
+    ):
         cfg = write_ssh_config(tmp_path / "client", keys, bastion.port)
         result = await run_ssh(cfg, "homebox", "echo through-the-tunnel; id -un")
         assert result.returncode == 0, result.stderr
@@ -49,20 +53,36 @@ def home_user() -> str:
     return getpass.getuser()
 
 
-async def test_stock_openssh_agent_publishes_a_name(keys: Keys, tmp_path: Path,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+async def test_stock_openssh_agent_publishes_a_name(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     require_openssh(server=True)
     assert SSH is not None
     access = tmp_path / "access"
     access.write_text(access_text(keys))
-    async with home_sshd(keys, tmp_path / "home") as home, \
-            running_bastion(bastion_config(keys, access)) as bastion:
-        agent_cfg = write_ssh_config(tmp_path / "agent", keys, bastion.port,
-                                     identity=keys.agent.path)
-        async with process(SSH, "-F", str(agent_cfg), "-N", "-o", "ExitOnForwardFailure=yes",
-                           "-R", f"homebox:22:127.0.0.1:{home.port}", "bastion") as stock_agent:
-            await wait_for(lambda: bastion.state.routes.lookup("homebox", 22)
-                           or stock_agent.returncode is not None)
+    async with (
+        home_sshd(keys, tmp_path / "home") as home,
+        running_bastion(bastion_config(keys, access)) as bastion,
+    ):
+        agent_cfg = write_ssh_config(
+            tmp_path / "agent", keys, bastion.port, identity=keys.agent.path
+        )
+        async with process(
+            SSH,
+            "-F",
+            str(agent_cfg),
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            f"homebox:22:127.0.0.1:{home.port}",
+            "bastion",
+        ) as stock_agent:
+            await wait_for(
+                lambda: (
+                    bastion.state.routes.lookup("homebox", 22) or stock_agent.returncode is not None
+                )
+            )
             assert stock_agent.returncode is None, "stock ssh -R exited"
             cfg = write_ssh_config(tmp_path / "client", keys, bastion.port)
             result = await run_ssh(cfg, "homebox", "echo via-stock-agent")
@@ -74,7 +94,8 @@ async def test_stock_openssh_agent_publishes_a_name(keys: Keys, tmp_path: Path,
 
 
 async def test_paramiko_client_exchanges_data_through_a_published_name(
-        keys: Keys, tmp_path: Path) -> None:
+    keys: Keys, tmp_path: Path
+) -> None:
     """A second, independent SSH implementation as the client (direct-tcpip)."""
     import asyncio
 
@@ -89,12 +110,18 @@ async def test_paramiko_client_exchanges_data_through_a_published_name(
     service = await asyncio.start_server(echo, "127.0.0.1", 0)
     sport = service.sockets[0].getsockname()[1]
     access = tmp_path / "access"
-    access.write_text(access_text(keys, listen="echo.home.example.com:7",
-                                  open_="*.home.example.com:7"))
+    access.write_text(
+        access_text(keys, listen="echo.home.example.com:7", open_="*.home.example.com:7")
+    )
     try:
-        async with running_bastion(bastion_config(keys, access)) as bastion, \
-                running_agent(agent_config(keys, bastion.port,
-                                           [("echo.home.example.com", 7, f"127.0.0.1:{sport}")])):
+        async with (
+            running_bastion(bastion_config(keys, access)) as bastion,
+            running_agent(
+                agent_config(
+                    keys, bastion.port, [("echo.home.example.com", 7, f"127.0.0.1:{sport}")]
+                )
+            ),
+        ):
             known = tmp_path / "paramiko_known_hosts"
             known.write_text(f"[127.0.0.1]:{bastion.port} {keys.bastion_host.public_line}\n")
 
@@ -102,14 +129,21 @@ async def test_paramiko_client_exchanges_data_through_a_published_name(
                 client = paramiko.SSHClient()
                 client.load_host_keys(str(known))
                 client.set_missing_host_key_policy(paramiko.RejectPolicy())
-                client.connect("127.0.0.1", bastion.port, username="alice",
-                               key_filename=str(keys.client.path), look_for_keys=False,
-                               allow_agent=False, timeout=10)
+                client.connect(
+                    "127.0.0.1",
+                    bastion.port,
+                    username="alice",
+                    key_filename=str(keys.client.path),
+                    look_for_keys=False,
+                    allow_agent=False,
+                    timeout=10,
+                )
                 try:
                     transport = client.get_transport()
                     assert transport is not None
-                    chan = transport.open_channel("direct-tcpip",
-                                                  ("echo.home.example.com", 7), ("127.0.0.1", 0))
+                    chan = transport.open_channel(
+                        "direct-tcpip", ("echo.home.example.com", 7), ("127.0.0.1", 0)
+                    )
                     chan.settimeout(10)
                     got = b""
                     while not got.endswith(b"\n"):

@@ -43,20 +43,30 @@ class Scene:
 
 
 @contextlib.asynccontextmanager
-async def scene(keys: Keys, tmp_path: Path, access: str, tunnels: list[tuple[str, int]] | None = None,
-                **bastion_kw: object) -> AsyncIterator[Scene]:
+async def scene(
+    keys: Keys,
+    tmp_path: Path,
+    access: str,
+    tunnels: list[tuple[str, int]] | None = None,
+    **bastion_kw: object,
+) -> AsyncIterator[Scene]:
     """Home sshd + sshtun bastion + sshtun agent publishing ``tunnels`` (all to the sshd)."""
     path = tmp_path / "access"
     path.write_text(access)
-    async with home_sshd(keys, tmp_path / "home") as home, \
-            running_bastion(bastion_config(keys, path, **bastion_kw)) as bastion:
+    async with (
+        home_sshd(keys, tmp_path / "home") as home,
+        running_bastion(bastion_config(keys, path, **bastion_kw)) as bastion,
+    ):
         target = f"127.0.0.1:{home.port}"
-        agent_cm = running_agent(agent_config(keys, bastion.port,
-                                              [(n, p, target) for n, p in
-                                               (tunnels or [("homebox", 22)])]))
+        agent_cm = running_agent(
+            agent_config(
+                keys, bastion.port, [(n, p, target) for n, p in (tunnels or [("homebox", 22)])]
+            )
+        )
         async with agent_cm:
-            yield Scene(bastion, home.port, write_ssh_config(tmp_path / "client", keys,
-                                                             bastion.port))
+            yield Scene(
+                bastion, home.port, write_ssh_config(tmp_path / "client", keys, bastion.port)
+            )
 
 
 def paramiko_client(keys: Keys, port: int, tmp_path: Path) -> paramiko.SSHClient:
@@ -69,12 +79,12 @@ def paramiko_client(keys: Keys, port: int, tmp_path: Path) -> paramiko.SSHClient
 
 
 # Authentication ---------------------------------------------------------------------------
-async def test_unknown_key_is_refused(keys: Keys, tmp_path: Path,
-                                      caplog: pytest.LogCaptureFixture) -> None:
+async def test_unknown_key_is_refused(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     stranger = keys.extra("stranger_key")
     async with scene(keys, tmp_path, access_text(keys)) as s:
-        cfg = write_ssh_config(tmp_path / "stranger", keys, s.bastion.port,
-                               identity=stranger.path)
+        cfg = write_ssh_config(tmp_path / "stranger", keys, s.bastion.port, identity=stranger.path)
         result = await run_ssh(cfg, "homebox", "true")
         assert result.returncode == 255
         assert "Permission denied (publickey)" in result.stderr
@@ -83,15 +93,24 @@ async def test_unknown_key_is_refused(keys: Keys, tmp_path: Path,
 
 @pytest.mark.parametrize("method", ["password", "keyboard-interactive"])
 async def test_password_and_kbdint_are_never_offered_and_attempts_are_logged(
-        keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture, method: str) -> None:
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture, method: str
+) -> None:
     access = tmp_path / "access"
     access.write_text(access_text(keys))
     async with running_bastion(bastion_config(keys, access)) as bastion:
+
         def attempt() -> list[str]:
             client = paramiko_client(keys, bastion.port, tmp_path)
             try:
-                client.connect("127.0.0.1", bastion.port, username="root", password="hunter2",
-                               look_for_keys=False, allow_agent=False, timeout=10)
+                client.connect(
+                    "127.0.0.1",
+                    bastion.port,
+                    username="root",
+                    password="hunter2",
+                    look_for_keys=False,
+                    allow_agent=False,
+                    timeout=10,
+                )
             except paramiko.BadAuthenticationType as exc:
                 return list(exc.allowed_types)
             finally:
@@ -112,46 +131,57 @@ async def test_password_and_kbdint_are_never_offered_and_attempts_are_logged(
 
         allowed = await asyncio.to_thread(attempt if method == "password" else attempt_kbdint)
         assert allowed == ["publickey"]
-        assert logged(caplog, "auth refused",
-                      f"{method} authentication is not accepted, only publickey")
+        assert logged(
+            caplog, "auth refused", f"{method} authentication is not accepted, only publickey"
+        )
 
 
-async def test_expired_key_is_refused(keys: Keys, tmp_path: Path,
-                                      caplog: pytest.LogCaptureFixture) -> None:
-    access = access_text(keys).replace('permitopen="homebox:22"',
-                                       'permitopen="homebox:22",expiry-time="20200101Z"')
+async def test_expired_key_is_refused(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    access = access_text(keys).replace(
+        'permitopen="homebox:22"', 'permitopen="homebox:22",expiry-time="20200101Z"'
+    )
     async with scene(keys, tmp_path, access) as s:
         result = await run_ssh(s.cfg, "homebox", "true")
         assert result.returncode == 255
         assert "Permission denied" in result.stderr
-        assert logged(caplog, "auth refused", keys.client.fingerprint,
-                      "expired at 2020-01-01T00:00:00+00:00")
+        assert logged(
+            caplog, "auth refused", keys.client.fingerprint, "expired at 2020-01-01T00:00:00+00:00"
+        )
 
 
 async def test_key_outside_its_from_addresses_is_refused(
-        keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    access = access_text(keys).replace('permitopen="homebox:22"',
-                                       'permitopen="homebox:22",from="192.0.2.0/24"')
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    access = access_text(keys).replace(
+        'permitopen="homebox:22"', 'permitopen="homebox:22",from="192.0.2.0/24"'
+    )
     async with scene(keys, tmp_path, access) as s:
         result = await run_ssh(s.cfg, "homebox", "true")
         assert result.returncode == 255
-        assert logged(caplog, "auth refused", "not allowed from 127.0.0.1",
-                      "from=192.0.2.0/24")
+        assert logged(caplog, "auth refused", "not allowed from 127.0.0.1", "from=192.0.2.0/24")
 
 
-async def test_too_many_failed_keys_disconnects(keys: Keys, tmp_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+async def test_too_many_failed_keys_disconnects(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     access = tmp_path / "access"
     access.write_text(access_text(keys))
     strangers = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(9)]
-    async with running_bastion(bastion_config(keys, access,
-                                              limits={"max_auth_tries": 3})) as bastion:
-        with pytest.raises((asyncssh.PermissionDenied, asyncssh.DisconnectError,
-                            ConnectionError)):
+    async with running_bastion(
+        bastion_config(keys, access, limits={"max_auth_tries": 3})
+    ) as bastion:
+        with pytest.raises((asyncssh.PermissionDenied, asyncssh.DisconnectError, ConnectionError)):
             async with asyncssh.connect(
-                    "127.0.0.1", bastion.port, username="x", client_keys=strangers,
-                    known_hosts=([asyncssh.import_public_key(bastion_pub(keys))], [], []),
-                    config=None, agent_path=None):
+                "127.0.0.1",
+                bastion.port,
+                username="x",
+                client_keys=strangers,
+                known_hosts=([asyncssh.import_public_key(bastion_pub(keys))], [], []),
+                config=None,
+                agent_path=None,
+            ):
                 pass
         await wait_for(lambda: logged(caplog, "too many authentication failures (3)"))
         refused = [r for r in caplog.records if "auth refused" in r.getMessage()]
@@ -159,11 +189,13 @@ async def test_too_many_failed_keys_disconnects(keys: Keys, tmp_path: Path,
 
 
 async def test_unauthenticated_connection_is_dropped_after_login_timeout(
-        keys: Keys, tmp_path: Path) -> None:
+    keys: Keys, tmp_path: Path
+) -> None:
     access = tmp_path / "access"
     access.write_text(access_text(keys))
-    async with running_bastion(bastion_config(keys, access,
-                                              limits={"login_timeout": 0.5})) as bastion:
+    async with running_bastion(
+        bastion_config(keys, access, limits={"login_timeout": 0.5})
+    ) as bastion:
         reader, writer = await asyncio.open_connection("127.0.0.1", bastion.port)
         banner = await reader.readline()
         assert banner.startswith(b"SSH-2.0-")
@@ -174,23 +206,32 @@ async def test_unauthenticated_connection_is_dropped_after_login_timeout(
 
 # Publishing -------------------------------------------------------------------------------
 async def test_agent_cannot_publish_a_name_it_is_not_allowed(
-        keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    async with scene(keys, tmp_path, access_text(keys),
-                     tunnels=[("homebox", 22), ("secret", 22)]) as s:
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with scene(
+        keys, tmp_path, access_text(keys), tunnels=[("homebox", 22), ("secret", 22)]
+    ) as s:
         assert s.bastion.state.routes.lookup("homebox", 22)
         assert not s.bastion.state.routes.lookup("secret", 22)
-        assert logged(caplog, "refused publish", "name=secret", "port=22",
-                      "may publish only homebox:22, not secret:22")
+        assert logged(
+            caplog,
+            "refused publish",
+            "name=secret",
+            "port=22",
+            "may publish only homebox:22, not secret:22",
+        )
         assert logged(caplog, "publish refused", "name=secret:22", 'permitlisten="secret:22"')
 
 
 async def test_agent_with_only_refused_names_backs_off_to_the_cap(
-        keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     access = tmp_path / "access"
     access.write_text(access_text(keys))
     async with running_bastion(bastion_config(keys, access)) as bastion:
-        cfg = agent_config(keys, bastion.port, [("secret", 22, "127.0.0.1:9")],
-                           backoff={"base": 0.1, "cap": 120})
+        cfg = agent_config(
+            keys, bastion.port, [("secret", 22, "127.0.0.1:9")], backoff={"base": 0.1, "cap": 120}
+        )
         async with running_agent(cfg, wait=False) as agent:
             link = agent.agent.links[0]
             await wait_for(lambda: link.status.state == "backoff")
@@ -204,21 +245,36 @@ async def test_agent_with_only_refused_names_backs_off_to_the_cap(
 
 
 async def test_second_key_cannot_hijack_a_published_name(
-        keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     require_openssh()
     assert SSH is not None
     mallory = keys.extra("mallory_key")
     access = access_text(keys, extra=[f'permitlisten="mallory:22" {mallory.public_line}'])
     async with scene(keys, tmp_path, access) as s:
         cfg = write_ssh_config(tmp_path / "mallory", keys, s.bastion.port, identity=mallory.path)
-        async with process(SSH, "-F", str(cfg), "-N", "-o", "ExitOnForwardFailure=yes",
-                           "-R", "homebox:22:127.0.0.1:9", "bastion") as proc:
+        async with process(
+            SSH,
+            "-F",
+            str(cfg),
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "homebox:22:127.0.0.1:9",
+            "bastion",
+        ) as proc:
             await asyncio.wait_for(proc.wait(), 20)
             assert proc.returncode == 255
             assert proc.stderr is not None
             assert b"remote port forwarding failed" in await proc.stderr.read()
-        assert logged(caplog, "refused publish", mallory.fingerprint, "name=homebox",
-                      "may publish only mallory:22, not homebox:22")
+        assert logged(
+            caplog,
+            "refused publish",
+            mallory.fingerprint,
+            "name=homebox",
+            "may publish only mallory:22, not homebox:22",
+        )
         owners = {r.owner for r in s.bastion.state.routes.lookup("homebox", 22)}
         assert owners == {keys.agent.fingerprint}
         result = await run_ssh(s.cfg, "homebox", "echo still-mine")
@@ -235,16 +291,17 @@ async def test_second_key_cannot_hijack_a_published_name(
     ],
 )
 async def test_wildcard_ip_and_dynamic_binds_are_refused(
-        keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture, forward: str,
-        reason: str) -> None:
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture, forward: str, reason: str
+) -> None:
     require_openssh()
     assert SSH is not None
     access = tmp_path / "access"
     access.write_text(access_text(keys, listen="*:*"))
     async with running_bastion(bastion_config(keys, access)) as bastion:
         cfg = write_ssh_config(tmp_path / "agent", keys, bastion.port, identity=keys.agent.path)
-        async with process(SSH, "-F", str(cfg), "-N", "-o", "ExitOnForwardFailure=yes",
-                           "-R", forward, "bastion") as proc:
+        async with process(
+            SSH, "-F", str(cfg), "-N", "-o", "ExitOnForwardFailure=yes", "-R", forward, "bastion"
+        ) as proc:
             await asyncio.wait_for(proc.wait(), 20)
             assert proc.returncode == 255
         assert logged(caplog, "refused publish", reason)
@@ -256,8 +313,10 @@ async def test_wildcard_ip_and_dynamic_binds_are_refused(
     ("dest", "reason"),
     [
         ("nothere:22", "nothere:22 is not published (no agent serves it)"),
-        ("127.0.0.1:22", "'127.0.0.1' is an IP address, not a name; this bastion routes "
-                         "published names only"),
+        (
+            "127.0.0.1:22",
+            "'127.0.0.1' is an IP address, not a name; this bastion routes published names only",
+        ),
         ("192.0.2.7:80", "'192.0.2.7' is an IP address, not a name"),
         ("[::1]:22", "'::1' is an IP address, not a name"),
         ("localhost:22", "'localhost' is a local name and cannot be routed"),
@@ -265,8 +324,8 @@ async def test_wildcard_ip_and_dynamic_binds_are_refused(
     ],
 )
 async def test_direct_tcpip_outside_the_route_table_is_refused(
-        keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture, dest: str,
-        reason: str) -> None:
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture, dest: str, reason: str
+) -> None:
     async with scene(keys, tmp_path, access_text(keys, open_="homebox:22,nothere:22")) as s:
         result = await run_ssh(s.cfg, "-W", dest, "bastion")
         assert result.returncode != 0
@@ -275,7 +334,8 @@ async def test_direct_tcpip_outside_the_route_table_is_refused(
 
 
 async def test_client_cannot_reach_a_published_name_it_is_not_allowed(
-        keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     access = access_text(keys, listen="homebox:22,other:22", open_="homebox:22")
     async with scene(keys, tmp_path, access, tunnels=[("homebox", 22), ("other", 22)]) as s:
         assert s.bastion.state.routes.lookup("other", 22)
@@ -284,22 +344,29 @@ async def test_client_cannot_reach_a_published_name_it_is_not_allowed(
         # OpenSSH shows the bastion's reason to the person.
         assert "open failed: administratively prohibited: key" in result.stderr
         assert "may reach only homebox:22, not other:22" in result.stderr
-        assert logged(caplog, "refused open", keys.client.fingerprint,
-                      "may reach only homebox:22, not other:22")
+        assert logged(
+            caplog,
+            "refused open",
+            keys.client.fingerprint,
+            "may reach only homebox:22, not other:22",
+        )
 
 
 async def test_agent_key_cannot_reach_and_client_key_cannot_publish(
-        keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async with scene(keys, tmp_path, access_text(keys)) as s:
-        agent_as_client = write_ssh_config(tmp_path / "ac", keys, s.bastion.port,
-                                           identity=keys.agent.path)
+        agent_as_client = write_ssh_config(
+            tmp_path / "ac", keys, s.bastion.port, identity=keys.agent.path
+        )
         result = await run_ssh(agent_as_client, "-W", "homebox:22", "bastion")
         assert result.returncode != 0
         assert logged(caplog, "refused open", "has no permitopen (it may not reach names)")
 
 
 async def test_no_shell_exec_or_subsystem_on_the_bastion(
-        keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async with scene(keys, tmp_path, access_text(keys)) as s:
         for args in (["bastion", "id"], ["-s", "bastion", "sftp"]):
             result = await run_ssh(s.cfg, *args)
@@ -307,15 +374,22 @@ async def test_no_shell_exec_or_subsystem_on_the_bastion(
         assert logged(caplog, "refused session", "no shell, exec or subsystem here")
 
 
-async def test_channels_per_connection_are_capped(keys: Keys, tmp_path: Path,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
-    async with scene(keys, tmp_path, access_text(keys),
-                     limits={"max_channels_per_connection": 2}) as s:
+async def test_channels_per_connection_are_capped(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with scene(
+        keys, tmp_path, access_text(keys), limits={"max_channels_per_connection": 2}
+    ) as s:
         client_key = load_private_key(keys.client.path)
         async with asyncssh.connect(
-                "127.0.0.1", s.bastion.port, username="alice", client_keys=[client_key],
-                known_hosts=([asyncssh.import_public_key(bastion_pub(keys))], [], []),
-                config=None, agent_path=None) as conn:
+            "127.0.0.1",
+            s.bastion.port,
+            username="alice",
+            client_keys=[client_key],
+            known_hosts=([asyncssh.import_public_key(bastion_pub(keys))], [], []),
+            config=None,
+            agent_path=None,
+        ) as conn:
             first = await conn.open_connection("homebox", 22)
             second = await conn.open_connection("homebox", 22)
             with pytest.raises(asyncssh.ChannelOpenError, match="too many open channels"):
