@@ -7,11 +7,13 @@ an address of its own choosing, resolves a name, or opens a listening socket per
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 import asyncssh
+import asyncssh.packet
 from asyncssh import ChannelOpenError
 
 from sshtunnel_mgr.access import AccessEntry
@@ -60,6 +62,7 @@ class BastionConnection(asyncssh.SSHServer):
         self.auth_failures = 0
         self.open_channels = 0
         self.published: list[str] = []  # every name:port this connection published
+        self._spellings: dict[tuple[str, int], str] = {}
         self.since = state.now()
 
     # Connection --------------------------------------------------------------------
@@ -86,6 +89,7 @@ class BastionConnection(asyncssh.SSHServer):
             conn.close()
             return
         self.state.connections[self.conn_id] = self
+        self._remember_bind_spelling(conn)
         log.debug("connect conn=%d from=%s:%d", self.conn_id, self.peer_ip, self.peer_port)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -102,6 +106,29 @@ class BastionConnection(asyncssh.SSHServer):
             ",".join(self.published) or "-",
             reason,
         )
+
+    def _remember_bind_spelling(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Keep the agent's own spelling of each ``tcpip-forward`` bind address.
+
+        asyncssh lower-cases it before ``server_requested``, but stock ``ssh -R`` matches the
+        ``forwarded-tcpip`` it later receives against what it sent, so a name published as
+        ``HomeBox`` must be answered as ``HomeBox``. asyncssh dispatches global requests by
+        attribute lookup on the connection, so a per-connection wrapper can read the raw
+        name first; if that internal ever changes, names simply fall back to lower case.
+        """
+        attr = "_process_tcpip_forward_global_request"
+        original = getattr(conn, attr, None)
+        if original is None:
+            return
+
+        def peek(packet: asyncssh.packet.SSHPacket) -> object:
+            with contextlib.suppress(asyncssh.packet.PacketDecodeError, UnicodeDecodeError):
+                raw = asyncssh.packet.SSHPacket(packet.get_remaining_payload())
+                host = raw.get_string().decode("utf-8")
+                self._spellings[(host.lower(), raw.get_uint32())] = host
+            return original(packet)
+
+        setattr(conn, attr, peek)
 
     # Authentication: public key only -----------------------------------------------
     def begin_auth(self, username: str) -> bool:
@@ -167,6 +194,7 @@ class BastionConnection(asyncssh.SSHServer):
 
     # Publishing (tcpip-forward from an agent) --------------------------------------------
     def server_requested(self, listen_host: str, listen_port: int) -> asyncssh.SSHListener | bool:
+        spelling = self._spellings.pop((listen_host, listen_port), listen_host)
         entry = self.entry
         if entry is None or self.conn is None:
             return False
@@ -190,7 +218,7 @@ class BastionConnection(asyncssh.SSHServer):
                 owner=entry.fingerprint,
                 conn_id=self.conn_id,
                 handle=self,
-                spelling=listen_host,
+                spelling=spelling,
                 since=self.state.now(),
             )
         )

@@ -162,3 +162,40 @@ async def test_paramiko_client_exchanges_data_through_a_published_name(
     finally:
         service.close()
         await service.wait_closed()
+
+
+async def test_stock_agent_with_a_mixed_case_name(keys: Keys, tmp_path: Path) -> None:
+    """Names are case-insensitive, but stock ssh -R must get back its own spelling."""
+    require_openssh(server=True)
+    assert SSH is not None
+    access = tmp_path / "access"
+    access.write_text(access_text(keys))
+    async with (
+        home_sshd(keys, tmp_path / "home") as home,
+        running_bastion(bastion_config(keys, access)) as bastion,
+    ):
+        agent_cfg = write_ssh_config(
+            tmp_path / "agent", keys, bastion.port, identity=keys.agent.path
+        )
+        async with process(
+            SSH,
+            "-F",
+            str(agent_cfg),
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            f"HomeBox:22:127.0.0.1:{home.port}",
+            "bastion",
+        ) as stock_agent:
+            await wait_for(
+                lambda: (
+                    bastion.state.routes.lookup("homebox", 22) or stock_agent.returncode is not None
+                )
+            )
+            [route] = bastion.state.routes.lookup("homebox", 22)
+            assert route.spelling == "HomeBox"
+            for name in ("homebox", "HOMEBOX"):
+                cfg = write_ssh_config(tmp_path / name, keys, bastion.port, name=name)
+                result = await run_ssh(cfg, name, "echo case-ok")
+                assert result.stdout == b"case-ok\n", result.stderr
