@@ -159,6 +159,7 @@ class AgentConfig(_Model):
     keepalive_interval: Seconds = 15.0
     keepalive_count_max: Annotated[int, Field(ge=1, le=100)] = 3
     connect_timeout: Seconds = 15.0
+    probe_interval: Seconds = 30.0
     backoff: BackoffConfig = BackoffConfig()
 
     @field_validator("key")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import asyncssh
 
 from sshtunnel_mgr import policy
+from sshtunnel_mgr.asyncutil import wait_either
 from sshtunnel_mgr.backoff import Backoff
 from sshtunnel_mgr.config import AgentConfig, BastionEndpoint, TunnelConfig
 from sshtunnel_mgr.errors import ConfigError, HostKeyError, PermissionRefused
@@ -37,6 +38,9 @@ class LinkStatus:
     published: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     connects: int = 0
+    probe_ok: bool = False
+    last_probe_at: float | None = None
+    probe_error: str = ""
 
 
 def known_hosts_arg(endpoint: BastionEndpoint) -> object:
@@ -138,13 +142,14 @@ class BastionLink:
             self.status.next_retry_at = None
             if self.on_published is not None:
                 self.on_published(self)
-            await _wait_either(conn.wait_closed(), stop.wait())
+            await wait_either(conn.wait_closed(), stop.wait())
         except (OSError, asyncssh.Error) as exc:
             self._failed(_describe(exc))
         finally:
             conn.close()
             self.conn = None
             self.status.published = []
+            self.status.probe_ok = False
             self.backoff.disconnected()
         if not stop.is_set():
             self._failed("connection to bastion lost")
@@ -208,6 +213,33 @@ class BastionLink:
             tunnel.name, tunnel.port, tunnel.target_host, tunnel.target_port
         )
 
+    async def probe(self, timeout: float) -> bool:
+        """Prove each published name works end to end: open it through the bastion, which
+        routes it back down this very connection to the local target."""
+        conn = self.conn
+        if conn is None or self.status.state != "up":
+            self.status.probe_ok = False
+            return False
+        for label in list(self.status.published):
+            name, _, port = label.rpartition(":")
+            try:
+                _, writer = await asyncio.wait_for(conn.open_connection(name, int(port)), timeout)
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                self.status.probe_ok = False
+                self.status.probe_error = f"{label}: {_describe(exc)}"
+                log.warning(
+                    "probe failed bastion=%s name=%s error=%s",
+                    self.endpoint.address,
+                    label,
+                    _describe(exc),
+                )
+                return False
+            writer.close()
+        self.status.probe_ok = True
+        self.status.probe_error = ""
+        self.status.last_probe_at = time.time()
+        return True
+
     def _failed(self, message: str) -> None:
         self.status.last_error = message
         log.warning("link down bastion=%s error=%s", self.endpoint.address, message)
@@ -219,13 +251,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
-
-
-async def _wait_either(*aws: object) -> None:
-    tasks = [asyncio.ensure_future(a) for a in aws]  # type: ignore[call-overload]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

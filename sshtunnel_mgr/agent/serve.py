@@ -1,14 +1,16 @@
 """The agent's lifecycle: load key → one link per bastion → ready when a name is published
-→ run until stopped → close links."""
+→ run (probing health) until stopped → close links."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
 from sshtunnel_mgr import systemd
 from sshtunnel_mgr.agent.link import BastionLink
+from sshtunnel_mgr.asyncutil import wait_either
 from sshtunnel_mgr.config import AgentConfig
 from sshtunnel_mgr.keys.store import load_private_key
 
@@ -24,14 +26,14 @@ class Agent:
         self._on_ready = on_ready
         self._ready = False
         self.ready_event = asyncio.Event()
+        self.healthy = False
         self.links = [
             BastionLink(config, ep, self.key, on_published=self._published)
             for ep in config.bastions
         ]
 
     def _published(self, link: BastionLink) -> None:
-        names = ",".join(link.status.published)
-        systemd.notify(f"STATUS=up on {link.endpoint.address}: {names}")
+        systemd.notify(f"STATUS={self.status_line()}")
         if not self._ready:
             self._ready = True
             systemd.notify("READY=1")
@@ -39,12 +41,42 @@ class Agent:
             if self._on_ready is not None:
                 self._on_ready(self)
 
+    def status_line(self) -> str:
+        parts = []
+        for link in self.links:
+            names = ",".join(link.status.published) or "-"
+            parts.append(f"{link.endpoint.address}: {link.status.state} {names}")
+        return "; ".join(parts)
+
+    async def check_health(self) -> bool:
+        """Probe every up link through the real forwarded path; ping the watchdog only if
+        at least one link is up and every up link passes."""
+        timeout = self.config.connect_timeout
+        results = [await link.probe(timeout) for link in self.links if link.conn is not None]
+        self.healthy = bool(results) and all(results)
+        if self.healthy:
+            systemd.notify("WATCHDOG=1")
+        systemd.notify(f"STATUS={self.status_line()}" + ("" if self.healthy else " (unhealthy)"))
+        return self.healthy
+
+    async def _health_loop(self, stop: asyncio.Event) -> None:
+        interval = self.config.probe_interval
+        watchdog = systemd.watchdog_interval()
+        if watchdog is not None:
+            interval = min(interval, watchdog)
+        await wait_either(self.ready_event.wait(), stop.wait())
+        while not stop.is_set():
+            await self.check_health()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run every link until ``stop``; a fatal error on one link stops them all."""
         try:
             async with asyncio.TaskGroup() as group:
                 for link in self.links:
                     group.create_task(link.run(stop))
+                group.create_task(self._health_loop(stop))
         except BaseExceptionGroup as group_exc:
             # Surface the first sshtun error as-is, so the CLI reports it plainly.
             raise group_exc.exceptions[0] from None

@@ -4,6 +4,7 @@ connections → drain under a timeout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -76,6 +77,15 @@ class Bastion:
             len(self.state.access.entries),
         )
 
+    def status_line(self) -> str:
+        names = len(self.state.routes)
+        agents = len({r.conn_id for r in self.state.routes})
+        return (
+            f"listening on {','.join(f'{h}:{p}' for h, p in self.addresses)}; "
+            f"{names} names from {agents} agent connections; "
+            f"{len(self.state.connections)} connections"
+        )
+
     async def stop(self, grace: float = 5.0) -> None:
         self.state.accepting = False
         for server in self._servers:
@@ -103,7 +113,13 @@ async def serve(
     )
     if on_ready is not None:
         on_ready(bastion)
+    watchdog = systemd.watchdog_interval()
     try:
+        while watchdog is not None and not stop.is_set():
+            # The event loop is alive and the listeners are open: tell the watchdog.
+            systemd.notify(f"WATCHDOG=1\nSTATUS={bastion.status_line()}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), watchdog)
         await stop.wait()
     finally:
         systemd.notify("STOPPING=1")

@@ -266,8 +266,11 @@ class BastionConnection(asyncssh.SSHServer):
             )
             raise
         self.open_channels += 1
-        log.info(
-            "route conn=%d key=%s from=%s name=%s port=%d agent_conn=%d",
+        probe = route.conn_id == self.conn_id
+        log.log(
+            logging.DEBUG if probe else logging.INFO,
+            "%s conn=%d key=%s from=%s name=%s port=%d agent_conn=%d",
+            "probe" if probe else "route",
             self.conn_id,
             who,
             self.peer_ip,
@@ -291,6 +294,11 @@ class BastionConnection(asyncssh.SSHServer):
             raise ChannelOpenError(
                 OPEN_PROHIBITED, f"{exc.message}; this bastion routes published names only"
             ) from None
+        for own in self.state.routes.lookup(name, port):
+            if own.conn_id == self.conn_id:
+                # An agent probing its own tunnel: the channel loops back down its own
+                # connection to its own target, so this grants nothing new.
+                return own
         decision = entry.may_reach(name, port)
         if not decision:
             raise ChannelOpenError(OPEN_PROHIBITED, decision.reason)
