@@ -161,11 +161,17 @@ class AgentConfig(_Model):
     connect_timeout: Seconds = 15.0
     probe_interval: Seconds = 30.0
     backoff: BackoffConfig = BackoffConfig()
+    admin_socket: Path | None = None
 
     @field_validator("key")
     @classmethod
     def _key(cls, value: Path, info: ValidationInfo) -> Path:
         return _resolve(value, info)
+
+    @field_validator("admin_socket")
+    @classmethod
+    def _admin(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
 
     @model_validator(mode="after")
     def _unique(self) -> AgentConfig:
@@ -191,11 +197,17 @@ class BastionConfig(_Model):
     keepalive_interval: Seconds = 15.0
     keepalive_count_max: Annotated[int, Field(ge=1, le=100)] = 3
     limits: LimitsConfig = LimitsConfig()
+    admin_socket: Path | None = None
 
     @field_validator("host_key", "access_file")
     @classmethod
     def _paths(cls, value: Path, info: ValidationInfo) -> Path:
         return _resolve(value, info)
+
+    @field_validator("admin_socket")
+    @classmethod
+    def _admin(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
 
     @field_validator("listen")
     @classmethod

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import Callable
+from typing import Any
 
 from sshtunnel_mgr import systemd
+from sshtunnel_mgr.admin import AdminServer, default_socket_path
 from sshtunnel_mgr.agent.link import BastionLink
 from sshtunnel_mgr.asyncutil import wait_either
 from sshtunnel_mgr.config import AgentConfig
@@ -48,6 +52,20 @@ class Agent:
             parts.append(f"{link.endpoint.address}: {link.status.state} {names}")
         return "; ".join(parts)
 
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "role": "agent",
+            "healthy": self.healthy,
+            "now": time.time(),
+            "links": [dataclasses.asdict(link.status) for link in self.links],
+        }
+
+    async def handle_admin(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request.get("cmd") == "status":
+            return self.snapshot()
+        return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
+
     async def check_health(self) -> bool:
         """Probe every up link through the real forwarded path; ping the watchdog only if
         at least one link is up and every up link passes."""
@@ -72,6 +90,10 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every link until ``stop``; a fatal error on one link stops them all."""
+        admin = AdminServer(
+            self.config.admin_socket or default_socket_path("agent"), self.handle_admin
+        )
+        await admin.start()
         try:
             async with asyncio.TaskGroup() as group:
                 for link in self.links:
@@ -82,6 +104,7 @@ class Agent:
             raise group_exc.exceptions[0] from None
         finally:
             systemd.notify("STOPPING=1")
+            await admin.stop()
 
 
 async def serve(

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import asyncssh
 
 from sshtunnel_mgr import policy, systemd
 from sshtunnel_mgr.access import AccessPolicy, load_access
+from sshtunnel_mgr.admin import AdminServer, default_socket_path
 from sshtunnel_mgr.bastion import authlog
 from sshtunnel_mgr.bastion.server import BastionConnection
 from sshtunnel_mgr.bastion.state import BastionState
@@ -77,6 +79,42 @@ class Bastion:
             len(self.state.access.entries),
         )
 
+    def snapshot(self) -> dict[str, Any]:
+        """Everything ``sshtun status`` shows, as plain data."""
+        names = []
+        for route in sorted(self.state.routes, key=lambda r: (r.name, r.port, r.conn_id)):
+            conn = route.handle
+            stats = conn.route_stats.get((route.name, route.port))
+            to_home, from_home = stats.totals() if stats else (0, 0)
+            names.append(
+                {
+                    "name": route.name,
+                    "port": route.port,
+                    "key": route.owner,
+                    "comment": conn.entry.comment if conn.entry else "",
+                    "source": f"{conn.peer_ip}:{conn.peer_port}",
+                    "conn": route.conn_id,
+                    "since": route.since,
+                    "open_channels": len(stats.live) if stats else 0,
+                    "channels_total": stats.channels_total if stats else 0,
+                    "bytes_to_home": to_home,
+                    "bytes_from_home": from_home,
+                }
+            )
+        return {
+            "ok": True,
+            "role": "bastion",
+            "listening": [f"{h}:{p}" for h, p in self.addresses],
+            "connections": len(self.state.connections),
+            "access_keys": len(self.state.access.entries),
+            "names": names,
+        }
+
+    async def handle_admin(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request.get("cmd") == "status":
+            return self.snapshot()
+        return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
+
     def status_line(self) -> str:
         names = len(self.state.routes)
         agents = len({r.conn_id for r in self.state.routes})
@@ -108,6 +146,8 @@ async def serve(
 ) -> None:
     bastion = Bastion(config)
     await bastion.start()
+    admin = AdminServer(config.admin_socket or default_socket_path("bastion"), bastion.handle_admin)
+    await admin.start()
     systemd.notify(
         "READY=1\nSTATUS=listening on " + ",".join(f"{h}:{p}" for h, p in bastion.addresses)
     )
@@ -124,4 +164,5 @@ async def serve(
     finally:
         systemd.notify("STOPPING=1")
         log.info("stopping")
+        await admin.stop()
         await bastion.stop()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncssh
@@ -51,6 +52,30 @@ class VirtualListener(asyncssh.SSHListener):
         return None
 
 
+@dataclass
+class RouteStats:
+    """Traffic through one published name on one agent connection."""
+
+    live: set[Pipe] = field(default_factory=set)
+    channels_total: int = 0
+    bytes_to_home: int = 0  # closed channels only; live ones are added on read
+    bytes_from_home: int = 0
+
+    def opened(self, agent_end: Pipe) -> None:
+        self.live.add(agent_end)
+        self.channels_total += 1
+
+    def closed(self, agent_end: Pipe) -> None:
+        self.live.discard(agent_end)
+        self.bytes_from_home += agent_end.bytes_in
+        self.bytes_to_home += agent_end.peer.bytes_in if agent_end.peer else 0
+
+    def totals(self) -> tuple[int, int]:
+        to_home = self.bytes_to_home + sum(p.peer.bytes_in for p in self.live if p.peer)
+        from_home = self.bytes_from_home + sum(p.bytes_in for p in self.live)
+        return to_home, from_home
+
+
 class BastionConnection(asyncssh.SSHServer):
     def __init__(self, state: BastionState) -> None:
         self.state = state
@@ -63,6 +88,7 @@ class BastionConnection(asyncssh.SSHServer):
         self.open_channels = 0
         self.published: list[str] = []  # every name:port this connection published
         self._spellings: dict[tuple[str, int], str] = {}
+        self.route_stats: dict[tuple[str, int], RouteStats] = {}
         self.since = state.now()
 
     # Connection --------------------------------------------------------------------
@@ -312,8 +338,9 @@ class BastionConnection(asyncssh.SSHServer):
     async def _splice(
         self, route: Route[BastionConnection], orig_host: str, orig_port: int
     ) -> Pipe:
+        stats = route.handle.route_stats.setdefault((route.name, route.port), RouteStats())
         client_end = Pipe(on_close=self._channel_closed)
-        agent_end = Pipe()
+        agent_end = Pipe(on_close=stats.closed)
         agent_conn = route.handle.conn
         try:
             if agent_conn is None:
@@ -345,6 +372,7 @@ class BastionConnection(asyncssh.SSHServer):
             )
             raise ChannelOpenError(OPEN_FAILED, reason) from None
         client_end.link(agent_end)
+        stats.opened(agent_end)
         return client_end
 
     def _channel_closed(self, pipe: Pipe) -> None:

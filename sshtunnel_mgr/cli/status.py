@@ -1,0 +1,132 @@
+"""``sshtun status``: what a running agent or bastion is doing, over its admin socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sshtunnel_mgr.admin import default_socket_path, query
+from sshtunnel_mgr.config import Config, load_config
+from sshtunnel_mgr.errors import ConfigError, SshtunError
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The sshtun TOML config file.")]
+RoleOpt = Annotated[
+    str | None, typer.Option("--role", help="agent or bastion (when the file has both).")
+]
+
+
+def pick_role(config: Config, role: str | None) -> str:
+    present = [r for r in ("agent", "bastion") if getattr(config, r) is not None]
+    if role is not None:
+        if role not in ("agent", "bastion"):
+            raise ConfigError(f"--role must be agent or bastion, not {role!r}")
+        if role not in present:
+            raise ConfigError(f"{config.source}: no [{role}] section")
+        return role
+    if len(present) == 1:
+        return present[0]
+    raise ConfigError(f"{config.source} has both [agent] and [bastion]; say which with --role")
+
+
+def socket_for(config: Config, role: str) -> Path:
+    section = config.agent if role == "agent" else config.bastion
+    assert section is not None
+    return section.admin_socket or default_socket_path(role)
+
+
+def _ago(then: float | None, now: float) -> str:
+    if then is None:
+        return "-"
+    secs = max(0, int(now - then))
+    if secs < 120:
+        return f"{secs}s"
+    if secs < 7200:
+        return f"{secs // 60}m"
+    return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{n}B"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def format_status(answer: dict[str, Any], now: float | None = None) -> str:
+    """The human table for a status answer (pure: tested without sockets)."""
+    now = time.time() if now is None else now
+    if answer.get("role") == "bastion":
+        head = (
+            f"bastion listening on {', '.join(answer['listening'])}: "
+            f"{len(answer['names'])} names, {answer['connections']} connections"
+        )
+        if not answer["names"]:
+            return head + "\n(no names published)"
+        rows = [
+            [
+                f"{n['name']}:{n['port']}",
+                f"{n['key']} {n['comment']}".strip(),
+                n["source"],
+                _ago(n["since"], now),
+                f"{n['open_channels']}/{n['channels_total']}",
+                f"{_bytes(n['bytes_to_home'])}/{_bytes(n['bytes_from_home'])}",
+            ]
+            for n in answer["names"]
+        ]
+        return (
+            head
+            + "\n"
+            + _table(["NAME", "AGENT KEY", "FROM", "UP", "OPEN/TOTAL", "TO/FROM HOME"], rows)
+        )
+    rows = []
+    for link in answer["links"]:
+        state = link["state"]
+        if state == "up":
+            detail = f"up {_ago(link['up_since'], now)}"
+        elif link.get("next_retry_at"):
+            detail = f"retry in {max(0, int(link['next_retry_at'] - now))}s"
+        else:
+            detail = state
+        names = ",".join(link["published"]) or "-"
+        refused = ",".join(link.get("refused", {})) or ""
+        error = link.get("probe_error") or link.get("last_error") or ""
+        rows.append(
+            [link["bastion"], state, detail, names, f"refused {refused}" if refused else "", error]
+        )
+    health = "healthy" if answer.get("healthy") else "not healthy"
+    return f"agent ({health})\n" + _table(
+        ["BASTION", "STATE", "SINCE", "NAMES", "REFUSED", "LAST ERROR"], rows
+    )
+
+
+def status_cmd(
+    config: ConfigOpt,
+    role: RoleOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show what the running agent or bastion is doing (read over its admin socket)."""
+    cfg = load_config(config)
+    chosen = pick_role(cfg, role)
+    answer = asyncio.run(query(socket_for(cfg, chosen), {"cmd": "status"}))
+    if not answer.get("ok"):
+        raise SshtunError(f"status failed: {answer.get('error', 'unknown error')}")
+    typer.echo(json.dumps(answer, indent=2, sort_keys=True) if as_json else format_status(answer))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status_cmd)

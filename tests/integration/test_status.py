@@ -1,0 +1,130 @@
+"""``sshtun status`` over the admin socket, while tunnels are up and after a reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from sshtunnel_mgr.cli.main import main
+from sshtunnel_mgr.cli.status import format_status
+from tests.harness import (
+    SSHTUN,
+    Keys,
+    access_text,
+    agent_config,
+    bastion_config,
+    free_port,
+    home_sshd,
+    process,
+    read_until,
+    run_ssh,
+    running_agent,
+    wait_for,
+    write_ssh_config,
+    write_toml,
+)
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = await asyncio.to_thread(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_status_on_both_ends_while_up_and_after_a_reconnect(
+        keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    access = tmp_path / "access"
+    access.write_text(access_text(keys))
+    port = free_port()
+    bcfg = bastion_config(keys, access, port).model_copy(
+        update={"admin_socket": tmp_path / "run" / "bastion.sock"})
+    bfile = write_toml(tmp_path / "bastion.toml", "bastion", bcfg)
+    async with home_sshd(keys, tmp_path / "home") as home:
+        acfg = agent_config(keys, port, [("homebox", 22, f"127.0.0.1:{home.port}")],
+                            backoff={"base": 0.2, "cap": 0.5},
+                            admin_socket=tmp_path / "run" / "agent.sock")
+        afile = write_toml(tmp_path / "agent.toml", "agent", acfg)
+        async with process(*SSHTUN, "bastion", "--config", str(bfile)) as bastion:
+            await read_until(bastion.stderr, "listening on")
+            async with running_agent(acfg) as agent:
+                sock = tmp_path / "run" / "bastion.sock"
+                await wait_for(sock.exists)
+                assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+                client = write_ssh_config(tmp_path / "client", keys, port)
+                result = await run_ssh(client, "homebox", "head -c 100000 /dev/zero")
+                assert len(result.stdout) == 100000, result.stderr
+
+                code, out, err = await cli(capsys, "status", "--config", str(bfile), "--json")
+                assert code == 0, err
+                answer = json.loads(out)
+                [name] = answer["names"]
+                assert (name["name"], name["port"]) == ("homebox", 22)
+                assert name["key"] == keys.agent.fingerprint
+                assert name["comment"] == "agent@home"
+                assert name["source"].startswith("127.0.0.1:")
+                assert name["channels_total"] >= 1
+                assert name["bytes_from_home"] > 100000
+                code, out, _ = await cli(capsys, "status", "--config", str(bfile))
+                assert "homebox:22" in out and keys.agent.fingerprint in out
+
+                code, out, err = await cli(capsys, "status", "--config", str(afile), "--json")
+                assert code == 0, err
+                [link] = json.loads(out)["links"]
+                assert link["state"] == "up" and link["published"] == ["homebox:22"]
+                code, out, _ = await cli(capsys, "status", "--config", str(afile))
+                assert f"127.0.0.1:{port}" in out and "up" in out
+
+                # The bastion goes away: the agent's status says so, and when it will retry.
+                bastion.kill()
+                await bastion.wait()
+                link_obj = agent.agent.links[0]
+                await wait_for(lambda: link_obj.status.state == "backoff")
+                code, out, _ = await cli(capsys, "status", "--config", str(afile), "--json")
+                [link] = json.loads(out)["links"]
+                assert link["state"] == "backoff"
+                assert link["last_error"]
+                assert link["next_retry_at"] is not None
+                code, out, _ = await cli(capsys, "status", "--config", str(afile))
+                assert "retry in" in out
+
+                async with process(*SSHTUN, "bastion", "--config", str(bfile)) as again:
+                    await read_until(again.stderr, "listening on")
+                    await wait_for(lambda: link_obj.status.state == "up")
+                    code, out, _ = await cli(capsys, "status", "--config", str(afile),
+                                             "--json")
+                    [link] = json.loads(out)["links"]
+                    assert link["state"] == "up" and link["connects"] == 2
+
+
+async def test_status_without_a_running_service_says_so(
+        keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    acfg = agent_config(keys, 1, [("homebox", 22, "127.0.0.1:22")],
+                        admin_socket=tmp_path / "nothing.sock")
+    afile = write_toml(tmp_path / "agent.toml", "agent", acfg)
+    code, _, err = await cli(capsys, "status", "--config", str(afile))
+    assert code == 1
+    assert f"no admin socket at {tmp_path / 'nothing.sock'}" in err
+    assert "hint: is the service running?" in err
+
+
+def test_format_status_tables() -> None:
+    now = 1000.0
+    bastion = {"role": "bastion", "listening": ["0.0.0.0:2222"], "connections": 3, "names": [
+        {"name": "homebox", "port": 22, "key": "SHA256:abc", "comment": "agent@home",
+         "source": "192.0.2.1:5555", "since": 880.0, "open_channels": 1, "channels_total": 4,
+         "bytes_to_home": 2048, "bytes_from_home": 3 << 20}]}
+    text = format_status(bastion, now)
+    assert text.splitlines()[0] == "bastion listening on 0.0.0.0:2222: 1 names, 3 connections"
+    assert "homebox:22" in text and "2m" in text and "1/4" in text
+    assert "2.0KiB/3.0MiB" in text
+    agent = {"role": "agent", "healthy": False, "links": [
+        {"bastion": "b:22", "state": "backoff", "up_since": None, "next_retry_at": 1007.0,
+         "published": [], "refused": {"secret:22": "refused"}, "last_error": "connect: refused",
+         "probe_error": ""}]}
+    text = format_status(agent, now)
+    assert "agent (not healthy)" in text
+    assert "retry in 7s" in text and "refused secret:22" in text and "connect: refused" in text
