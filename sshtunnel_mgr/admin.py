@@ -43,10 +43,16 @@ class AdminServer:
 
     async def start(self) -> bool:
         """Bind the socket; False (with a warning) if it cannot be created."""
+        if await _answers(self.path):
+            log.warning(
+                "admin socket disabled path=%s error=another sshtun process is serving it",
+                self.path,
+            )
+            return False
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+                self.path.unlink()  # stale, from a process that is gone
             old = os.umask(0o177)
             try:
                 self._server = await asyncio.start_unix_server(self._serve, str(self.path))
@@ -83,6 +89,15 @@ class AdminServer:
             self._server = None
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+
+async def _answers(path: Path) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 async def query(path: Path, request: dict[str, Any], timeout: float = 10) -> dict[str, Any]:

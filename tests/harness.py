@@ -172,6 +172,7 @@ async def home_sshd(
 # The sshtun bastion and agent, in-process ------------------------------------------------
 def bastion_config(keys: Keys, access: Path, port: int = 0, **kw: object) -> BastionConfig:
     limits = kw.pop("limits", None)
+    kw.setdefault("admin_socket", keys.dir / f"bastion-{port}.sock")
     data: dict[str, object] = dict(
         listen=[f"127.0.0.1:{port}"], host_key=keys.bastion_host_path, access_file=access, **kw
     )
@@ -201,6 +202,7 @@ def agent_config(
     key: Path | None = None,
     **kw: object,
 ) -> AgentConfig:
+    kw.setdefault("admin_socket", keys.dir / f"agent-{bastion_port}.sock")
     return AgentConfig(
         key=key or keys.agent.path,
         bastions=[BastionEndpoint(address=f"127.0.0.1:{bastion_port}", host_key=bastion_pub(keys))],

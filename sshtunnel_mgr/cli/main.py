@@ -9,7 +9,7 @@ import click
 import typer
 
 from sshtunnel_mgr import __version__
-from sshtunnel_mgr.cli import demo, keys, services, status
+from sshtunnel_mgr.cli import demo, keys, services, sshconfig, status
 from sshtunnel_mgr.errors import EXIT_USAGE, SshtunError
 from sshtunnel_mgr.logsetup import setup_logging
 
@@ -24,6 +24,7 @@ app.add_typer(keys.app, name="keys")
 services.register(app)
 demo.register(app)
 status.register(app)
+sshconfig.register(app)
 
 
 def _version(value: bool) -> None:

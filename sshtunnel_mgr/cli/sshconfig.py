@@ -1,0 +1,79 @@
+"""``sshtun ssh-config``: print the client's ~/.ssh/config block for a bastion's names."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sshtunnel_mgr import sshconfig
+from sshtunnel_mgr.access import load_access
+from sshtunnel_mgr.admin import default_socket_path, query
+from sshtunnel_mgr.config import load_config, split_host_port
+from sshtunnel_mgr.errors import ConfigError, SshtunError
+from sshtunnel_mgr.fsutil import write_atomic
+
+
+def ssh_config_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The bastion's config file.")],
+    address: Annotated[
+        str,
+        typer.Option(
+            "--address", help="How clients reach the bastion: host[:port] (its public name)."
+        ),
+    ],
+    known_hosts: Annotated[
+        Path,
+        typer.Option(
+            "--known-hosts", help="known_hosts file to write the bastion's pinned key into."
+        ),
+    ] = Path("~/.ssh/sshtun_known_hosts"),
+    user: Annotated[str | None, typer.Option(help="Login name on the home boxes.")] = None,
+    identity: Annotated[Path | None, typer.Option(help="The client's private key.")] = None,
+) -> None:
+    """Print Host blocks (ProxyJump through the bastion) for every published name."""
+    bastion = load_config(config).require_bastion()
+    try:
+        host, port = split_host_port(address, 22)
+    except ValueError as exc:
+        raise ConfigError(f"--address: {exc}") from None
+    pub_path = bastion.host_key.with_name(bastion.host_key.name + ".pub")
+    try:
+        host_pub = pub_path.read_text().strip()
+    except OSError as exc:
+        raise SshtunError(
+            f"cannot read the bastion's public host key {pub_path}: {exc}",
+            hint="start the bastion once; it creates its host key",
+        ) from None
+    names = _live_names(bastion.admin_socket or default_socket_path("bastion"))
+    if names is None:  # not running: what the access file allows agents to publish
+        names = sshconfig.names_from_patterns(
+            [
+                (p.host, p.port)
+                for e in load_access(bastion.access_file).entries
+                for p in e.permit_listen
+            ]
+        )
+    kh = known_hosts.expanduser()
+    line = sshconfig.known_hosts_line(host, port, host_pub)
+    existing = kh.read_text().splitlines() if kh.exists() else []
+    if line not in existing:
+        write_atomic(kh, ("\n".join([*existing, line]) + "\n").encode(), 0o600)
+    settings = sshconfig.ClientSettings(
+        host, port, kh, user=user, identity=identity.expanduser() if identity else None
+    )
+    typer.echo(sshconfig.render(settings, names), nl=False)
+
+
+def _live_names(path: Path) -> list[tuple[str, int]] | None:
+    try:
+        answer = asyncio.run(query(path, {"cmd": "status"}, timeout=3))
+    except SshtunError:
+        return None
+    return [(n["name"], n["port"]) for n in answer.get("names", [])]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ssh-config")(ssh_config_cmd)
