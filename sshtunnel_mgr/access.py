@@ -18,6 +18,7 @@ import binascii
 import fnmatch
 import hashlib
 import ipaddress
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ FLAG_OPTIONS = frozenset(
         "no-user-rc",
     }
 )
+
+
+_KEY_TYPE_SHAPE = re.compile(r"(ssh|ecdsa|sk|rsa|x509v3)-[a-z0-9@.-]+")
 
 
 @dataclass(frozen=True)
@@ -183,13 +187,25 @@ def match_from(patterns: Iterable[str], address: str) -> bool:
     return matched
 
 
+def _check_from_pattern(pattern: str) -> None:
+    """Refuse a malformed CIDR: silently never matching would make ``!bad`` fail open."""
+    pat = pattern.removeprefix("!")
+    if not pat:
+        raise ValueError("from= has an empty pattern")
+    if "/" in pat:
+        try:
+            ipaddress.ip_network(pat, strict=False)
+        except ValueError:
+            raise ValueError(f"from= pattern {pattern!r} is not a valid CIDR block") from None
+
+
 def parse_expiry(text: str) -> datetime:
     """``expiry-time`` as OpenSSH reads it: YYYYMMDD[HHMM[SS]], with ``Z`` for UTC."""
     utc = text.endswith(("Z", "z"))
     digits = text[:-1] if utc else text
     formats = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
     fmt = formats.get(len(digits))
-    if fmt is None or not digits.isdigit():
+    if fmt is None or not (digits.isascii() and digits.isdigit()):
         raise ValueError(f"expiry-time {text!r} is not YYYYMMDD[HHMM[SS]][Z]")
     try:
         stamp = datetime.strptime(digits, fmt)
@@ -256,6 +272,8 @@ def decode_key(key_type: str, b64: str) -> bytes:
 def parse_line(line: str, lineno: int) -> AccessEntry:
     text = line.strip()
     first = text.split(None, 1)[0]
+    if first not in KEY_TYPES and _KEY_TYPE_SHAPE.fullmatch(first):
+        raise ValueError(f"unsupported key type {first!r}")
     if first in KEY_TYPES:
         options: list[tuple[str, str | None]] = []
         rest = text
@@ -299,7 +317,10 @@ def parse_line(line: str, lineno: int) -> AccessEntry:
                 raise ValueError("expiry-time given twice")
             expiry = parse_expiry(value)
         elif name == "from":
-            froms.extend(p.strip() for p in value.split(",") if p.strip())
+            sources = [p.strip() for p in value.split(",") if p.strip()]
+            for source in sources:
+                _check_from_pattern(source)
+            froms.extend(sources)
         else:
             note = value
     return AccessEntry(

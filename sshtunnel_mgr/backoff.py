@@ -26,7 +26,8 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Delay before the next attempt; each call counts one failed attempt."""
-        raw = min(self.cap, self.base * self.factor**self.attempts)
+        # The exponent is bounded so a very long outage can never overflow the float.
+        raw = min(self.cap, self.base * self.factor ** min(self.attempts, 64))
         self.attempts += 1
         fixed = raw * (1.0 - self.jitter)
         return fixed + raw * self.jitter * self.rand()

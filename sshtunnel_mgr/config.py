@@ -56,7 +56,7 @@ def split_host_port(text: str, default_port: int, allow_zero: bool = False) -> t
     if not port_text:
         return host, default_port
     low = 0 if allow_zero else 1
-    if not port_text.isdigit() or not low <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not low <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: port must be {low}-65535")
     return host, int(port_text)
 

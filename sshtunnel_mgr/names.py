@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from sshtunnel_mgr.errors import SshtunError
 
 MAX_NAME_LEN = 253
-_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_PATTERN_LABEL_RE = re.compile(r"^[a-z0-9*?-]{1,63}$")
+_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_PATTERN_LABEL_RE = re.compile(r"[a-z0-9*?-]{1,63}")
 RESERVED_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "broadcasthost"})
 
 
@@ -34,7 +34,8 @@ def is_ip_address(text: str) -> bool:
     try:
         ipaddress.ip_address(candidate)
     except ValueError:
-        return bool(re.fullmatch(r"[0-9.]+", candidate))  # e.g. "127.1", "10.0"
+        # Shorthand IPv4 forms that resolvers still accept, e.g. "127.1", "10.0".
+        return bool(re.fullmatch(r"[0-9]+(\.[0-9]+){0,3}", candidate))
     return True
 
 
@@ -42,7 +43,11 @@ def normalize_name(text: str) -> str:
     """Return the canonical (lower-case) form of a route name, or raise InvalidName."""
     if not text:
         raise InvalidName("name is empty")
-    name = text.lower().rstrip(".") if text != "." else text
+    if not text.isascii():
+        raise InvalidName(f"{text!r} is not ASCII (write international names in punycode)")
+    name = text.lower()
+    if name.endswith(".") and len(name) > 1:
+        name = name[:-1]  # one trailing dot: the fully qualified spelling
     if len(name) > MAX_NAME_LEN:
         raise InvalidName(f"name is longer than {MAX_NAME_LEN} characters")
     if is_ip_address(name) or ":" in name:
@@ -52,7 +57,7 @@ def normalize_name(text: str) -> str:
     if name in RESERVED_NAMES or name.endswith(".localhost"):
         raise InvalidName(f"{text!r} is a local name and cannot be routed")
     for label in name.split("."):
-        if not _LABEL_RE.match(label):
+        if not _LABEL_RE.fullmatch(label):
             raise InvalidName(
                 f"{text!r} is not a valid name (labels are letters, digits and inner hyphens)"
             )
@@ -84,12 +89,15 @@ class HostPortPattern:
             raise InvalidName(f"{text!r} has an empty name")
         if host != "*":
             for label in host.split("."):
-                if not _PATTERN_LABEL_RE.match(label):
+                if not _PATTERN_LABEL_RE.fullmatch(label):
                     raise InvalidName(f"{text!r}: label {label!r} is not a valid name pattern")
         if port_text == "*":
             port = None
         else:
-            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            if (
+                not (port_text.isascii() and port_text.isdigit())
+                or not 1 <= int(port_text) <= 65535
+            ):
                 raise InvalidName(f"{text!r}: port must be 1-65535 or *")
             port = int(port_text)
         return cls(host, port)

@@ -10,7 +10,11 @@ def watchdog_interval() -> float | None:
     """Seconds between WATCHDOG=1 pings systemd expects (half its timeout), or None."""
     usec = os.environ.get("WATCHDOG_USEC", "")
     pid = os.environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+    if (
+        not (usec.isascii() and usec.isdigit())
+        or int(usec) == 0
+        or (pid and pid != str(os.getpid()))
+    ):
         return None
     return int(usec) / 2_000_000
 
