@@ -83,6 +83,7 @@ class BastionLink:
         )
         self.status = LinkStatus(bastion=endpoint.address)
         self.conn: asyncssh.SSHClientConnection | None = None
+        self._listeners: dict[str, asyncssh.SSHListener] = {}
         self._known_hosts = known_hosts_arg(endpoint)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -181,10 +182,43 @@ class BastionLink:
     async def _publish_all(self, conn: asyncssh.SSHClientConnection) -> list[str]:
         self.status.published = []
         self.status.refused = {}
-        for tunnel in self.config.tunnels:
+        self._listeners = {}
+        await self._publish_tunnels(conn, self.config.tunnels)
+        return self.status.published
+
+    async def sync_tunnels(self, config: AgentConfig) -> dict[str, list[str]]:
+        """Apply a reloaded config's tunnels to the live connection: withdraw the ones
+        that are gone or changed, publish the new ones; leave the rest (and their live
+        sessions) alone."""
+        old = {(t.name, t.port): t for t in self.config.tunnels}
+        new = {(t.name, t.port): t for t in config.tunnels}
+        self.config = config
+        conn = self.conn
+        removed = [k for k, t in old.items() if new.get(k) != t]
+        added = [t for k, t in new.items() if old.get(k) != t]
+        for name, port in removed:
+            label = f"{name}:{port}"
+            listener = self._listeners.pop(label, None)
+            if listener is not None:
+                listener.close()
+            if label in self.status.published:
+                self.status.published.remove(label)
+            self.status.refused.pop(label, None)
+            log.info("withdrawn bastion=%s name=%s (config reload)", self.endpoint.address, label)
+        if conn is not None and self.status.state == "up":
+            await self._publish_tunnels(conn, added)
+        return {
+            "withdrawn": [f"{n}:{p}" for n, p in removed],
+            "published": [f"{t.name}:{t.port}" for t in added],
+        }
+
+    async def _publish_tunnels(
+        self, conn: asyncssh.SSHClientConnection, tunnels: list[TunnelConfig]
+    ) -> None:
+        for tunnel in tunnels:
             label = f"{tunnel.name}:{tunnel.port}"
             try:
-                await self._publish(conn, tunnel)
+                self._listeners[label] = await self._publish(conn, tunnel)
             except asyncssh.ChannelListenError as exc:
                 reason = str(exc) or "refused"
                 self.status.refused[label] = reason
@@ -205,11 +239,12 @@ class BastionLink:
                 label,
                 tunnel.target,
             )
-        return self.status.published
 
     @staticmethod
-    async def _publish(conn: asyncssh.SSHClientConnection, tunnel: TunnelConfig) -> None:
-        await conn.forward_remote_port(
+    async def _publish(
+        conn: asyncssh.SSHClientConnection, tunnel: TunnelConfig
+    ) -> asyncssh.SSHListener:
+        return await conn.forward_remote_port(
             tunnel.name, tunnel.port, tunnel.target_host, tunnel.target_port
         )
 

@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sshtunnel_mgr import systemd
@@ -16,6 +16,7 @@ from sshtunnel_mgr.admin import AdminServer, default_socket_path
 from sshtunnel_mgr.agent.link import BastionLink
 from sshtunnel_mgr.asyncutil import wait_either
 from sshtunnel_mgr.config import AgentConfig
+from sshtunnel_mgr.errors import SshtunError
 from sshtunnel_mgr.keys.store import load_private_key
 
 log = logging.getLogger("sshtunnel_mgr.agent")
@@ -26,6 +27,7 @@ class Agent:
         self, config: AgentConfig, on_ready: Callable[[Agent], None] | None = None
     ) -> None:
         self.config = config
+        self._reloader: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.key = load_private_key(config.key)
         self._on_ready = on_ready
         self._ready = False
@@ -61,9 +63,31 @@ class Agent:
             "links": [dataclasses.asdict(link.status) for link in self.links],
         }
 
+    async def reload(self, config: AgentConfig) -> dict[str, Any]:
+        """Apply a re-read config: tunnels change live; bastion or key changes need a
+        restart (said in the answer and the log, never applied half-way)."""
+        notes = []
+        if config.bastions != self.config.bastions or config.key != self.config.key:
+            notes.append("bastions/key changed: restart the agent to apply that")
+            log.warning("reload: bastions or key changed; restart the agent to apply that")
+        changes = [await link.sync_tunnels(config) for link in self.links]
+        self.config = self.config.model_copy(
+            update={"tunnels": config.tunnels, "probe_interval": config.probe_interval}
+        )
+        withdrawn = sorted({x for c in changes for x in c["withdrawn"]})
+        published = sorted({x for c in changes for x in c["published"]})
+        log.info(
+            "reload done withdrawn=%s published=%s",
+            ",".join(withdrawn) or "-",
+            ",".join(published) or "-",
+        )
+        return {"ok": True, "withdrawn": withdrawn, "published": published, "notes": notes}
+
     async def handle_admin(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd") == "status":
             return self.snapshot()
+        if request.get("cmd") == "reload" and self._reloader is not None:
+            return await self._reloader()
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
 
     async def check_health(self) -> bool:
@@ -88,6 +112,23 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
+    def reload_from(
+        self, load: Callable[[], AgentConfig]
+    ) -> Callable[[], Awaitable[dict[str, Any]]]:
+        """A reload action that re-reads the config with ``load``; a bad file is refused
+        (logged and answered) and the running config stays."""
+
+        async def reloader() -> dict[str, Any]:
+            try:
+                config = load()
+            except SshtunError as exc:
+                log.error("reload refused: %s", exc.message)
+                return {"ok": False, "error": exc.message}
+            return await self.reload(config)
+
+        self._reloader = reloader
+        return reloader
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run every link until ``stop``; a fatal error on one link stops them all."""
         admin = AdminServer(
@@ -108,6 +149,28 @@ class Agent:
 
 
 async def serve(
-    config: AgentConfig, stop: asyncio.Event, on_ready: Callable[[Agent], None] | None = None
+    config: AgentConfig,
+    stop: asyncio.Event,
+    on_ready: Callable[[Agent], None] | None = None,
+    *,
+    reload: asyncio.Event | None = None,
+    load: Callable[[], AgentConfig] | None = None,
 ) -> None:
-    await Agent(config, on_ready).run(stop)
+    """Run the agent; each time ``reload`` is set (SIGHUP), re-read the config via ``load``."""
+    agent = Agent(config, on_ready)
+    if reload is None or load is None:
+        await agent.run(stop)
+        return
+    reloader = agent.reload_from(load)
+
+    async def on_hup() -> None:
+        while True:
+            await reload.wait()
+            reload.clear()
+            await reloader()
+
+    hup = asyncio.create_task(on_hup())
+    try:
+        await agent.run(stop)
+    finally:
+        hup.cancel()

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncssh
@@ -27,12 +28,29 @@ log = logging.getLogger("sshtunnel_mgr.bastion")
 class Bastion:
     """A running bastion. ``start()`` binds, ``stop()`` shuts down; tests use it directly."""
 
-    def __init__(self, config: BastionConfig, access: AccessPolicy | None = None) -> None:
+    def __init__(
+        self,
+        config: BastionConfig,
+        access: AccessPolicy | None = None,
+        load: Callable[[], BastionConfig] | None = None,
+    ) -> None:
         self.config = config
         self.state = BastionState(config, access or load_access(config.access_file))
         self._servers: list[asyncssh.SSHAcceptor] = []
         self.host_key: asyncssh.SSHKey | None = None
         self.addresses: list[tuple[str, int]] = []
+        self._load = load
+
+    def reload_from_file(self) -> dict[str, Any]:
+        """Re-read the config file (then the access file it names) and apply it."""
+        if self._load is None:
+            return self.reload(self.config)
+        try:
+            config = self._load()
+        except ConfigError as exc:
+            log.error("reload refused: %s (the running config stays)", exc.message)
+            return {"ok": False, "error": exc.message}
+        return self.reload(config)
 
     @property
     def port(self) -> int:
@@ -110,9 +128,55 @@ class Bastion:
             "names": names,
         }
 
+    def reload(self, config: BastionConfig) -> dict[str, Any]:
+        """Re-read the access file (and limits): revoked keys are disconnected, names no
+        longer allowed are withdrawn, everything else stays up untouched."""
+        try:
+            access = load_access(config.access_file)
+        except ConfigError as exc:
+            log.error("reload refused: %s (the running access policy stays)", exc.message)
+            return {"ok": False, "error": exc.message}
+        notes = []
+        if config.listen != self.config.listen or config.host_key != self.config.host_key:
+            notes.append("listen/host_key changed: restart the bastion to apply that")
+            log.warning("reload: listen or host_key changed; restart to apply that")
+        self.config = config.model_copy(
+            update={"listen": self.config.listen, "host_key": self.config.host_key}
+        )
+        self.state.config = self.config
+        self.state.access = access
+        now = datetime.now(UTC)
+        revoked, withdrawn = [], []
+        for conn in list(self.state.connections.values()):
+            if conn.entry is None:
+                continue
+            decision = access.authenticate(conn.entry.key_blob, conn.peer_ip, now)
+            if not decision:
+                revoked.append(conn.entry.fingerprint)
+                conn.revoke(decision.reason)
+                continue
+            entry = access.find(conn.entry.key_blob)
+            assert entry is not None
+            withdrawn += conn.reapply(entry)
+        log.info(
+            "reload done keys=%d revoked_connections=%d withdrawn=%s",
+            len(access.entries),
+            len(revoked),
+            ",".join(withdrawn) or "-",
+        )
+        return {
+            "ok": True,
+            "keys": len(access.entries),
+            "revoked": revoked,
+            "withdrawn": withdrawn,
+            "notes": notes,
+        }
+
     async def handle_admin(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd") == "status":
             return self.snapshot()
+        if request.get("cmd") == "reload" and self._load is not None:
+            return self.reload_from_file()
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
 
     def status_line(self) -> str:
@@ -142,10 +206,17 @@ class Bastion:
 
 
 async def serve(
-    config: BastionConfig, stop: asyncio.Event, on_ready: Callable[[Bastion], None] | None = None
+    config: BastionConfig,
+    stop: asyncio.Event,
+    on_ready: Callable[[Bastion], None] | None = None,
+    *,
+    reload: asyncio.Event | None = None,
+    load: Callable[[], BastionConfig] | None = None,
 ) -> None:
-    bastion = Bastion(config)
+    """Run the bastion until ``stop``; each time ``reload`` is set (SIGHUP), re-read."""
+    bastion = Bastion(config, load=load)
     await bastion.start()
+    hup = asyncio.create_task(_on_reload(bastion, reload)) if reload is not None else None
     admin = AdminServer(config.admin_socket or default_socket_path("bastion"), bastion.handle_admin)
     await admin.start()
     systemd.notify(
@@ -164,5 +235,14 @@ async def serve(
     finally:
         systemd.notify("STOPPING=1")
         log.info("stopping")
+        if hup is not None:
+            hup.cancel()
         await admin.stop()
         await bastion.stop()
+
+
+async def _on_reload(bastion: Bastion, reload: asyncio.Event) -> None:
+    while True:
+        await reload.wait()
+        reload.clear()
+        bastion.reload_from_file()

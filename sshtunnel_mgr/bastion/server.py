@@ -205,6 +205,37 @@ class BastionConnection(asyncssh.SSHServer):
                 "Too many authentication failures",
             )
 
+    def revoke(self, reason: str) -> None:
+        """Close this connection at once: its key is no longer allowed."""
+        log.warning(
+            "revoked conn=%d key=%s from=%s reason=%s",
+            self.conn_id,
+            self.entry.label if self.entry else "-",
+            self.peer_ip,
+            reason,
+        )
+        if self.conn is not None:
+            self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"access revoked: {reason}")
+
+    def reapply(self, entry: AccessEntry) -> list[str]:
+        """Adopt a reloaded access entry; withdraw names it no longer allows publishing.
+        Live routed sessions stay; new requests are judged by the new entry."""
+        self.entry = entry
+        withdrawn = []
+        for name, port in self.state.routes.names_of(self.conn_id):
+            decision = entry.may_publish(name, port)
+            if not decision:
+                self.state.withdraw(name, port, self.conn_id)
+                withdrawn.append(f"{name}:{port}")
+                log.warning(
+                    "unpublish name=%s port=%d conn=%d reason=%s",
+                    name,
+                    port,
+                    self.conn_id,
+                    decision.reason,
+                )
+        return withdrawn
+
     def auth_completed(self) -> None:
         assert self.entry is not None
         log.info("auth ok conn=%d key=%s from=%s", self.conn_id, self.entry.label, self.peer_ip)

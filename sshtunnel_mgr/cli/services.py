@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from sshtunnel_mgr import agent, bastion
+from sshtunnel_mgr.admin import query
 from sshtunnel_mgr.cli.common import run_until_signal
+from sshtunnel_mgr.cli.status import pick_role, socket_for
 from sshtunnel_mgr.config import load_config
+from sshtunnel_mgr.errors import SshtunError
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The sshtun TOML config file.")]
 
@@ -17,15 +21,51 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The sshtun TOML
 def bastion_cmd(config: ConfigOpt) -> None:
     """Run the routing bastion (the [bastion] section of the config)."""
     cfg = load_config(config).require_bastion()
-    run_until_signal(lambda stop: bastion.serve(cfg, stop))
+    hup = asyncio.Event()
+    run_until_signal(
+        lambda stop: bastion.serve(
+            cfg, stop, reload=hup, load=lambda: load_config(config).require_bastion()
+        ),
+        reload=hup,
+    )
 
 
 def up_cmd(config: ConfigOpt) -> None:
     """Run the agent: connect out to the bastion(s) and publish the tunnels ([agent])."""
     cfg = load_config(config).require_agent()
-    run_until_signal(lambda stop: agent.serve(cfg, stop))
+    hup = asyncio.Event()
+    run_until_signal(
+        lambda stop: agent.serve(
+            cfg, stop, reload=hup, load=lambda: load_config(config).require_agent()
+        ),
+        reload=hup,
+    )
 
 
 def register(app: typer.Typer) -> None:
     app.command("bastion")(bastion_cmd)
     app.command("up")(up_cmd)
+    app.command("reload")(reload_cmd)
+
+
+def reload_cmd(
+    config: ConfigOpt,
+    role: Annotated[
+        str | None, typer.Option("--role", help="agent or bastion (when the file has both).")
+    ] = None,
+) -> None:
+    """Ask the running agent or bastion to re-read its config (like SIGHUP)."""
+    cfg = load_config(config)
+    chosen = pick_role(cfg, role)
+    answer = asyncio.run(query(socket_for(cfg, chosen), {"cmd": "reload"}))
+    if not answer.get("ok"):
+        raise SshtunError(
+            f"reload refused: {answer.get('error', 'unknown error')}",
+            hint="fix the file; the running service keeps its old config",
+        )
+    for key in ("revoked", "withdrawn", "published"):
+        if answer.get(key):
+            typer.echo(f"{key}: {', '.join(answer[key])}")
+    for note in answer.get("notes", []):
+        typer.echo(f"note: {note}")
+    typer.echo("reloaded")
