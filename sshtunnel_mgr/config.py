@@ -198,6 +198,7 @@ class BastionConfig(_Model):
     keepalive_count_max: Annotated[int, Field(ge=1, le=100)] = 3
     limits: LimitsConfig = LimitsConfig()
     admin_socket: Path | None = None
+    shutdown_grace: Annotated[float, Field(ge=0, le=3600)] = 20.0
 
     @field_validator("host_key", "access_file")
     @classmethod

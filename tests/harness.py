@@ -173,6 +173,7 @@ async def home_sshd(
 def bastion_config(keys: Keys, access: Path, port: int = 0, **kw: object) -> BastionConfig:
     limits = kw.pop("limits", None)
     kw.setdefault("admin_socket", keys.dir / f"bastion-{port}.sock")
+    kw.setdefault("shutdown_grace", 2.0)
     data: dict[str, object] = dict(
         listen=[f"127.0.0.1:{port}"], host_key=keys.bastion_host_path, access_file=access, **kw
     )

@@ -22,6 +22,7 @@ from sshtunnel_mgr.asyncutil import wait_either
 from sshtunnel_mgr.backoff import Backoff
 from sshtunnel_mgr.config import AgentConfig, BastionEndpoint, TunnelConfig
 from sshtunnel_mgr.errors import ConfigError, HostKeyError, PermissionRefused
+from sshtunnel_mgr.protocol import DRAIN_NOTICE
 
 log = logging.getLogger("sshtunnel_mgr.agent")
 
@@ -84,6 +85,8 @@ class BastionLink:
         self.status = LinkStatus(bastion=endpoint.address)
         self.conn: asyncssh.SSHClientConnection | None = None
         self._listeners: dict[str, asyncssh.SSHListener] = {}
+        self._drain_notice = asyncio.Event()
+        self._draining: set[asyncssh.SSHClientConnection] = set()
         self._known_hosts = known_hosts_arg(endpoint)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -97,6 +100,8 @@ class BastionLink:
             log.info("reconnect bastion=%s in=%.1fs", self.endpoint.address, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
+        for old in self._draining:
+            old.close()
         self.status.state = "stopped"
 
     async def _run_once(self, stop: asyncio.Event) -> float:
@@ -143,11 +148,19 @@ class BastionLink:
             self.status.next_retry_at = None
             if self.on_published is not None:
                 self.on_published(self)
-            await wait_either(conn.wait_closed(), stop.wait())
+            await wait_either(conn.wait_closed(), stop.wait(), self._drain_notice.wait())
         except (OSError, asyncssh.Error) as exc:
             self._failed(_describe(exc))
         finally:
-            conn.close()
+            if self._drain_notice.is_set() and not stop.is_set():
+                # The bastion is draining: leave this connection to finish its routed
+                # sessions (the bastion closes it) and reconnect now.
+                self._drain_notice.clear()
+                self._draining.add(conn)
+                self._failed("bastion is shutting down; reconnecting")
+                self.backoff.reset()
+            else:
+                conn.close()
             self.conn = None
             self.status.published = []
             self.status.probe_ok = False
@@ -162,6 +175,7 @@ class BastionLink:
         return await asyncssh.connect(
             ep.host,
             ep.port,
+            client_factory=lambda: _LinkClient(self),
             username=ep.user,
             client_keys=[self.key],
             known_hosts=self._known_hosts,
@@ -286,3 +300,18 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+class _LinkClient(asyncssh.SSHClient):
+    """Hears the bastion's drain notice (an SSH debug message)."""
+
+    def __init__(self, link: BastionLink) -> None:
+        self._link = link
+
+    def debug_msg_received(self, msg: str, lang: str, always_display: bool) -> None:
+        if msg == DRAIN_NOTICE:
+            log.info("drain notice from bastion=%s", self._link.endpoint.address)
+            self._link._drain_notice.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link._draining = {c for c in self._link._draining if not c.is_closed()}

@@ -21,6 +21,7 @@ from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.config import BastionConfig
 from sshtunnel_mgr.errors import ConfigError
 from sshtunnel_mgr.keys.store import key_fingerprint, load_or_create_host_key
+from sshtunnel_mgr.protocol import DRAIN_NOTICE
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
@@ -188,10 +189,27 @@ class Bastion:
             f"{len(self.state.connections)} connections"
         )
 
-    async def stop(self, grace: float = 5.0) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: stop accepting, tell agents (they reconnect at once), let
+        routed sessions drain for up to ``grace`` seconds, then close everything."""
+        grace = self.config.shutdown_grace if grace is None else grace
         self.state.accepting = False
         for server in self._servers:
             server.close()
+        for conn in list(self.state.connections.values()):
+            if conn.conn is not None and conn.published:
+                conn.conn.send_debug(DRAIN_NOTICE)
+        live = self.state.routed_channels()
+        if live and grace > 0:
+            log.info("draining routed_channels=%d grace=%.0fs", live, grace)
+            try:
+                await asyncio.wait_for(self.state.drained.wait(), grace)
+            except TimeoutError:
+                log.warning(
+                    "drain: %d routed channels still open after %.0fs; closing them",
+                    self.state.routed_channels(),
+                    grace,
+                )
         for conn in list(self.state.connections.values()):
             if conn.conn is not None:
                 conn.conn.close()
@@ -199,9 +217,9 @@ class Bastion:
         waits += [s.wait_closed() for s in self._servers]
         if waits:
             try:
-                await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), grace)
+                await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 5)
             except TimeoutError:
-                log.warning("stop: connections did not close within %.1fs", grace)
+                log.warning("stop: connections did not close within 5s")
         self._servers.clear()
 
 

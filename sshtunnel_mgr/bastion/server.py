@@ -342,6 +342,8 @@ class BastionConnection(asyncssh.SSHServer):
     ) -> Route[BastionConnection]:
         if entry is None:
             raise ChannelOpenError(OPEN_PROHIBITED, "not authenticated")
+        if not self.state.accepting:
+            raise ChannelOpenError(OPEN_FAILED, "this bastion is shutting down")
         limit = self.state.config.limits.max_channels_per_connection
         if self.open_channels >= limit:
             raise ChannelOpenError(OPEN_RESOURCE, f"too many open channels (max {limit})")
@@ -408,6 +410,7 @@ class BastionConnection(asyncssh.SSHServer):
 
     def _channel_closed(self, pipe: Pipe) -> None:
         self.open_channels -= 1
+        self.state.channel_closed()
         peer_bytes = pipe.peer.bytes_in if pipe.peer else 0
         log.debug(
             "channel closed conn=%d bytes_up=%d bytes_down=%d",

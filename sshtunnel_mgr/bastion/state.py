@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -25,6 +26,7 @@ class BastionState:
     routes: RouteTable[BastionConnection] = field(default_factory=RouteTable)
     connections: dict[int, BastionConnection] = field(default_factory=dict)
     accepting: bool = True
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _picks: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -49,6 +51,14 @@ class BastionState:
 
     def withdraw(self, name: str, port: int, conn_id: int) -> None:
         self.routes = self.routes.withdraw(name, port, conn_id)
+
+    def routed_channels(self) -> int:
+        """Client channels currently spliced onto an agent."""
+        return sum(c.open_channels for c in self.connections.values())
+
+    def channel_closed(self) -> None:
+        if not self.accepting and self.routed_channels() == 0:
+            self.drained.set()
 
     def drop_connection(self, conn_id: int) -> None:
         self.connections.pop(conn_id, None)
