@@ -266,6 +266,10 @@ def decode_key(key_type: str, b64: str) -> bytes:
         raise ValueError(
             f"key data is a {embedded.decode('ascii', 'replace')!r} key, not {key_type!r}"
         )
+    if key_type == "ssh-ed25519" and len(blob) != 4 + 11 + 4 + 32:
+        raise ValueError("key data is not a complete ed25519 key (truncated?)")
+    if len(blob) <= 4 + tlen:
+        raise ValueError("key data is truncated")
     return blob
 
 
@@ -318,6 +322,8 @@ def parse_line(line: str, lineno: int) -> AccessEntry:
             expiry = parse_expiry(value)
         elif name == "from":
             sources = [p.strip() for p in value.split(",") if p.strip()]
+            if not sources:
+                raise ValueError("from= is empty (it would allow nothing; remove the line)")
             for source in sources:
                 _check_from_pattern(source)
             froms.extend(sources)

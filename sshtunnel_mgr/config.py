@@ -7,6 +7,7 @@ Errors are ``ConfigError`` naming the file and the field path (``agent.tunnels[0
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,10 +24,10 @@ from pydantic import (
 
 from sshtunnel_mgr.access import KEY_TYPES, decode_key
 from sshtunnel_mgr.errors import ConfigError
-from sshtunnel_mgr.names import InvalidName, is_ip_address, normalize_name
+from sshtunnel_mgr.names import InvalidName, normalize_name
 
-Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0, le=86400)]
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+Seconds = Annotated[float, Field(gt=0, le=86400, strict=True)]
 
 
 class _Model(BaseModel):
@@ -59,6 +60,14 @@ def split_host_port(text: str, default_port: int, allow_zero: bool = False) -> t
     if not (port_text.isascii() and port_text.isdigit()) or not low <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: port must be {low}-65535")
     return host, int(port_text)
+
+
+def _is_strict_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class BackoffConfig(_Model):
@@ -157,7 +166,7 @@ class AgentConfig(_Model):
     bastions: list[BastionEndpoint] = Field(min_length=1)
     tunnels: list[TunnelConfig] = Field(min_length=1)
     keepalive_interval: Seconds = 15.0
-    keepalive_count_max: Annotated[int, Field(ge=1, le=100)] = 3
+    keepalive_count_max: Annotated[int, Field(ge=1, le=100, strict=True)] = 3
     connect_timeout: Seconds = 15.0
     probe_interval: Seconds = 30.0
     backoff: BackoffConfig = BackoffConfig()
@@ -185,9 +194,9 @@ class AgentConfig(_Model):
 
 class LimitsConfig(_Model):
     login_timeout: Seconds = 20.0
-    max_auth_tries: Annotated[int, Field(ge=1, le=100)] = 6
-    max_channels_per_connection: Annotated[int, Field(ge=1, le=10000)] = 64
-    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10000
+    max_auth_tries: Annotated[int, Field(ge=1, le=100, strict=True)] = 6
+    max_channels_per_connection: Annotated[int, Field(ge=1, le=10000, strict=True)] = 64
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 10000
 
 
 class BastionConfig(_Model):
@@ -195,10 +204,10 @@ class BastionConfig(_Model):
     host_key: Path
     access_file: Path
     keepalive_interval: Seconds = 15.0
-    keepalive_count_max: Annotated[int, Field(ge=1, le=100)] = 3
+    keepalive_count_max: Annotated[int, Field(ge=1, le=100, strict=True)] = 3
     limits: LimitsConfig = LimitsConfig()
     admin_socket: Path | None = None
-    shutdown_grace: Annotated[float, Field(ge=0, le=3600)] = 20.0
+    shutdown_grace: Annotated[float, Field(ge=0, le=3600, strict=True)] = 20.0
 
     @field_validator("host_key", "access_file")
     @classmethod
@@ -215,7 +224,7 @@ class BastionConfig(_Model):
     def _listen(cls, value: list[str]) -> list[str]:
         for item in value:
             host, _port = split_host_port(item, 22, allow_zero=True)
-            if not is_ip_address(host) and host != "localhost":
+            if not _is_strict_ip(host) and host != "localhost":
                 raise ValueError(f"listen address {item!r} must be an IP address and port")
         return value
 

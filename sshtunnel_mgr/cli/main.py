@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
-import click
 import typer
 
 from sshtunnel_mgr import __version__
@@ -53,19 +52,16 @@ def fail(error: SshtunError) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status. Usage errors are click's (status 2); every
+    sshtun error is printed by ``fail()``; nothing else is caught."""
     try:
-        result = app(args=argv, standalone_mode=False, prog_name="sshtun")
+        app(args=argv, prog_name="sshtun")  # standalone: click handles usage and Ctrl-C
     except SshtunError as error:
         return fail(error)
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return EXIT_USAGE if exc.exit_code == 2 else exc.exit_code
-    return int(result) if isinstance(result, int) else 0
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
+    return 0
 
 
 def run() -> None:

@@ -36,17 +36,23 @@ async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str,
 
 
 async def test_status_on_both_ends_while_up_and_after_a_reconnect(
-        keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     access = tmp_path / "access"
     access.write_text(access_text(keys))
     port = free_port()
     bcfg = bastion_config(keys, access, port).model_copy(
-        update={"admin_socket": tmp_path / "run" / "bastion.sock"})
+        update={"admin_socket": tmp_path / "run" / "bastion.sock"}
+    )
     bfile = write_toml(tmp_path / "bastion.toml", "bastion", bcfg)
     async with home_sshd(keys, tmp_path / "home") as home:
-        acfg = agent_config(keys, port, [("homebox", 22, f"127.0.0.1:{home.port}")],
-                            backoff={"base": 0.2, "cap": 0.5},
-                            admin_socket=tmp_path / "run" / "agent.sock")
+        acfg = agent_config(
+            keys,
+            port,
+            [("homebox", 22, f"127.0.0.1:{home.port}")],
+            backoff={"base": 0.2, "cap": 0.5},
+            admin_socket=tmp_path / "run" / "agent.sock",
+        )
         afile = write_toml(tmp_path / "agent.toml", "agent", acfg)
         async with process(*SSHTUN, "bastion", "--config", str(bfile)) as bastion:
             await read_until(bastion.stderr, "listening on")
@@ -94,16 +100,17 @@ async def test_status_on_both_ends_while_up_and_after_a_reconnect(
                 async with process(*SSHTUN, "bastion", "--config", str(bfile)) as again:
                     await read_until(again.stderr, "listening on")
                     await wait_for(lambda: link_obj.status.state == "up")
-                    code, out, _ = await cli(capsys, "status", "--config", str(afile),
-                                             "--json")
+                    code, out, _ = await cli(capsys, "status", "--config", str(afile), "--json")
                     [link] = json.loads(out)["links"]
                     assert link["state"] == "up" and link["connects"] == 2
 
 
 async def test_status_without_a_running_service_says_so(
-        keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    acfg = agent_config(keys, 1, [("homebox", 22, "127.0.0.1:22")],
-                        admin_socket=tmp_path / "nothing.sock")
+    keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    acfg = agent_config(
+        keys, 1, [("homebox", 22, "127.0.0.1:22")], admin_socket=tmp_path / "nothing.sock"
+    )
     afile = write_toml(tmp_path / "agent.toml", "agent", acfg)
     code, _, err = await cli(capsys, "status", "--config", str(afile))
     assert code == 1
@@ -113,18 +120,45 @@ async def test_status_without_a_running_service_says_so(
 
 def test_format_status_tables() -> None:
     now = 1000.0
-    bastion = {"role": "bastion", "listening": ["0.0.0.0:2222"], "connections": 3, "names": [
-        {"name": "homebox", "port": 22, "key": "SHA256:abc", "comment": "agent@home",
-         "source": "192.0.2.1:5555", "since": 880.0, "open_channels": 1, "channels_total": 4,
-         "bytes_to_home": 2048, "bytes_from_home": 3 << 20}]}
+    bastion = {
+        "role": "bastion",
+        "listening": ["0.0.0.0:2222"],
+        "connections": 3,
+        "names": [
+            {
+                "name": "homebox",
+                "port": 22,
+                "key": "SHA256:abc",
+                "comment": "agent@home",
+                "source": "192.0.2.1:5555",
+                "since": 880.0,
+                "open_channels": 1,
+                "channels_total": 4,
+                "bytes_to_home": 2048,
+                "bytes_from_home": 3 << 20,
+            }
+        ],
+    }
     text = format_status(bastion, now)
     assert text.splitlines()[0] == "bastion listening on 0.0.0.0:2222: 1 names, 3 connections"
     assert "homebox:22" in text and "2m" in text and "1/4" in text
     assert "2.0KiB/3.0MiB" in text
-    agent = {"role": "agent", "healthy": False, "links": [
-        {"bastion": "b:22", "state": "backoff", "up_since": None, "next_retry_at": 1007.0,
-         "published": [], "refused": {"secret:22": "refused"}, "last_error": "connect: refused",
-         "probe_error": ""}]}
+    agent = {
+        "role": "agent",
+        "healthy": False,
+        "links": [
+            {
+                "bastion": "b:22",
+                "state": "backoff",
+                "up_since": None,
+                "next_retry_at": 1007.0,
+                "published": [],
+                "refused": {"secret:22": "refused"},
+                "last_error": "connect: refused",
+                "probe_error": "",
+            }
+        ],
+    }
     text = format_status(agent, now)
     assert "agent (not healthy)" in text
     assert "retry in 7s" in text and "refused secret:22" in text and "connect: refused" in text

@@ -79,14 +79,23 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
 
 
 async def test_ready_after_publish_and_watchdog_only_while_healthy(
-        keys: Keys, tmp_path: Path, notify: NotifySocket) -> None:
+    keys: Keys, tmp_path: Path, notify: NotifySocket
+) -> None:
     access = tmp_path / "access"
     access.write_text(access_text(keys))
     port = free_port()
     async with tcp_target() as (target, target_port):
-        acfg = write_toml(tmp_path / "agent.toml", "agent", agent_config(
-            keys, port, [("homebox", 22, f"127.0.0.1:{target_port}")],
-            backoff={"base": 0.1, "cap": 0.3}, probe_interval=0.3))
+        acfg = write_toml(
+            tmp_path / "agent.toml",
+            "agent",
+            agent_config(
+                keys,
+                port,
+                [("homebox", 22, f"127.0.0.1:{target_port}")],
+                backoff={"base": 0.1, "cap": 0.3},
+                probe_interval=0.3,
+            ),
+        )
         env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "600000"}
         async with process(*SSHTUN, "up", "--config", str(acfg), env=env) as agent:
             lines: list[str] = []
@@ -116,14 +125,17 @@ async def test_ready_after_publish_and_watchdog_only_while_healthy(
             assert notify.seen("STOPPING=1")
 
 
-async def test_bastion_notifies_ready_when_listening(keys: Keys, tmp_path: Path,
-                                                     notify: NotifySocket) -> None:
+async def test_bastion_notifies_ready_when_listening(
+    keys: Keys, tmp_path: Path, notify: NotifySocket
+) -> None:
     access = tmp_path / "access"
     access.write_text(access_text(keys))
-    cfg = write_toml(tmp_path / "bastion.toml", "bastion",
-                     bastion_config(keys, access, free_port()))
-    async with process(*SSHTUN, "bastion", "--config", str(cfg),
-                       env={"NOTIFY_SOCKET": str(notify.path)}) as bastion:
+    cfg = write_toml(
+        tmp_path / "bastion.toml", "bastion", bastion_config(keys, access, free_port())
+    )
+    async with process(
+        *SSHTUN, "bastion", "--config", str(cfg), env={"NOTIFY_SOCKET": str(notify.path)}
+    ) as bastion:
         await wait_for(lambda: notify.seen("READY=1"))
         assert notify.seen("STATUS=listening on 127.0.0.1:")
         bastion.send_signal(signal.SIGTERM)
@@ -131,10 +143,18 @@ async def test_bastion_notifies_ready_when_listening(keys: Keys, tmp_path: Path,
         assert notify.seen("STOPPING=1")
 
 
-@pytest.mark.parametrize("env", [{}, {"WATCHDOG_USEC": "0"}, {"WATCHDOG_USEC": "x"},
-                                 {"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}])
-def test_watchdog_interval_only_for_this_process(monkeypatch: pytest.MonkeyPatch,
-                                                 env: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"WATCHDOG_USEC": "0"},
+        {"WATCHDOG_USEC": "x"},
+        {"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"},
+    ],
+)
+def test_watchdog_interval_only_for_this_process(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
     from sshtunnel_mgr import systemd
 
     monkeypatch.delenv("WATCHDOG_USEC", raising=False)
@@ -155,12 +175,12 @@ def test_notify_never_raises(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert systemd.notify("READY=1") is False
 
 
-async def test_bastion_pings_the_watchdog(keys: Keys, tmp_path: Path,
-                                          notify: NotifySocket) -> None:
+async def test_bastion_pings_the_watchdog(keys: Keys, tmp_path: Path, notify: NotifySocket) -> None:
     access = tmp_path / "access"
     access.write_text(access_text(keys))
-    cfg = write_toml(tmp_path / "bastion.toml", "bastion",
-                     bastion_config(keys, access, free_port()))
+    cfg = write_toml(
+        tmp_path / "bastion.toml", "bastion", bastion_config(keys, access, free_port())
+    )
     env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"}
     async with process(*SSHTUN, "bastion", "--config", str(cfg), env=env) as bastion:
         await wait_for(lambda: notify.count("WATCHDOG=1") >= 3)
