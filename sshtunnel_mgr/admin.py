@@ -31,7 +31,7 @@ def default_socket_path(role: str) -> Path:
     if os.environ.get("XDG_RUNTIME_DIR"):
         return Path(os.environ["XDG_RUNTIME_DIR"]) / "sshtun" / f"{role}.sock"
     if os.geteuid() == 0:
-        return Path("/run/sshtun") / f"{role}.sock"
+        return Path(f"/run/sshtun-{role}") / f"{role}.sock"  # the unit's RuntimeDirectory
     return Path(f"/tmp/sshtun-{os.geteuid()}") / f"{role}.sock"
 
 

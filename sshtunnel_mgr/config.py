@@ -8,6 +8,7 @@ Errors are ``ConfigError`` naming the file and the field path (``agent.tunnels[0
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,7 +37,7 @@ class _Model(BaseModel):
 
 def _resolve(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
-    value = value.expanduser()
+    value = Path(os.path.expandvars(value)).expanduser()  # e.g. $CREDENTIALS_DIRECTORY/key
     if not value.is_absolute() and base is not None:
         value = Path(base) / value
     return value

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sshtunnel_mgr import __version__
-from sshtunnel_mgr.cli import demo, keys, services, sshconfig, status
+from sshtunnel_mgr.cli import demo, keys, services, setup, sshconfig, status
 from sshtunnel_mgr.errors import EXIT_USAGE, SshtunError
 from sshtunnel_mgr.logsetup import setup_logging
 
@@ -24,6 +24,7 @@ services.register(app)
 demo.register(app)
 status.register(app)
 sshconfig.register(app)
+setup.register(app)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,126 @@
+"""``sshtun init`` (starter config and keys) and ``sshtun systemd install`` (the unit)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sshtunnel_mgr import setup
+from sshtunnel_mgr.config import load_config
+from sshtunnel_mgr.errors import ConfigError
+
+systemd_app = typer.Typer(help="Install sshtun as a systemd service.", no_args_is_help=True)
+
+RoleOpt = Annotated[str, typer.Option("--role", help="agent or bastion.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Only show what would be done.")]
+
+
+def _run(actions: list[setup.Action], dry_run: bool) -> None:
+    if dry_run:
+        for act in actions:
+            typer.echo(f"would {act.describe()}")
+        return
+    for line in setup.apply(actions):
+        typer.echo(line)
+
+
+def _ask(value: str | None, prompt: str, flag: str) -> str:
+    if value:
+        return value
+    if sys.stdin.isatty():
+        answer: str = typer.prompt(prompt)
+        return answer
+    raise ConfigError(f"{flag} is required (no terminal to ask on)")
+
+
+def init_cmd(
+    role: RoleOpt,
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to write config and keys.")
+    ] = Path("/etc/sshtun"),
+    bastion: Annotated[
+        str | None, typer.Option(help="agent: the bastion's address, host[:port].")
+    ] = None,
+    bastion_key: Annotated[
+        str | None,
+        typer.Option(
+            help="agent: the bastion's host public key line (pin it; no trust on first use)."
+        ),
+    ] = None,
+    tunnel: Annotated[
+        list[str] | None, typer.Option(help="agent: name[:port]=host:port to publish (repeatable).")
+    ] = None,
+    listen: Annotated[str, typer.Option(help="bastion: address to listen on.")] = "0.0.0.0:2222",
+    state_dir: Annotated[
+        Path | None, typer.Option(help="bastion: where its host key lives (default: DIR).")
+    ] = None,
+    systemd: Annotated[
+        bool,
+        typer.Option(
+            "--systemd", help="agent: read the key from systemd's $CREDENTIALS_DIRECTORY."
+        ),
+    ] = False,
+    dry_run: DryRun = False,
+) -> None:
+    """Write a starter config with generated keys (asks only what it cannot guess)."""
+    if role == "agent":
+        address = _ask(bastion, "Bastion address (host[:port])", "--bastion")
+        key = _ask(bastion_key, "Bastion host key (ssh-ed25519 AAAA...)", "--bastion-key")
+        tunnels = tunnel or [_ask(None, "Tunnel (name[:port]=host:port)", "--tunnel")]
+        actions = setup.plan_agent_init(directory, address, key, tunnels, systemd)
+        _run(actions, dry_run)
+        if not dry_run:
+            cfg = load_config(directory / "agent.toml").require_agent()
+            pub = (directory / "agent_key.pub").read_text().strip()
+            names = ",".join(f"{t.name}:{t.port}" for t in cfg.tunnels)
+            typer.echo("\nOn the bastion, add this line to its access file, then reload it:")
+            typer.echo(f'permitlisten="{names}" {pub}')
+            typer.echo(f"\nThen run: sshtun up --config {directory / 'agent.toml'}")
+    elif role == "bastion":
+        actions = setup.plan_bastion_init(directory, listen, state_dir or directory)
+        _run(actions, dry_run)
+        if not dry_run:
+            host_pub = ((state_dir or directory) / "host_key.pub").read_text().split()[:2]
+            typer.echo("\nAgents and clients pin this host key:")
+            typer.echo(" ".join(host_pub))
+            typer.echo(f"\nThen run: sshtun bastion --config {directory / 'bastion.toml'}")
+    else:
+        raise ConfigError(f"--role must be agent or bastion, not {role!r}")
+
+
+@systemd_app.command("install")
+def install_cmd(
+    role: RoleOpt,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="The config the service runs with.")
+    ] = None,
+    unit_dir: Annotated[Path, typer.Option(help="Where unit files go.")] = Path(
+        "/etc/systemd/system"
+    ),
+    dry_run: DryRun = False,
+) -> None:
+    """Write the systemd unit (paths filled in for this installation) and print the
+    systemctl commands to run."""
+    if role not in setup.UNIT_NAMES:
+        raise ConfigError(f"--role must be agent or bastion, not {role!r}")
+    binary = shutil.which("sshtun") or str(Path(sys.argv[0]).resolve())
+    cfg = (config or Path(f"/etc/sshtun/{role}.toml")).absolute()
+    actions = setup.plan_systemd_install(role, setup.unit_template(role), binary, cfg, unit_dir)
+    _run(actions, dry_run)
+    unit = setup.UNIT_NAMES[role]
+    if role == "agent":
+        typer.echo(
+            f"\nThe unit hands the key to the service as a credential: keep it at "
+            f"/etc/sshtun/agent_key (0600, root) and set key = "
+            f'"$CREDENTIALS_DIRECTORY/agent_key" in {cfg}.'
+        )
+    typer.echo(f"\nsystemctl daemon-reload\nsystemctl enable --now {unit}\nsystemctl status {unit}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init_cmd)
+    app.add_typer(systemd_app, name="systemd")
