@@ -71,6 +71,15 @@ def _is_strict_ip(text: str) -> bool:
     return True
 
 
+def _metrics_address(value: str) -> str:
+    """``PORT`` (on 127.0.0.1) or ``IP:PORT`` for the Prometheus endpoint."""
+    text = f"127.0.0.1:{value}" if value.isascii() and value.isdigit() else value
+    host, _port = split_host_port(text, 0, allow_zero=True)
+    if not _is_strict_ip(host):
+        raise ValueError(f"metrics_listen {value!r} must be PORT or IP:PORT")
+    return text
+
+
 class BackoffConfig(_Model):
     base: Seconds = 1.0
     cap: Seconds = 60.0
@@ -172,6 +181,20 @@ class AgentConfig(_Model):
     probe_interval: Seconds = 30.0
     backoff: BackoffConfig = BackoffConfig()
     admin_socket: Path | None = None
+    metrics_listen: str | None = None
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics(cls, value: str | None) -> str | None:
+        return None if value is None else _metrics_address(value)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return (
+            None
+            if self.metrics_listen is None
+            else split_host_port(self.metrics_listen, 0, allow_zero=True)
+        )
 
     @field_validator("key")
     @classmethod
@@ -209,6 +232,20 @@ class BastionConfig(_Model):
     limits: LimitsConfig = LimitsConfig()
     admin_socket: Path | None = None
     shutdown_grace: Annotated[float, Field(ge=0, le=3600, strict=True)] = 20.0
+    metrics_listen: str | None = None
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics(cls, value: str | None) -> str | None:
+        return None if value is None else _metrics_address(value)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return (
+            None
+            if self.metrics_listen is None
+            else split_host_port(self.metrics_listen, 0, allow_zero=True)
+        )
 
     @field_validator("host_key", "access_file")
     @classmethod

@@ -39,6 +39,7 @@ class LinkStatus:
     published: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     connects: int = 0
+    last_connected_at: float | None = None
     probe_ok: bool = False
     last_probe_at: float | None = None
     probe_error: str = ""
@@ -133,6 +134,7 @@ class BastionLink:
         self.conn = conn
         self.backoff.connected()
         self.status.connects += 1
+        self.status.last_connected_at = time.time()
         try:
             published = await self._publish_all(conn)
             if not published:

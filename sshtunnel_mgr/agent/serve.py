@@ -18,6 +18,7 @@ from sshtunnel_mgr.asyncutil import wait_either
 from sshtunnel_mgr.config import AgentConfig
 from sshtunnel_mgr.errors import SshtunError
 from sshtunnel_mgr.keys.store import load_private_key
+from sshtunnel_mgr.metrics import MetricsServer, agent_samples
 
 log = logging.getLogger("sshtunnel_mgr.agent")
 
@@ -135,6 +136,10 @@ class Agent:
             self.config.admin_socket or default_socket_path("agent"), self.handle_admin
         )
         await admin.start()
+        metrics = None
+        if self.config.metrics_address is not None:
+            metrics = MetricsServer(*self.config.metrics_address, lambda: agent_samples(self))
+            await metrics.start()
         try:
             async with asyncio.TaskGroup() as group:
                 for link in self.links:
@@ -146,6 +151,8 @@ class Agent:
         finally:
             systemd.notify("STOPPING=1")
             await admin.stop()
+            if metrics is not None:
+                await metrics.stop()
 
 
 async def serve(

@@ -21,6 +21,7 @@ from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.config import BastionConfig
 from sshtunnel_mgr.errors import ConfigError
 from sshtunnel_mgr.keys.store import key_fingerprint, load_or_create_host_key
+from sshtunnel_mgr.metrics import MetricsServer, bastion_samples
 from sshtunnel_mgr.protocol import DRAIN_NOTICE
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
@@ -237,6 +238,10 @@ async def serve(
     hup = asyncio.create_task(_on_reload(bastion, reload)) if reload is not None else None
     admin = AdminServer(config.admin_socket or default_socket_path("bastion"), bastion.handle_admin)
     await admin.start()
+    metrics = None
+    if config.metrics_address is not None:
+        metrics = MetricsServer(*config.metrics_address, lambda: bastion_samples(bastion))
+        await metrics.start()
     systemd.notify(
         "READY=1\nSTATUS=listening on " + ",".join(f"{h}:{p}" for h, p in bastion.addresses)
     )
@@ -256,6 +261,8 @@ async def serve(
         if hup is not None:
             hup.cancel()
         await admin.stop()
+        if metrics is not None:
+            await metrics.stop()
         await bastion.stop()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +57,7 @@ class VirtualListener(asyncssh.SSHListener):
 class RouteStats:
     """Traffic through one published name on one agent connection."""
 
+    counters: Counter[str]  # the bastion-wide ones, for totals that outlive a connection
     live: set[Pipe] = field(default_factory=set)
     channels_total: int = 0
     bytes_to_home: int = 0  # closed channels only; live ones are added on read
@@ -67,8 +69,11 @@ class RouteStats:
 
     def closed(self, agent_end: Pipe) -> None:
         self.live.discard(agent_end)
+        to_home = agent_end.peer.bytes_in if agent_end.peer else 0
         self.bytes_from_home += agent_end.bytes_in
-        self.bytes_to_home += agent_end.peer.bytes_in if agent_end.peer else 0
+        self.bytes_to_home += to_home
+        self.counters["bytes_from_home"] += agent_end.bytes_in
+        self.counters["bytes_to_home"] += to_home
 
     def totals(self) -> tuple[int, int]:
         to_home = self.bytes_to_home + sum(p.peer.bytes_in for p in self.live if p.peer)
@@ -189,6 +194,7 @@ class BastionConnection(asyncssh.SSHServer):
 
     def auth_failed(self, reason: str) -> None:
         self.auth_failures += 1
+        self.state.counters["auth_failures"] += 1
         max_tries = self.state.config.limits.max_auth_tries
         log.warning("auth refused conn=%d from=%s reason=%s", self.conn_id, self.peer_ip, reason)
         if self.auth_failures >= max_tries and self.conn is not None:
@@ -266,6 +272,7 @@ class BastionConnection(asyncssh.SSHServer):
                 listen_port,
                 refusal,
             )
+            self.state.counters["publish_refused"] += 1
             return False
         name = normalize_name(listen_host)
         self.state.publish(
@@ -321,6 +328,7 @@ class BastionConnection(asyncssh.SSHServer):
                 dest_port,
                 exc.reason,
             )
+            self.state.counters["routed_refused"] += 1
             raise
         self.open_channels += 1
         probe = route.conn_id == self.conn_id
@@ -371,7 +379,9 @@ class BastionConnection(asyncssh.SSHServer):
     async def _splice(
         self, route: Route[BastionConnection], orig_host: str, orig_port: int
     ) -> Pipe:
-        stats = route.handle.route_stats.setdefault((route.name, route.port), RouteStats())
+        stats = route.handle.route_stats.setdefault(
+            (route.name, route.port), RouteStats(self.state.counters)
+        )
         client_end = Pipe(on_close=self._channel_closed)
         agent_end = Pipe(on_close=stats.closed)
         agent_conn = route.handle.conn
@@ -392,6 +402,7 @@ class BastionConnection(asyncssh.SSHServer):
                 route.port,
                 reason,
             )
+            self.state.counters["routed_target_failed"] += 1
             raise ChannelOpenError(OPEN_FAILED, reason) from None
         except (OSError, asyncssh.Error) as exc:
             self.open_channels -= 1
@@ -403,9 +414,11 @@ class BastionConnection(asyncssh.SSHServer):
                 route.port,
                 reason,
             )
+            self.state.counters["routed_target_failed"] += 1
             raise ChannelOpenError(OPEN_FAILED, reason) from None
         client_end.link(agent_end)
         stats.opened(agent_end)
+        self.state.counters["routed_ok"] += 1
         return client_end
 
     def _channel_closed(self, pipe: Pipe) -> None:

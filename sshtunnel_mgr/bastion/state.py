@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,8 @@ class BastionState:
     connections: dict[int, BastionConnection] = field(default_factory=dict)
     accepting: bool = True
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    # Event counters for metrics: plain integer increments, read only when scraped.
+    counters: Counter[str] = field(default_factory=Counter)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _picks: itertools.count[int] = field(default_factory=itertools.count)
 
