@@ -37,11 +37,16 @@ def _version(value: bool) -> None:
 def _root(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text (key=value) or json.")
+    ] = "text",
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    setup_logging(verbose, quiet)
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    setup_logging(verbose, quiet, log_format)
 
 
 def fail(error: SshtunError) -> int:
