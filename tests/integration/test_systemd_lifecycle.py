@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -116,11 +117,27 @@ async def user_manager(work: Path) -> AsyncIterator[tuple[int, dict[str, str]]]:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        remove_cgroup(cgroup)
+
+
+def remove_cgroup(cgroup: Path) -> None:
+    """Kill what is left in the test's cgroup tree (only ours) and remove it bottom-up."""
+    if not cgroup.exists():
+        return
+    tree = sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+    for group in [*tree, cgroup]:
         with contextlib.suppress(OSError):
-            for pid in (cgroup / "cgroup.procs").read_text().split():
+            for pid in (group / "cgroup.procs").read_text().split():
                 os.kill(int(pid), signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            cgroup.rmdir()
+    for group in [*tree, cgroup]:
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)
 
 
 def systemctl(pid: int, env: dict[str, str], *args: str) -> str:
