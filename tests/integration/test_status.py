@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sshtunnel_mgr.admin import AdminServer
 from sshtunnel_mgr.cli.main import main
 from sshtunnel_mgr.cli.status import format_status
 from tests.harness import (
@@ -23,6 +24,7 @@ from tests.harness import (
     read_until,
     run_ssh,
     running_agent,
+    running_bastion,
     wait_for,
     write_ssh_config,
     write_toml,
@@ -162,3 +164,43 @@ def test_format_status_tables() -> None:
     text = format_status(agent, now)
     assert "agent (not healthy)" in text
     assert "retry in 7s" in text and "refused secret:22" in text and "connect: refused" in text
+
+
+async def test_status_after_a_revoke(
+    keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Remove the agent's key and reload: the bastion's status no longer lists its name,
+    and the agent's status shows the refusal it got when it tried to come back."""
+    access = tmp_path / "access"
+    access.write_text(access_text(keys))
+    bcfg = bastion_config(keys, access)
+    async with running_bastion(bcfg) as bastion:
+        bfile = write_toml(
+            tmp_path / "bastion.toml",
+            "bastion",
+            bcfg.model_copy(update={"listen": [f"127.0.0.1:{bastion.port}"]}),
+        )
+        assert bcfg.admin_socket is not None
+        admin = AdminServer(bcfg.admin_socket, bastion.handle_admin)
+        assert await admin.start()
+        try:
+            acfg = agent_config(
+                keys,
+                bastion.port,
+                [("homebox", 22, "127.0.0.1:9")],
+                backoff={"base": 0.1, "cap": 0.2},
+            )
+            afile = write_toml(tmp_path / "agent.toml", "agent", acfg)
+            async with process(*SSHTUN, "up", "--config", str(afile)) as agent:
+                await read_until(agent.stderr, "published")
+                access.write_text(f'permitopen="homebox:22" {keys.client.public_line}\n')
+                answer = bastion.reload(bcfg)
+                assert answer["revoked"] == [keys.agent.fingerprint]
+                code, out, _ = await cli(capsys, "status", "--config", str(bfile), "--json")
+                assert code == 0 and json.loads(out)["names"] == []
+                # The agent is refused on its way back in: a fatal, clearly reported error.
+                assert await asyncio.wait_for(agent.wait(), 20) == 5
+                assert agent.stderr is not None
+                assert "refused key" in (await agent.stderr.read()).decode()
+        finally:
+            await admin.stop()
