@@ -381,3 +381,41 @@ def load_access(path: Path) -> AccessPolicy:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read access file {path}: {exc}") from None
     return parse_access(text, str(path))
+
+
+def remove_key(text: str, fingerprint_: str, source: str = "<access>") -> tuple[str, list[str]]:
+    """The access file's text without the line(s) of one key (comments and the order of
+    every other line kept), and the removed lines."""
+    kept, removed = [], []
+    for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            try:
+                entry = parse_line(line, lineno)
+            except ValueError as exc:
+                raise ConfigError(f"{source}:{lineno}: {exc}") from None
+            if entry.fingerprint == fingerprint_:
+                removed.append(line.rstrip("\n"))
+                continue
+        kept.append(line)
+    return "".join(kept), removed
+
+
+def entry_line(entry: AccessEntry, expiry: datetime | None = None) -> str:
+    """An authorized_keys line for an entry (options re-rendered), optionally with a new
+    expiry-time; used when enrolling a rotated key with the same permissions."""
+    opts: list[str] = []
+    if entry.permit_listen:
+        opts.append(f'permitlisten="{",".join(str(p) for p in entry.permit_listen)}"')
+    if entry.permit_open:
+        opts.append(f'permitopen="{",".join(str(p) for p in entry.permit_open)}"')
+    if entry.from_patterns:
+        opts.append(f'from="{",".join(entry.from_patterns)}"')
+    when = expiry or entry.expiry
+    if when is not None:
+        opts.append(f'expiry-time="{when.astimezone(UTC).strftime("%Y%m%d%H%M%SZ")}"')
+    if entry.no_port_forwarding:
+        opts.append("no-port-forwarding")
+    if entry.note:
+        opts.append(f'sshtun-note="{entry.note}"')
+    key = f"{entry.key_type} {base64.b64encode(entry.key_blob).decode()}"
+    return " ".join(x for x in (",".join(opts), key, entry.comment) if x)

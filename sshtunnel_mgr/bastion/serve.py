@@ -177,7 +177,7 @@ class Bastion:
     async def handle_admin(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd") == "status":
             return self.snapshot()
-        if request.get("cmd") == "reload" and self._load is not None:
+        if request.get("cmd") == "reload":
             return self.reload_from_file()
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
 

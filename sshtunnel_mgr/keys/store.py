@@ -10,6 +10,7 @@ import asyncssh
 from sshtunnel_mgr.access import fingerprint
 from sshtunnel_mgr.errors import KeyFileError
 from sshtunnel_mgr.fsutil import write_atomic
+from sshtunnel_mgr.keys.secrets import load_passphrase
 from sshtunnel_mgr.policy import MIN_RSA_BITS
 
 
@@ -66,8 +67,21 @@ def generate_key(
 
 
 def load_private_key(path: Path, passphrase: str | None = None) -> asyncssh.SSHKey:
+    """Read a private key; an encrypted one is opened with its stored passphrase."""
     try:
-        return asyncssh.read_private_key(str(path), passphrase)
+        try:
+            return asyncssh.read_private_key(str(path), passphrase)
+        except asyncssh.KeyImportError as exc:
+            if passphrase is not None or "assphrase" not in str(exc):
+                raise
+        stored = load_passphrase(path)
+        if stored is None:
+            raise KeyFileError(
+                f"key {path} is encrypted and no passphrase is stored for it",
+                hint=f"store it with `sshtun keys passphrase {path}` (OS keyring, or "
+                f"{path}.passphrase mode 0600 where there is none)",
+            )
+        return asyncssh.read_private_key(str(path), stored)
     except FileNotFoundError:
         raise KeyFileError(
             f"key file {path} does not exist", hint=f"create one with: sshtun keys gen {path}"
