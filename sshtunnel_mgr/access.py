@@ -39,9 +39,13 @@ KEY_TYPES = frozenset(
         "sk-ecdsa-sha2-nistp256@openssh.com",
     }
 )
+# Set by the bastion on a key enrolled by ``sshtun keys rotate``: its predecessor's fingerprint.
+ROTATED_FROM = "sshtun-rotated-from"
 # Options that take a value, and flags. Anything else makes the line an error: a typo in a
 # security file must never be silently ignored.
-VALUE_OPTIONS = frozenset({"permitlisten", "permitopen", "expiry-time", "from", "sshtun-note"})
+VALUE_OPTIONS = frozenset(
+    {"permitlisten", "permitopen", "expiry-time", "from", "sshtun-note", ROTATED_FROM}
+)
 FLAG_OPTIONS = frozenset(
     {
         "restrict",
@@ -81,6 +85,7 @@ class AccessEntry:
     from_patterns: tuple[str, ...] = ()
     no_port_forwarding: bool = False
     note: str = ""
+    rotated_from: str = ""
     options: tuple[tuple[str, str | None], ...] = field(default=(), compare=False)
 
     @property
@@ -216,7 +221,7 @@ def parse_expiry(text: str) -> datetime:
     return stamp.astimezone()  # local time, as OpenSSH does
 
 
-def _split_options(text: str) -> tuple[list[tuple[str, str | None]], str]:
+def split_options(text: str) -> tuple[list[tuple[str, str | None]], str]:
     """Split the leading option list off a line; return (options, rest of line)."""
     options: list[tuple[str, str | None]] = []
     i, n = 0, len(text)
@@ -282,7 +287,7 @@ def parse_line(line: str, lineno: int) -> AccessEntry:
         options: list[tuple[str, str | None]] = []
         rest = text
     else:
-        options, rest = _split_options(text)
+        options, rest = split_options(text)
     parts = rest.split(None, 2)
     if len(parts) < 2:
         raise ValueError("expected a key type and key data")
@@ -297,6 +302,7 @@ def parse_line(line: str, lineno: int) -> AccessEntry:
     froms: list[str] = []
     expiry: datetime | None = None
     note = ""
+    rotated_from = ""
     no_pf = False
     for name, value in options:
         if name in FLAG_OPTIONS:
@@ -327,6 +333,10 @@ def parse_line(line: str, lineno: int) -> AccessEntry:
             for source in sources:
                 _check_from_pattern(source)
             froms.extend(sources)
+        elif name == ROTATED_FROM:
+            if not value.startswith("SHA256:"):
+                raise ValueError(f"{ROTATED_FROM} must be a SHA256: fingerprint")
+            rotated_from = value
         else:
             note = value
     return AccessEntry(
@@ -340,6 +350,7 @@ def parse_line(line: str, lineno: int) -> AccessEntry:
         from_patterns=tuple(froms),
         no_port_forwarding=no_pf,
         note=note,
+        rotated_from=rotated_from,
         options=tuple(options),
     )
 
@@ -399,23 +410,3 @@ def remove_key(text: str, fingerprint_: str, source: str = "<access>") -> tuple[
         kept.append(line)
     return "".join(kept), removed
 
-
-def entry_line(entry: AccessEntry, expiry: datetime | None = None) -> str:
-    """An authorized_keys line for an entry (options re-rendered), optionally with a new
-    expiry-time; used when enrolling a rotated key with the same permissions."""
-    opts: list[str] = []
-    if entry.permit_listen:
-        opts.append(f'permitlisten="{",".join(str(p) for p in entry.permit_listen)}"')
-    if entry.permit_open:
-        opts.append(f'permitopen="{",".join(str(p) for p in entry.permit_open)}"')
-    if entry.from_patterns:
-        opts.append(f'from="{",".join(entry.from_patterns)}"')
-    when = expiry or entry.expiry
-    if when is not None:
-        opts.append(f'expiry-time="{when.astimezone(UTC).strftime("%Y%m%d%H%M%SZ")}"')
-    if entry.no_port_forwarding:
-        opts.append("no-port-forwarding")
-    if entry.note:
-        opts.append(f'sshtun-note="{entry.note}"')
-    key = f"{entry.key_type} {base64.b64encode(entry.key_blob).decode()}"
-    return " ".join(x for x in (",".join(opts), key, entry.comment) if x)

@@ -48,3 +48,9 @@ class KeyFileError(SshtunError):
     """A key file could not be read or written."""
 
     exit_code = EXIT_KEYS
+
+
+class RotationError(SshtunError):
+    """A key rotation step was refused or failed; the old key keeps working."""
+
+    exit_code = EXIT_KEYS

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sshtunnel_mgr.access import AccessEntry, decode_key, fingerprint
 from sshtunnel_mgr.errors import KeyFileError
+from sshtunnel_mgr.policy import MIN_RSA_BITS
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,16 @@ def key_bits(key_type: str, blob: bytes) -> int:
         if key_type.endswith(f"nistp{size}") or f"nistp{size}@" in key_type:
             return int(size)
     return 256  # ed25519 and sk-ed25519
+
+
+def weakness(key_type: str, blob: bytes) -> str:
+    """Why a key is too weak to enrol, or "" when it is fine (ed25519; RSA >= 3072)."""
+    if key_type == "ssh-ed25519":
+        return ""
+    if key_type == "ssh-rsa":
+        bits = key_bits(key_type, blob)
+        return "" if bits >= MIN_RSA_BITS else f"RSA key of {bits} bits (at least {MIN_RSA_BITS})"
+    return f"{key_type} keys are not accepted here; use ssh-ed25519"
 
 
 def facts_from_public(path: Path, now: float | None = None) -> KeyFacts:
