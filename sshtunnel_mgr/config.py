@@ -233,6 +233,10 @@ class BastionConfig(_Model):
     admin_socket: Path | None = None
     shutdown_grace: Annotated[float, Field(ge=0, le=3600, strict=True)] = 20.0
     metrics_listen: str | None = None
+    # Key rotation: may an agent enrol its own successor key (sshtun keys rotate)? The old
+    # key then expires after rotation_grace seconds unless the agent retires it sooner.
+    allow_key_rotation: Annotated[bool, Field(strict=True)] = True
+    rotation_grace: Annotated[float, Field(ge=60, le=90 * 86400, strict=True)] = 86400.0
 
     @field_validator("metrics_listen")
     @classmethod

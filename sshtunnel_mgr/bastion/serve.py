@@ -38,6 +38,7 @@ class Bastion:
     ) -> None:
         self.config = config
         self.state = BastionState(config, access or load_access(config.access_file))
+        self.state.access_changed = lambda: self.reload(self.config)
         self._servers: list[asyncssh.SSHAcceptor] = []
         self.host_key: asyncssh.SSHKey | None = None
         self.addresses: list[tuple[str, int]] = []

@@ -19,6 +19,7 @@ import asyncssh.packet
 from asyncssh import ChannelOpenError
 
 from sshtunnel_mgr.access import AccessEntry
+from sshtunnel_mgr.bastion.keyrequests import KeyRequestSession
 from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.names import InvalidName, normalize_name
@@ -246,14 +247,32 @@ class BastionConnection(asyncssh.SSHServer):
         assert self.entry is not None
         log.info("auth ok conn=%d key=%s from=%s", self.conn_id, self.entry.label, self.peer_ip)
 
-    # No shell, exec, subsystem, agent or X11: asyncssh refuses sessions by default. -------
-    def session_requested(self) -> bool:
+    # Sessions: no shell, pty, subsystem, agent or X11; only a key's own rotation requests.
+    def session_requested(self) -> asyncssh.SSHServerSession[str] | bool:
+        if self.entry is None:
+            return False
+        return KeyRequestSession(self)
+
+    def log_refused_session(self, reason: str) -> None:
         log.warning(
-            "refused session conn=%d key=%s reason=no shell, exec or subsystem here",
+            "refused session conn=%d key=%s reason=%s; no shell, exec or subsystem here",
             self.conn_id,
             self.entry.label if self.entry else "-",
+            reason,
         )
-        return False
+
+    def log_key_request(self, verb: str, detail: str, *, ok: bool) -> None:
+        log.log(
+            logging.INFO if ok else logging.WARNING,
+            "%s conn=%d key=%s from=%s request=%s %s=%s",
+            "key request" if ok else "refused key request",
+            self.conn_id,
+            self.entry.label if self.entry else "-",
+            self.peer_ip,
+            verb,
+            "result" if ok else "reason",
+            detail,
+        )
 
     # Publishing (tcpip-forward from an agent) --------------------------------------------
     def server_requested(self, listen_host: str, listen_port: int) -> asyncssh.SSHListener | bool:
