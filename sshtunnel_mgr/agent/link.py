@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncssh
 
@@ -89,6 +91,7 @@ class BastionLink:
         self._drain_notice = asyncio.Event()
         self._draining: set[asyncssh.SSHClientConnection] = set()
         self._known_hosts = known_hosts_arg(endpoint)
+        self._handover = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the link up until ``stop`` is set; raise only on fatal errors."""
@@ -150,7 +153,20 @@ class BastionLink:
             self.status.next_retry_at = None
             if self.on_published is not None:
                 self.on_published(self)
-            await wait_either(conn.wait_closed(), stop.wait(), self._drain_notice.wait())
+            while True:
+                await wait_either(
+                    conn.wait_closed(),
+                    stop.wait(),
+                    self._drain_notice.wait(),
+                    self._handover.wait(),
+                )
+                if not self._handover.is_set() or stop.is_set():
+                    break
+                # Make before break: a new connection (a new key) already serves every
+                # name; it becomes this link's connection, the old one is retired apart.
+                self._handover.clear()
+                assert self.conn is not None
+                conn = self.conn
         except (OSError, asyncssh.Error) as exc:
             self._failed(_describe(exc))
         finally:
@@ -171,7 +187,7 @@ class BastionLink:
             self._failed("connection to bastion lost")
         return 0.0 if stop.is_set() else self.backoff.next_delay()
 
-    async def _connect(self) -> asyncssh.SSHClientConnection:
+    async def _connect(self, key: asyncssh.SSHKey | None = None) -> asyncssh.SSHClientConnection:
         ep = self.endpoint
         log.info("connect bastion=%s", ep.address)
         return await asyncssh.connect(
@@ -179,7 +195,7 @@ class BastionLink:
             ep.port,
             client_factory=lambda: _LinkClient(self),
             username=ep.user,
-            client_keys=[self.key],
+            client_keys=[key or self.key],
             known_hosts=self._known_hosts,
             config=None,
             agent_path=None,
@@ -264,6 +280,54 @@ class BastionLink:
             tunnel.name, tunnel.port, tunnel.target_host, tunnel.target_port
         )
 
+    # Key rotation --------------------------------------------------------------------
+    async def key_request(self, command: str, timeout: float = 30) -> dict[str, Any]:
+        """Run one of the bastion's key requests (see bastion/keyrequests.py) over the
+        live connection; the bastion's JSON answer, or ``{"ok": False, "error": ...}``."""
+        conn = self.conn
+        if conn is None or self.status.state != "up":
+            return {"ok": False, "error": f"no live connection to {self.endpoint.address}"}
+        return await run_key_request(conn, command, timeout)
+
+    async def hand_over(self, key: asyncssh.SSHKey, drain_timeout: float) -> dict[str, Any]:
+        """Move this link to ``key`` with no moment in which its names are unserved:
+        connect with the new key and publish every tunnel (the bastion then serves each
+        name from both connections), make that the link's connection, withdraw the names
+        from the old one, let its routed sessions finish (up to ``drain_timeout``), close
+        it. If the new connection fails, the old one is left exactly as it was."""
+        old = self.conn
+        if old is None or self.status.state != "up":
+            return {"ok": False, "error": f"no live connection to {self.endpoint.address}"}
+        try:
+            new = await self._connect(key)
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            return {"ok": False, "error": f"the new key could not log in: {_describe(exc)}"}
+        listeners: dict[str, asyncssh.SSHListener] = {}
+        refused = {}
+        for tunnel in self.config.tunnels:
+            label = f"{tunnel.name}:{tunnel.port}"
+            try:
+                listeners[label] = await self._publish(new, tunnel)
+            except (OSError, asyncssh.Error) as exc:
+                refused[label] = str(exc) or "refused"
+        wanted = set(self.status.published)
+        if missing := sorted(wanted - set(listeners)):
+            new.close()
+            return {
+                "ok": False,
+                "error": "the new key may not publish "
+                + ", ".join(f"{m} ({refused.get(m, 'refused')})" for m in missing),
+            }
+        old_listeners = self._listeners
+        self.conn, self._listeners, self.key = new, listeners, key
+        self._handover.set()  # the run loop now watches the new connection
+        log.info("handover bastion=%s names=%s", self.endpoint.address, ",".join(listeners))
+        for listener in old_listeners.values():
+            listener.close()  # cancel-tcpip-forward: new sessions go to the new connection
+        drained = await _drain(old, drain_timeout)
+        old.close()
+        return {"ok": True, "names": sorted(listeners), "drained": drained}
+
     async def probe(self, timeout: float) -> bool:
         """Prove each published name works end to end: open it through the bastion, which
         routes it back down this very connection to the local target."""
@@ -294,6 +358,43 @@ class BastionLink:
     def _failed(self, message: str) -> None:
         self.status.last_error = message
         log.warning("link down bastion=%s error=%s", self.endpoint.address, message)
+
+
+async def run_key_request(
+    conn: asyncssh.SSHClientConnection, command: str, timeout: float
+) -> dict[str, Any]:
+    try:
+        result = await asyncio.wait_for(conn.run(command, check=False), timeout)
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        return {"ok": False, "error": f"request failed: {_describe(exc)}"}
+    text = result.stdout if isinstance(result.stdout, str) else ""
+    try:
+        answer = json.loads(text.strip().splitlines()[-1]) if text.strip() else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        status = result.exit_status
+        return {
+            "ok": False,
+            "error": f"the bastion does not offer key rotation (exit status {status}); "
+            "is it an sshtun bastion with allow_key_rotation?",
+        }
+    return answer
+
+
+async def _drain(conn: asyncssh.SSHClientConnection, timeout: float) -> bool:
+    """Wait until a retiring connection carries no more channels (its routed sessions
+    ended), up to ``timeout``. asyncssh keeps a connection's open channels in
+    ``_channels``; without that internal, wait a short moment only."""
+    channels = getattr(conn, "_channels", None)
+    if not isinstance(channels, dict):
+        await asyncio.sleep(min(timeout, 1.0))
+        return False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while channels and loop.time() < deadline and not conn.is_closed():
+        await asyncio.sleep(0.1)
+    return not channels
 
 
 def _describe(exc: BaseException) -> str:

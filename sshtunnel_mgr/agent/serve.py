@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from sshtunnel_mgr import systemd
@@ -17,7 +18,7 @@ from sshtunnel_mgr.agent.link import BastionLink
 from sshtunnel_mgr.asyncutil import wait_either
 from sshtunnel_mgr.config import AgentConfig
 from sshtunnel_mgr.errors import SshtunError
-from sshtunnel_mgr.keys.store import load_private_key
+from sshtunnel_mgr.keys.store import key_fingerprint, load_private_key, public_line
 from sshtunnel_mgr.metrics import MetricsServer, agent_samples
 
 log = logging.getLogger("sshtunnel_mgr.agent")
@@ -84,9 +85,86 @@ class Agent:
         )
         return {"ok": True, "withdrawn": withdrawn, "published": published, "notes": notes}
 
+    async def rotate(
+        self, new_key_path: Path, drain: float, stop_after: str | None = None
+    ) -> dict[str, Any]:
+        """Rotate the agent's key on every bastion, make before break, in three phases so
+        that no failure leaves a bastion where the old key no longer works:
+        enrol the new key everywhere (old key gets an expiry); hand every link over to
+        the new key; only then ask each bastion to retire the old key. A rerun picks up
+        wherever an interrupted one stopped (each step is idempotent)."""
+        new_key = load_private_key(new_key_path)
+        new_fp = key_fingerprint(new_key)
+        pub = public_line(new_key, _comment_of(new_key_path))
+        report: dict[str, Any] = {"ok": False, "key": new_fp, "old_key": key_fingerprint(self.key)}
+        steps: list[dict[str, Any]] = []
+        report["steps"] = steps
+
+        def failed(step: str, link: BastionLink, error: str) -> dict[str, Any]:
+            log.error(
+                "rotate failed step=%s bastion=%s error=%s", step, link.endpoint.address, error
+            )
+            report.update(failed_step=step, bastion=link.endpoint.address, error=error)
+            return report
+
+        pending = [link for link in self.links if key_fingerprint(link.key) != new_fp]
+        for link in pending:
+            answer = await link.key_request(f"sshtun-enrol {pub}")
+            if not answer.get("ok"):
+                return failed("enrol", link, str(answer.get("error")))
+            steps.append({"step": "enrol", "bastion": link.endpoint.address, **answer})
+            log.info("rotate enrolled bastion=%s new_key=%s", link.endpoint.address, new_fp)
+        if stop_after == "enrol":
+            report.update(ok=True, complete=False, stopped_after="enrol")
+            return report
+        for link in pending:
+            answer = await link.hand_over(new_key, drain)
+            if not answer.get("ok"):
+                return failed("switch", link, str(answer.get("error")))
+            steps.append({"step": "switch", "bastion": link.endpoint.address, **answer})
+        if stop_after == "switch":
+            report.update(ok=True, complete=False, stopped_after="switch")
+            return report
+        for link in self.links:
+            answer = await link.key_request("sshtun-finish")
+            if not answer.get("ok"):
+                return failed("finish", link, str(answer.get("error")))
+            steps.append({"step": "finish", "bastion": link.endpoint.address, **answer})
+        self.key = new_key
+        log.info("rotate done key=%s bastions=%d", new_fp, len(self.links))
+        report.update(ok=True, complete=True)
+        return report
+
+    async def rotate_undo(self, drain: float) -> dict[str, Any]:
+        """Go back to the agent's original key before a rotation finished: hand switched
+        links back, then remove the successor and restore the old key's expiry."""
+        steps: list[dict[str, Any]] = []
+        for link in self.links:
+            if key_fingerprint(link.key) != key_fingerprint(self.key):
+                answer = await link.hand_over(self.key, drain)
+                if not answer.get("ok"):
+                    return {"ok": False, "error": answer.get("error"), "steps": steps}
+                steps.append({"step": "switch back", "bastion": link.endpoint.address})
+            answer = await link.key_request("sshtun-unenrol")
+            if not answer.get("ok"):
+                return {"ok": False, "error": answer.get("error"), "steps": steps}
+            steps.append({"step": "unenrol", "bastion": link.endpoint.address, **answer})
+        return {"ok": True, "steps": steps}
+
     async def handle_admin(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd") == "status":
             return self.snapshot()
+        if request.get("cmd") == "rotate":
+            try:
+                return await self.rotate(
+                    Path(str(request["key"])),
+                    float(request.get("drain", 30)),
+                    request.get("stop_after"),
+                )
+            except SshtunError as exc:
+                return {"ok": False, "error": exc.message}
+        if request.get("cmd") == "rotate-undo":
+            return await self.rotate_undo(float(request.get("drain", 30)))
         if request.get("cmd") == "reload" and self._reloader is not None:
             return await self._reloader()
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
@@ -181,3 +259,12 @@ async def serve(
         await agent.run(stop)
     finally:
         hup.cancel()
+
+
+def _comment_of(key_path: Path) -> str:
+    """The comment of ``key_path.pub`` (kept on the enrolled line), or the file name."""
+    try:
+        parts = Path(str(key_path) + ".pub").read_text().split(None, 2)
+    except OSError:
+        return key_path.name
+    return parts[2].strip() if len(parts) > 2 else key_path.name

@@ -7,15 +7,16 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from sshtunnel_mgr.access import AccessEntry, load_access, remove_key
 from sshtunnel_mgr.admin import default_socket_path, query
 from sshtunnel_mgr.config import load_config
-from sshtunnel_mgr.errors import ConfigError, KeyFileError, SshtunError
+from sshtunnel_mgr.errors import ConfigError, KeyFileError, RotationError, SshtunError
 from sshtunnel_mgr.fsutil import write_atomic
+from sshtunnel_mgr.keys import rotation
 from sshtunnel_mgr.keys.inventory import KeyFacts, facts_from_entry, facts_from_public, find_keys
 from sshtunnel_mgr.keys.secrets import store_passphrase
 from sshtunnel_mgr.keys.store import generate_key, load_private_key
@@ -217,3 +218,96 @@ def revoke_cmd(
         raise SshtunError(f"the bastion refused to reload: {answer.get('error')}")
     closed = answer.get("revoked", []).count(fingerprint)
     typer.echo(f"bastion reloaded: {closed} live connection(s) of that key closed")
+
+
+def _describe_step(step: dict[str, Any]) -> str:
+    if step["step"] == "enrol":
+        return f"new key enrolled; old key expires {step.get('old_key_expires')}"
+    if step["step"] == "switch":
+        names = ",".join(step.get("names", []))
+        cut = "" if step.get("drained") else "; old sessions cut after the drain time"
+        return f"tunnels moved to the new key ({names}){cut}"
+    return "old key retired" if step.get("retired") else "nothing left to retire"
+
+
+def _explain_failure(answer: dict[str, Any], key: Path, nxt: Path) -> SshtunError:
+    step = answer.get("failed_step")
+    where = answer.get("bastion", "")
+    done = ", ".join(f"{s['step']} on {s['bastion']}" for s in answer.get("steps", []))
+    what = {
+        "enrol": "the bastion did not enrol the new key",
+        "switch": "the agent could not move its tunnels to the new key",
+        "finish": "the bastion did not retire the old key",
+    }.get(str(step), "the rotation failed")
+    message = f"{what} ({where}): {answer.get('error')}"
+    if done:
+        message += f"; done before that: {done}"
+    hint = (
+        f"the old key {key} keeps working (until its expiry, if one was set); the new key "
+        f"is kept at {nxt}. Rerun `sshtun keys rotate` to finish, or "
+        "`sshtun keys rotate --undo` to go back"
+    )
+    return RotationError(message, hint=hint)
+
+
+@app.command("rotate")
+def rotate_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The agent's config file.")],
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The agent key file, when the config names it differently "
+            "(e.g. under systemd's $CREDENTIALS_DIRECTORY)."
+        ),
+    ] = None,
+    drain: Annotated[
+        float,
+        typer.Option(
+            help="Seconds routed sessions may take to finish on the old "
+            "connection before it closes."
+        ),
+    ] = 30.0,
+    stop_after: Annotated[
+        str | None,
+        typer.Option(help="Stop after a step (enrol or switch) and resume with a rerun."),
+    ] = None,
+    undo: Annotated[bool, typer.Option("--undo", help="Abandon an unfinished rotation.")] = False,
+) -> None:
+    """Replace the agent's key with no moment in which its names are unreachable: a new
+    key beside the old one, enrolled on each bastion over the live connection, a new
+    connection that takes the names over, then the old key retired and its file replaced."""
+    agent = load_config(config).require_agent()
+    key_path = key or agent.key
+    socket = agent.admin_socket or default_socket_path("agent")
+    if stop_after not in (None, "enrol", "switch"):
+        raise RotationError("--stop-after must be enrol or switch")
+    if undo:
+        answer = asyncio.run(query(socket, {"cmd": "rotate-undo", "drain": drain}, drain + 60))
+        if not answer.get("ok"):
+            raise RotationError(f"undo failed: {answer.get('error')}")
+        rotation.discard(key_path)
+        typer.echo(f"rotation undone: the bastions know only {key_path} again")
+        return
+    nxt, created = rotation.prepare(key_path)
+    typer.echo(f"{'wrote' if created else 'reusing'} the new key {nxt}")
+    request = {"cmd": "rotate", "key": str(nxt.absolute()), "drain": drain}
+    if stop_after:
+        request["stop_after"] = stop_after
+    try:
+        answer = asyncio.run(query(socket, request, timeout=drain + 120))
+    except SshtunError as exc:
+        raise RotationError(
+            f"the agent is not reachable ({exc.message})",
+            hint="rotation runs through the running agent's live connections: start it "
+            f"(sshtun up --config {config}) and rerun; the new key waits at {nxt}",
+        ) from None
+    if not answer.get("ok"):
+        raise _explain_failure(answer, key_path, nxt)
+    for step in answer.get("steps", []):
+        detail = _describe_step(step)
+        typer.echo(f"  {step['bastion']}: {step['step']}: {detail}")
+    if not answer.get("complete"):
+        typer.echo(f"stopped after {stop_after}; rerun `sshtun keys rotate` to finish")
+        return
+    rotation.finalize(key_path)
+    typer.echo(f"rotated: {key_path} is now {answer.get('key')} (was {answer.get('old_key')})")

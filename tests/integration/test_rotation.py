@@ -1,0 +1,274 @@
+"""`sshtun keys rotate`: the agent's key is replaced with no moment in which its names are
+unreachable, proven with the real ssh client through the bastion during the rotation, and
+every interruption leaves the old key working with a rerun that completes it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from sshtunnel_mgr.access import load_access
+from sshtunnel_mgr.bastion import Bastion
+from sshtunnel_mgr.errors import EXIT_KEYS
+from sshtunnel_mgr.keys.inventory import facts_from_public
+from sshtunnel_mgr.keys.store import load_private_key
+from tests.harness import (
+    SSHTUN,
+    HomeSshd,
+    Keys,
+    Result,
+    RunningAgent,
+    access_text,
+    agent_config,
+    bastion_config,
+    bastion_pub,
+    free_port,
+    home_sshd,
+    run_ssh,
+    running_agent,
+    running_bastion,
+    write_ssh_config,
+    write_toml,
+)
+from tests.integration.conftest import logged
+
+STREAM = "for i in $(seq 1 60); do echo line$i; sleep 0.05; done"
+EXPECTED = "".join(f"line{i}\n" for i in range(1, 61)).encode()
+
+
+@dataclass
+class Scene:
+    keys: Keys
+    tmp: Path
+    port: int
+    access: Path
+    bastion: Bastion
+    home: HomeSshd
+    agent_toml: Path
+    client_cfg: Path
+
+    @property
+    def key(self) -> Path:
+        return self.keys.agent.path
+
+    @property
+    def next_key(self) -> Path:
+        return Path(str(self.key) + ".next")
+
+    def agent(self) -> AbstractAsyncContextManager[RunningAgent]:
+        return running_agent(
+            agent_config(self.keys, self.port, [("homebox", 22, f"127.0.0.1:{self.home.port}")])
+        )
+
+    async def rotate(self, *args: str) -> Result:
+        proc = await asyncio.create_subprocess_exec(
+            *SSHTUN,
+            "keys",
+            "rotate",
+            "--config",
+            str(self.agent_toml),
+            "--drain",
+            "10",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode is not None
+        return Result(proc.returncode, out, err.decode())
+
+    async def reach(self) -> Result:
+        return await run_ssh(self.client_cfg, "homebox", "echo through", timeout=30)
+
+    async def logs_in(self, key_path: Path) -> bool:
+        try:
+            conn = await asyncssh.connect(
+                "127.0.0.1",
+                self.port,
+                username="agent",
+                client_keys=[load_private_key(key_path)],
+                known_hosts=([asyncssh.import_public_key(bastion_pub(self.keys))], [], []),
+                config=None,
+                agent_path=None,
+            )
+        except asyncssh.PermissionDenied:
+            return False
+        conn.close()
+        return True
+
+
+@asynccontextmanager
+async def scene(keys: Keys, tmp_path: Path, **bastion_kw: object) -> AsyncIterator[Scene]:
+    access = tmp_path / "access"
+    access.write_text(access_text(keys))
+    port = free_port()
+    agent_toml = write_toml(
+        tmp_path / "agent.toml",
+        "agent",
+        agent_config(keys, port, [("homebox", 22, "127.0.0.1:1")]),
+    )
+    async with (
+        home_sshd(keys, tmp_path / "home") as home,
+        running_bastion(bastion_config(keys, access, port, **bastion_kw)) as bastion,
+    ):
+        yield Scene(
+            keys,
+            tmp_path,
+            port,
+            access,
+            bastion,
+            home,
+            agent_toml,
+            write_ssh_config(tmp_path / "alice", keys, port),
+        )
+
+
+async def test_rotation_under_load_no_connection_fails_and_the_stream_survives(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with scene(keys, tmp_path) as s, s.agent():
+        old_fp = keys.agent.fingerprint
+        assert (await s.reach()).stdout == b"through\n"
+        stream = asyncio.create_task(run_ssh(s.client_cfg, "homebox", STREAM))
+        await asyncio.sleep(0.5)  # the stream flows over the old key's connection
+        rotation = asyncio.create_task(s.rotate())
+        # New ssh -J connections every 300 ms for as long as the rotation runs.
+        attempts: list[Result] = []
+        for _ in range(100):
+            attempts.append(await s.reach())
+            if rotation.done():
+                break
+            await asyncio.sleep(0.3)
+        attempts.append(await s.reach())
+        result = await rotation
+        assert result.returncode == 0, result.stderr
+        failures = [a for a in attempts if a.returncode != 0 or a.stdout != b"through\n"]
+        assert not failures, failures[0].stderr
+        assert len(attempts) >= 3
+        streamed = await stream
+        assert streamed.returncode == 0, streamed.stderr
+        assert streamed.stdout == EXPECTED  # the stream survived on the draining connection
+
+        new = facts_from_public(s.key)
+        assert new.fingerprint != old_fp
+        assert f"rotated: {s.key} is now {new.fingerprint}" in result.stdout.decode()
+        assert not s.next_key.exists()
+        entries = load_access(s.access).entries
+        agent_entries = [e for e in entries if e.permit_listen]
+        assert [e.fingerprint for e in agent_entries] == [new.fingerprint]
+        assert agent_entries[0].rotated_from == "" and agent_entries[0].expiry is None
+        assert await s.logs_in(s.key)
+        assert logged(caplog, "key request", "sshtun-enrol")
+        assert logged(caplog, "handover", "homebox:22")
+        assert logged(caplog, "revoked", old_fp) is False  # drained and closed, not cut
+
+
+async def test_old_key_is_refused_after_rotation(keys: Keys, tmp_path: Path) -> None:
+    async with scene(keys, tmp_path) as s:
+        old_copy = tmp_path / "old_agent_key"
+        old_copy.write_bytes(s.key.read_bytes())
+        old_copy.chmod(0o600)
+        async with s.agent():
+            result = await s.rotate()
+            assert result.returncode == 0, result.stderr
+            assert not await s.logs_in(old_copy)
+            assert await s.logs_in(s.key)
+            assert (await s.reach()).returncode == 0
+
+
+async def test_interrupted_after_generate_enrol_and_switch_old_key_works_and_rerun_completes(
+    keys: Keys, tmp_path: Path
+) -> None:
+    async with scene(keys, tmp_path) as s:
+        original = s.access.read_text()
+        old_copy = tmp_path / "old_agent_key"
+        old_copy.write_bytes(s.key.read_bytes())
+        old_copy.chmod(0o600)
+        # 1. Interrupted after the new key was generated: nothing on the bastion changed.
+        async with s.agent():
+            stopped = await s.rotate("--stop-after", "enrol")
+            assert stopped.returncode == 0, stopped.stderr
+            assert "stopped after enrol" in stopped.stdout.decode()
+            assert s.next_key.exists()
+            assert await s.logs_in(old_copy) and await s.logs_in(s.next_key)
+            old = next(
+                e for e in load_access(s.access).entries if e.fingerprint == keys.agent.fingerprint
+            )
+            assert old.expiry is not None  # the old key now has a bounded life
+        # The agent "crashes" and restarts with the old key file: it still works.
+        async with s.agent():
+            assert (await s.reach()).returncode == 0
+            # 2. Interrupted after the switch: the agent serves with the new key, the old
+            #    key is still enrolled; kill the agent again.
+            stopped = await s.rotate("--stop-after", "switch")
+            assert stopped.returncode == 0, stopped.stderr
+            assert (await s.reach()).returncode == 0
+        async with s.agent():  # restarted from the old key file: still accepted
+            assert (await s.reach()).returncode == 0
+            assert await s.logs_in(old_copy)
+            # 3. The rerun completes it.
+            done = await s.rotate()
+            assert done.returncode == 0, done.stderr
+            assert "reusing the new key" in done.stdout.decode()
+            assert (await s.reach()).returncode == 0
+        assert not await s.logs_in(old_copy)
+        assert await s.logs_in(s.key)
+        assert s.access.read_text() != original
+        async with s.agent():  # a restart after the rotation uses the new key file
+            assert (await s.reach()).returncode == 0
+
+
+async def test_undo_restores_the_access_file_byte_for_byte(keys: Keys, tmp_path: Path) -> None:
+    async with scene(keys, tmp_path) as s, s.agent():
+        original = s.access.read_text()
+        old_fp = keys.agent.fingerprint
+        stopped = await s.rotate("--stop-after", "switch")
+        assert stopped.returncode == 0, stopped.stderr
+        undone = await s.rotate("--undo")
+        assert undone.returncode == 0, undone.stderr
+        assert s.access.read_text() == original
+        assert not s.next_key.exists()
+        assert facts_from_public(s.key).fingerprint == old_fp
+        assert (await s.reach()).returncode == 0
+
+
+async def test_refused_enrolment_says_what_happened_and_the_old_key_keeps_working(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with scene(keys, tmp_path, allow_key_rotation=False) as s, s.agent():
+        original = s.access.read_text()
+        result = await s.rotate()
+        assert result.returncode == EXIT_KEYS
+        assert "the bastion did not enrol the new key" in result.stderr
+        assert "key rotation is disabled on this bastion" in result.stderr
+        assert "keeps working" in result.stderr and "--undo" in result.stderr
+        assert s.access.read_text() == original
+        assert (await s.reach()).returncode == 0
+        assert logged(caplog, "refused key request", "sshtun-enrol")
+
+
+async def test_agent_not_running_is_a_clear_error(keys: Keys, tmp_path: Path) -> None:
+    async with scene(keys, tmp_path) as s:
+        result = await s.rotate()
+        assert result.returncode == EXIT_KEYS
+        assert "the agent is not reachable" in result.stderr
+        assert "start it" in result.stderr
+
+
+async def test_only_rotation_requests_run_in_a_session(keys: Keys, tmp_path: Path) -> None:
+    async with scene(keys, tmp_path) as s:
+        for command in ("ls", "sshtun-enrol; id", "sh -c id", ""):
+            got = await run_ssh(s.client_cfg, "bastion", command or "sshtun-enrolx")
+            assert got.returncode != 0
+            assert got.stdout == b""
+        # A client key may rotate itself too (same permissions), but not enrol a key that
+        # is already there under another identity.
+        got = await run_ssh(s.client_cfg, "bastion", f"sshtun-enrol {keys.agent.public_line}")
+        assert got.returncode == 1
+        assert b"already in the access file" in got.stdout
