@@ -24,6 +24,9 @@ from sshtunnel_mgr.asyncutil import wait_either
 from sshtunnel_mgr.backoff import Backoff
 from sshtunnel_mgr.config import AgentConfig, BastionEndpoint, TunnelConfig
 from sshtunnel_mgr.errors import ConfigError, HostKeyError, PermissionRefused
+from sshtunnel_mgr.fsutil import edit_atomic
+from sshtunnel_mgr.keys.store import key_fingerprint, public_line
+from sshtunnel_mgr.knownhosts import host_pattern, update_known_hosts
 from sshtunnel_mgr.protocol import DRAIN_NOTICE
 
 log = logging.getLogger("sshtunnel_mgr.agent")
@@ -204,6 +207,7 @@ class BastionLink:
             gss_auth=False,
             host_based_auth=False,
             preferred_auth="publickey",
+            server_host_keys_handler=self._host_keys_announced,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_count_max=self.config.keepalive_count_max,
             connect_timeout=self.config.connect_timeout,
@@ -279,6 +283,50 @@ class BastionLink:
         return await conn.forward_remote_port(
             tunnel.name, tunnel.port, tunnel.target_host, tunnel.target_port
         )
+
+    def _host_keys_announced(
+        self,
+        added: list[asyncssh.SSHKey],
+        removed: list[asyncssh.SSHKey],
+        retained: list[asyncssh.SSHKey],
+        revoked: list[asyncssh.SSHKey],
+    ) -> None:
+        """The bastion listed its host keys after login and proved it holds the new ones
+        (hostkeys-00/prove-00, asyncssh checked the signatures): follow a host key rotation
+        as OpenSSH's UpdateHostKeys does. A known_hosts file is updated in place; an inline
+        ``host_key`` cannot be, so the new key is trusted for this run and the log says
+        what to pin."""
+        if not added and not removed:
+            return
+        ep = self.endpoint
+        lines = [public_line(k, "") for k in added]
+        gone = [public_line(k, "") for k in removed]
+        if ep.known_hosts is not None:
+            path = ep.known_hosts
+            pattern = host_pattern(ep.host, ep.port)
+            try:
+                edit_atomic(path, lambda text: update_known_hosts(text, pattern, lines, gone)[0])
+            except OSError as exc:
+                log.warning("cannot update known_hosts %s: %s", path, exc)
+                return
+            log.info(
+                "host keys updated bastion=%s known_hosts=%s added=%s removed=%s",
+                ep.address,
+                path,
+                ",".join(key_fingerprint(k) for k in added) or "-",
+                ",".join(key_fingerprint(k) for k in removed) or "-",
+            )
+            return
+        trusted = [k for k in [*retained, *added] if k not in removed]
+        self._known_hosts = (trusted, [], [])
+        if added:
+            log.warning(
+                "bastion=%s serves a new host key %s; trusted for this run (proven by the "
+                'pinned key). Pin it in the config: host_key = "%s"',
+                ep.address,
+                ",".join(key_fingerprint(k) for k in added),
+                lines[0],
+            )
 
     # Key rotation --------------------------------------------------------------------
     async def key_request(self, command: str, timeout: float = 30) -> dict[str, Any]:

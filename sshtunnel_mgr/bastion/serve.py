@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,8 +20,9 @@ from sshtunnel_mgr.bastion import authlog
 from sshtunnel_mgr.bastion.server import BastionConnection
 from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.config import BastionConfig
-from sshtunnel_mgr.errors import ConfigError
-from sshtunnel_mgr.keys.store import key_fingerprint, load_or_create_host_key
+from sshtunnel_mgr.errors import ConfigError, SshtunError
+from sshtunnel_mgr.keys.hostkeys import load_host_keys
+from sshtunnel_mgr.keys.store import key_fingerprint
 from sshtunnel_mgr.metrics import MetricsServer, bastion_samples
 from sshtunnel_mgr.protocol import DRAIN_NOTICE
 
@@ -41,6 +43,7 @@ class Bastion:
         self.state.access_changed = lambda: self.reload(self.config)
         self._servers: list[asyncssh.SSHAcceptor] = []
         self.host_key: asyncssh.SSHKey | None = None
+        self.host_keys: list[asyncssh.SSHKey] = []
         self.addresses: list[tuple[str, int]] = []
         self._load = load
 
@@ -61,14 +64,16 @@ class Bastion:
 
     async def start(self) -> None:
         authlog.install()
-        self.host_key = load_or_create_host_key(self.config.host_key)
+        self.host_keys = load_host_keys(self.config.host_key)
+        self.host_key = self.host_keys[0]
         for host, port in self.config.listen_addresses:
             try:
                 server = await asyncssh.create_server(
                     lambda: BastionConnection(self.state),
                     host,
                     port,
-                    server_host_keys=[self.host_key],
+                    server_host_keys=self.host_keys,
+                    send_server_host_keys=True,
                     login_timeout=self.config.limits.login_timeout,
                     keepalive_interval=self.config.keepalive_interval,
                     keepalive_count_max=self.config.keepalive_count_max,
@@ -95,7 +100,7 @@ class Bastion:
         log.info(
             "listening on %s host_key=%s access=%s keys=%d",
             ",".join(f"{h}:{p}" for h, p in self.addresses),
-            key_fingerprint(self.host_key),
+            ",".join(key_fingerprint(k) for k in self.host_keys),
             self.config.access_file,
             len(self.state.access.entries),
         )
@@ -126,6 +131,7 @@ class Bastion:
             "ok": True,
             "role": "bastion",
             "listening": [f"{h}:{p}" for h, p in self.addresses],
+            "host_keys": [key_fingerprint(k) for k in self.host_keys],
             "connections": len(self.state.connections),
             "access_keys": len(self.state.access.entries),
             "names": names,
@@ -140,12 +146,27 @@ class Bastion:
             log.error("reload refused: %s (the running access policy stays)", exc.message)
             return {"ok": False, "error": exc.message}
         notes = []
-        if config.listen != self.config.listen or config.host_key != self.config.host_key:
-            notes.append("listen/host_key changed: restart the bastion to apply that")
-            log.warning("reload: listen or host_key changed; restart to apply that")
-        self.config = config.model_copy(
-            update={"listen": self.config.listen, "host_key": self.config.host_key}
-        )
+        if config.listen != self.config.listen:
+            notes.append("listen changed: restart the bastion to apply that")
+            log.warning("reload: listen changed; restart to apply that")
+        try:
+            host_keys = load_host_keys(config.host_key)
+        except SshtunError as exc:
+            log.error("reload refused: %s (the running host keys stay)", exc.message)
+            return {"ok": False, "error": exc.message}
+        old_fps = [key_fingerprint(k) for k in self.host_keys]
+        new_fps = [key_fingerprint(k) for k in host_keys]
+        if new_fps != old_fps:
+            for server in self._servers:
+                server.update(server_host_keys=host_keys, send_server_host_keys=True)
+            self.host_keys, self.host_key = host_keys, host_keys[0]
+            told = sum(
+                _announce_host_keys(c.conn, host_keys)
+                for c in self.state.connections.values()
+                if c.conn is not None and c.entry is not None
+            )
+            log.info("host keys now %s (announced to %d live connections)", ",".join(new_fps), told)
+        self.config = config.model_copy(update={"listen": self.config.listen})
         self.state.config = self.config
         self.state.access = access
         now = datetime.now(UTC)
@@ -169,6 +190,7 @@ class Bastion:
         )
         return {
             "ok": True,
+            "host_keys": new_fps,
             "keys": len(access.entries),
             "revoked": revoked,
             "withdrawn": withdrawn,
@@ -223,6 +245,19 @@ class Bastion:
             except TimeoutError:
                 log.warning("stop: connections did not close within 5s")
         self._servers.clear()
+
+
+def _announce_host_keys(conn: asyncssh.SSHServerConnection, keys: list[asyncssh.SSHKey]) -> bool:
+    """Send a live connection the new host key list (hostkeys-00), so agents and clients
+    with UpdateHostKeys follow a rotation without reconnecting. asyncssh sends the list only
+    at login, from a per-connection copy of its options; if that internal is not there,
+    the connection learns at its next login instead."""
+    if not isinstance(getattr(conn, "_all_server_host_keys", None), dict):
+        return False
+    pairs = asyncssh.load_keypairs(keys)
+    conn._all_server_host_keys = OrderedDict((kp.public_data, kp) for kp in pairs)
+    conn.send_server_host_keys()
+    return True
 
 
 async def serve(

@@ -16,7 +16,7 @@ from sshtunnel_mgr.admin import default_socket_path, query
 from sshtunnel_mgr.config import load_config
 from sshtunnel_mgr.errors import ConfigError, KeyFileError, RotationError, SshtunError
 from sshtunnel_mgr.fsutil import write_atomic
-from sshtunnel_mgr.keys import rotation
+from sshtunnel_mgr.keys import hostkeys, rotation
 from sshtunnel_mgr.keys.inventory import KeyFacts, facts_from_entry, facts_from_public, find_keys
 from sshtunnel_mgr.keys.secrets import store_passphrase
 from sshtunnel_mgr.keys.store import generate_key, load_private_key
@@ -250,6 +250,35 @@ def _explain_failure(answer: dict[str, Any], key: Path, nxt: Path) -> SshtunErro
     return RotationError(message, hint=hint)
 
 
+def _rotate_host_key(config: Path, finish: bool) -> None:
+    bastion = load_config(config).require_bastion()
+    path = bastion.host_key
+    if finish:
+        hostkeys.finish(path)
+        typer.echo(f"{path} is now the new host key; the old one is gone")
+    else:
+        nxt, created = hostkeys.begin(path)
+        typer.echo(f"{'wrote' if created else 'keeping'} the new host key {nxt}")
+    try:
+        answer = asyncio.run(
+            query(bastion.admin_socket or default_socket_path("bastion"), {"cmd": "reload"})
+        )
+    except SshtunError as exc:
+        typer.echo(
+            f"the bastion is not reachable ({exc.message}); it serves this at its next start"
+        )
+        return
+    if not answer.get("ok"):
+        raise RotationError(f"the bastion refused to reload: {answer.get('error')}")
+    typer.echo("the bastion now serves: " + ", ".join(answer.get("host_keys", [])))
+    if not finish:
+        typer.echo(
+            "clients learn the new key when they connect (OpenSSH: UpdateHostKeys yes; sshtun "
+            "agents: bastion pinned with known_hosts). Once they have, run: sshtun keys "
+            f"rotate --host-key --finish --config {config}"
+        )
+
+
 @app.command("rotate")
 def rotate_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="The agent's config file.")],
@@ -272,10 +301,24 @@ def rotate_cmd(
         typer.Option(help="Stop after a step (enrol or switch) and resume with a rerun."),
     ] = None,
     undo: Annotated[bool, typer.Option("--undo", help="Abandon an unfinished rotation.")] = False,
+    host_key: Annotated[
+        bool,
+        typer.Option(
+            "--host-key",
+            help="On the bastion (--config BASTION.toml): serve a new host key beside the "
+            "current one; clients learn it (hostkeys-00). Then --finish.",
+        ),
+    ] = False,
+    finish: Annotated[
+        bool, typer.Option("--finish", help="With --host-key: switch to the new host key.")
+    ] = False,
 ) -> None:
     """Replace the agent's key with no moment in which its names are unreachable: a new
     key beside the old one, enrolled on each bastion over the live connection, a new
     connection that takes the names over, then the old key retired and its file replaced."""
+    if host_key or finish:
+        _rotate_host_key(config, finish)
+        return
     agent = load_config(config).require_agent()
     key_path = key or agent.key
     socket = agent.admin_socket or default_socket_path("agent")
