@@ -409,4 +409,3 @@ def remove_key(text: str, fingerprint_: str, source: str = "<access>") -> tuple[
                 continue
         kept.append(line)
     return "".join(kept), removed
-

@@ -46,6 +46,8 @@ def render(settings: ClientSettings, names: Iterable[tuple[str, int]]) -> str:
         f"    HostName {s.bastion_host}",
         f"    Port {s.bastion_port}",
         f"    User {s.bastion_user}",
+        "    # learn a rotated bastion host key (sshtun keys rotate --host-key), no prompt",
+        "    UpdateHostKeys yes",
         *_common(s),
     ]
     seen: set[tuple[str, int]] = set()
