@@ -28,6 +28,7 @@ from sshtunnel_mgr.fsutil import edit_atomic
 from sshtunnel_mgr.keys.store import key_fingerprint, public_line
 from sshtunnel_mgr.knownhosts import host_pattern, update_known_hosts
 from sshtunnel_mgr.protocol import DRAIN_NOTICE
+from sshtunnel_mgr.sshtuning import tune_connection
 
 log = logging.getLogger("sshtunnel_mgr.agent")
 
@@ -95,6 +96,7 @@ class BastionLink:
         self._draining: set[asyncssh.SSHClientConnection] = set()
         self._known_hosts = known_hosts_arg(endpoint)
         self._handover = asyncio.Event()
+        self._lost_reason = ""  # why the current connection ended, from asyncssh
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the link up until ``stop`` is set; raise only on fatal errors."""
@@ -187,7 +189,7 @@ class BastionLink:
             self.status.probe_ok = False
             self.backoff.disconnected()
         if not stop.is_set():
-            self._failed("connection to bastion lost")
+            self._failed(f"connection to bastion lost: {self._lost_reason or 'closed'}")
         return 0.0 if stop.is_set() else self.backoff.next_delay()
 
     async def _connect(self, key: asyncssh.SSHKey | None = None) -> asyncssh.SSHClientConnection:
@@ -458,11 +460,19 @@ class _LinkClient(asyncssh.SSHClient):
 
     def __init__(self, link: BastionLink) -> None:
         self._link = link
+        self._conn: asyncssh.SSHClientConnection | None = None
 
     def debug_msg_received(self, msg: str, lang: str, always_display: bool) -> None:
         if msg == DRAIN_NOTICE:
             log.info("drain notice from bastion=%s", self._link.endpoint.address)
             self._link._drain_notice.set()
 
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._conn = conn
+        self._link._lost_reason = ""
+        tune_connection(conn)  # cheaper packets, same wire (sshtuning.py)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._link.conn is self._conn:
+            self._link._lost_reason = _describe(exc) if exc else "closed by the bastion"
         self._link._draining = {c for c in self._link._draining if not c.is_closed()}

@@ -24,6 +24,7 @@ from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.names import InvalidName, normalize_name
 from sshtunnel_mgr.routing import Route
+from sshtunnel_mgr.sshtuning import tune_connection
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
@@ -122,6 +123,7 @@ class BastionConnection(asyncssh.SSHServer):
             return
         self.state.connections[self.conn_id] = self
         self._remember_bind_spelling(conn)
+        self.tuning = tune_connection(conn)  # cheaper packets, same wire (sshtuning.py)
         log.debug("connect conn=%d from=%s:%d", self.conn_id, self.peer_ip, self.peer_port)
 
     def connection_lost(self, exc: Exception | None) -> None:

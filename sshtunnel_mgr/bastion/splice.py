@@ -5,13 +5,22 @@ no copy and no task. Backpressure follows the channel windows: when one side's s
 fills (``pause_writing``), the other side stops reading. Data that arrives before the other
 end's channel is open (the home sshd's banner does) is buffered and flushed on attach, so
 nothing is lost between the two channel opens.
+
+Either end may close at any moment, from its own side, while data is still arriving on the
+other. asyncssh's ``write`` raises ``BrokenPipeError`` on a channel that is closing, and an
+exception in a session callback takes the *whole SSH connection* down (an agent with every
+routed session on it). So every write to the peer goes through ``_send``/``_send_eof``,
+which skip a closing channel (the data has nowhere to go) and never raise.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import asyncssh
+
+log = logging.getLogger(__name__)
 
 
 class Pipe(asyncssh.SSHTCPSession[bytes]):
@@ -34,10 +43,10 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
         peer = self.peer
         if peer is not None and peer._pending:
             for data in peer._pending:
-                chan.write(data)
+                _send(chan, data)
             peer._pending.clear()
         if peer is not None and peer._pending_eof:
-            chan.write_eof()
+            _send_eof(chan)
         if peer is not None and peer._closed:
             chan.close()  # the other end went away before this one opened
 
@@ -46,14 +55,14 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
         self.bytes_in += len(data)
         peer = self.peer
         if peer is not None and peer.chan is not None:
-            peer.chan.write(data)
+            _send(peer.chan, data)
         else:
             self._pending.append(data)
 
     def eof_received(self) -> bool:
         peer = self.peer
         if peer is not None and peer.chan is not None:
-            peer.chan.write_eof()
+            _send_eof(peer.chan)
         else:
             self._pending_eof = True
         return True  # keep the channel half-open until the other side is done too
@@ -82,3 +91,22 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
     def close(self) -> None:
         if self.chan is not None:
             self.chan.close()
+
+
+def _send(chan: asyncssh.SSHTCPChannel[bytes], data: bytes) -> None:
+    """Write to the peer's channel unless it is closing (its end went away: drop)."""
+    if chan.is_closing():
+        return
+    try:
+        chan.write(data)
+    except BrokenPipeError:  # asyncssh: "Channel not open for sending"
+        log.debug("dropped %d bytes for a channel that closed", len(data))
+
+
+def _send_eof(chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+    if chan.is_closing():
+        return
+    try:
+        chan.write_eof()
+    except BrokenPipeError:  # not raised by asyncssh 2.24, documented as possible
+        log.debug("dropped EOF for a channel that closed")

@@ -1,0 +1,220 @@
+"""Per-connection speed-ups for asyncssh's packet layer; stock behaviour wherever unsure.
+
+A bastion splices bulk streams packet by packet, so asyncssh's per-packet costs dominate
+its CPU. Three of them buy nothing on our connections; ``tune_connection`` removes them
+from one connection object (instance attributes only: no class is patched, nothing happens
+at import, other asyncssh users in the process are untouched):
+
+1. **Cork.** asyncssh hands every packet to ``transport.write`` at once, one ``send()``
+   system call each. Corked, the packets written during one event-loop pass go out in one
+   ``write`` at the end of that pass (or earlier, once ``CORK_LIMIT`` bytes are waiting).
+   Same bytes, same order; only the syscall count changes. A disconnect still goes out
+   before asyncssh aborts the transport, because the flush is queued ahead of the abort.
+2. **No empty ``SSH_MSG_IGNORE`` before each packet** when the cipher in use is not CBC.
+   asyncssh sends one ahead of every packet once encryption is on: the RFC 4251 §9.3.1
+   countermeasure against chosen-plaintext attacks on CBC's predictable IV. AEAD ciphers
+   (``aes*-gcm``, ``chacha20-poly1305``) and CTR modes have no such IV, and OpenSSH sends
+   no such packets. The decision is taken per key exchange from the negotiated send
+   cipher; any cipher not known to be safe (CBC, or a name we do not recognise) keeps the
+   countermeasure. A peer never depends on ignore packets, so the wire stays valid.
+3. **No packet-log formatting unless packet logging is on.** asyncssh builds each
+   packet's log text (type name, byte count) before its logger checks whether packet
+   logging (``asyncssh.set_debug_level(3)``) is enabled. The check moves first; with
+   debug level 3 the original code runs, so the log is the same.
+
+Everything else is untouched: rekeying (the byte count still runs in ``send_packet``),
+keepalives, channel windows, packet sizes, padding and MACs.
+
+Each shim checks that the asyncssh internals it wraps exist and look as expected
+(asyncssh 2.14 to 2.24 at least); if not, it is skipped and the connection keeps stock
+behaviour. ``Tuning`` records what was applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+from asyncssh.logging import SSHLogger
+
+log = logging.getLogger(__name__)
+
+MSG_IGNORE = 2  # RFC 4253 §11.2
+_EMPTY_STRING = b"\x00\x00\x00\x00"  # String(b""): the payload of asyncssh's ignore packet
+# Flush at once when this much is corked: keeps the joined buffer small, and a bulk
+# stream still gets many packets per system call (data packets are 32 KiB).
+CORK_LIMIT = 256 * 1024
+
+# Send ciphers for which the empty-ignore countermeasure is pointless: no CBC IV chain.
+_AEAD_CIPHERS = frozenset(
+    {
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "chacha20-poly1305@openssh.com",
+    }
+)
+_CTR_CIPHERS = frozenset({"aes128-ctr", "aes192-ctr", "aes256-ctr"})
+
+
+def countermeasure_needed(cipher: str | None) -> bool:
+    """Whether asyncssh's empty ``MSG_IGNORE`` before each packet must be kept for this
+    send cipher. Only known AEAD and CTR ciphers drop it; CBC, ``none`` and anything
+    unrecognised keep it."""
+    return cipher not in _AEAD_CIPHERS and cipher not in _CTR_CIPHERS
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What ``tune_connection`` applied to one connection (all False: stock asyncssh)."""
+
+    cork: bool = False
+    skip_ignore: bool = False
+    quiet_packet_log: bool = False
+
+    def __str__(self) -> str:
+        on = [n for n in ("cork", "skip_ignore", "quiet_packet_log") if getattr(self, n)]
+        return ",".join(on) or "none"
+
+
+def tune_connection(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> Tuning:
+    """Apply every shim that fits this connection; call it from ``connection_made``.
+    Never raises: a shim whose internals are missing is left out."""
+    tuning = Tuning(
+        cork=_install(_cork, conn),
+        skip_ignore=_install(_skip_ignore, conn),
+        quiet_packet_log=_install(_quiet_packet_log, conn),
+    )
+    log.debug("asyncssh tuning applied=%s", tuning)
+    return tuning
+
+
+def _install(shim: Callable[[Any], bool], conn: object) -> bool:
+    try:
+        return shim(conn)
+    except (AttributeError, TypeError) as exc:  # internals not as expected: stay stock
+        log.debug("asyncssh tuning %s skipped: %s", shim.__name__, exc)
+        return False
+
+
+# 1. Cork -----------------------------------------------------------------------------
+class _Cork:
+    """Collects one connection's outgoing bytes and writes them once per loop pass."""
+
+    __slots__ = ("_buf", "_conn", "_loop", "_scheduled", "_size", "_transport")
+
+    def __init__(self, conn: Any, transport: asyncio.Transport, loop: Any) -> None:
+        self._conn = conn
+        self._transport = transport
+        self._loop = loop
+        self._buf: list[bytes] = []
+        self._size = 0
+        self._scheduled = False
+
+    def send(self, data: bytes) -> None:
+        """Replaces ``SSHConnection._send``: same guard (a closed connection sends
+        nothing), but the write is deferred to the end of the loop pass."""
+        if not self._conn._transport:
+            return
+        self._buf.append(data)
+        self._size += len(data)
+        if self._size >= CORK_LIMIT:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._buf:
+            return
+        buf, self._buf, self._size = self._buf, [], 0
+        # The transport object captured at set-up, not conn._transport: asyncssh clears
+        # that when it force-closes, but a disconnect written just before must still go
+        # out, and the abort it queued runs after this flush.
+        transport = self._transport
+        if transport.is_closing():
+            return
+        try:
+            transport.writelines(buf)
+        except ConnectionError:  # what stock ``_send`` ignores too
+            pass
+        except Exception:
+            self._conn.internal_error()  # stock: the error closes the connection, logged
+
+
+def _cork(conn: Any) -> bool:
+    transport = conn._transport
+    loop = conn._loop
+    if not isinstance(transport, asyncio.Transport) or not callable(conn._send):
+        return False
+    for needed in (loop.call_soon, transport.writelines, transport.is_closing, conn.internal_error):
+        if not callable(needed):
+            return False
+    conn._send = _Cork(conn, transport, loop).send
+    return True
+
+
+# 2. No MSG_IGNORE before each packet unless the cipher is CBC (or unknown) --------------
+def _skip_ignore(conn: Any) -> bool:
+    original = conn.send_packet
+    conn._send_encryption  # noqa: B018 -- the internal this shim reads must exist
+    if not callable(original) or not callable(conn.get_extra_info):
+        return False
+    seen: list[object] = [None, True]  # [send encryption object, countermeasure needed]
+
+    def send_packet(pkttype: int, *args: bytes, **kwargs: Any) -> None:
+        if pkttype == MSG_IGNORE and args == (_EMPTY_STRING,):
+            # asyncssh's countermeasure (send_packet calls itself with exactly this);
+            # the cipher is re-read after every key exchange.
+            enc = conn._send_encryption
+            if enc is not seen[0]:
+                seen[0] = enc
+                seen[1] = countermeasure_needed(conn.get_extra_info("send_cipher"))
+            if not seen[1]:
+                return
+        original(pkttype, *args, **kwargs)
+
+    conn.send_packet = send_packet
+    return True
+
+
+# 3. Packet-log text only when packet logging is on -------------------------------------
+def _quiet_packet_log(conn: Any) -> bool:
+    # asyncssh's SSHLogger.packet() logs only at debug level 3, read from this class
+    # attribute; the gates below read it first, per packet, so set_debug_level(3) at any
+    # time turns the packet log back on.
+    if not isinstance(SSHLogger.__dict__.get("_debug_level"), int):
+        return False
+    original_add = conn.add_channel
+    if not callable(original_add) or not _quiet(conn):
+        return False
+
+    def add_channel(chan: Any) -> Any:
+        _install(_quiet, chan)  # each channel logs its own packets (data, window, eof)
+        return original_add(chan)
+
+    conn.add_channel = add_channel
+    return True
+
+
+def _quiet(handler: Any) -> bool:
+    """Gate an ``SSHPacketLogger``'s two log methods on the packet-log level."""
+    sent, received = handler.log_sent_packet, handler.log_received_packet
+    if not callable(sent) or not callable(received):
+        return False
+
+    def log_sent_packet(pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
+        if SSHLogger._debug_level >= 3:
+            sent(pkttype, pktid, packet, note)
+
+    def log_received_packet(pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
+        if SSHLogger._debug_level >= 3:
+            received(pkttype, pktid, packet, note)
+
+    handler.log_sent_packet = log_sent_packet
+    handler.log_received_packet = log_received_packet
+    return True
