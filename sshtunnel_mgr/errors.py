@@ -13,6 +13,8 @@ EXIT_CONFIG = 3
 EXIT_HOSTKEY = 4
 EXIT_PERMISSION = 5
 EXIT_KEYS = 6
+# `sshtun doctor` ran and at least one check failed (warnings alone exit 0).
+EXIT_CHECKS_FAILED = 7
 
 
 class SshtunError(Exception):

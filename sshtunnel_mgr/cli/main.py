@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sshtunnel_mgr import __version__
-from sshtunnel_mgr.cli import demo, keys, services, setup, sshconfig, status
+from sshtunnel_mgr.cli import demo, doctor, keys, services, setup, sshconfig, status
 from sshtunnel_mgr.errors import EXIT_USAGE, SshtunError
 from sshtunnel_mgr.logsetup import setup_logging
 
@@ -25,6 +25,7 @@ demo.register(app)
 status.register(app)
 sshconfig.register(app)
 setup.register(app)
+doctor.register(app)
 
 
 def _version(value: bool) -> None:
