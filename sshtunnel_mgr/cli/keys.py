@@ -11,11 +11,11 @@ from typing import Annotated, Any
 
 import typer
 
-from sshtunnel_mgr.access import AccessEntry, load_access, remove_key
+from sshtunnel_mgr.access import AccessEntry, load_access, parse_access, remove_key
 from sshtunnel_mgr.admin import default_socket_path, query
 from sshtunnel_mgr.config import load_config
 from sshtunnel_mgr.errors import ConfigError, KeyFileError, RotationError, SshtunError
-from sshtunnel_mgr.fsutil import write_atomic
+from sshtunnel_mgr.fsutil import edit_atomic
 from sshtunnel_mgr.keys import hostkeys, rotation
 from sshtunnel_mgr.keys.inventory import KeyFacts, facts_from_entry, facts_from_public, find_keys
 from sshtunnel_mgr.keys.secrets import store_passphrase
@@ -110,6 +110,7 @@ def _row(facts: KeyFacts, entry: AccessEntry | None, now: datetime) -> dict[str,
         row["expires"] = entry.expiry.isoformat() if entry.expiry else None
         row["expired"] = entry.is_expired(now)
         row["from"] = ",".join(entry.from_patterns) or None
+        row["rotated_from"] = entry.rotated_from or None
     return row
 
 
@@ -188,19 +189,32 @@ def revoke_cmd(
     sessions at once (the running bastion reloads)."""
     bastion = load_config(config).require_bastion()
     path = bastion.access_file
+    removed: list[str] = []
+    successors: list[str] = []
+
+    def edit(text: str) -> str:
+        new_text, lines = remove_key(text, fingerprint, str(path))
+        removed.extend(lines)
+        successors.extend(
+            e.fingerprint for e in parse_access(new_text).entries if e.rotated_from == fingerprint
+        )
+        return new_text
+
     try:
-        text = path.read_text()
+        edit_atomic(path, edit)
     except OSError as exc:
-        raise ConfigError(f"cannot read access file {path}: {exc}") from None
-    new_text, removed = remove_key(text, fingerprint, str(path))
+        raise ConfigError(f"cannot update access file {path}: {exc}") from None
     if not removed:
         raise KeyFileError(
             f"no key {fingerprint} in {path}",
             hint="sshtun keys list --config ... shows the fingerprints",
         )
-    mode = path.stat().st_mode & 0o777
-    write_atomic(path, new_text.encode(), mode)
     typer.echo(f"removed from {path}: {removed[0]}")
+    for successor in successors:
+        typer.echo(
+            f"note: {successor} was enrolled by this key in a rotation and still works; "
+            f"revoke it too if this key was compromised: sshtun keys revoke {successor}"
+        )
     try:
         answer = asyncio.run(
             query(

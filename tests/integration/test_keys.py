@@ -255,3 +255,28 @@ async def test_revoke_removes_the_line_and_closes_live_sessions_at_once(
             assert code == 6
         finally:
             await admin.stop()
+
+
+def test_real_secretservice_without_dbus_falls_back_to_a_0600_file(tmp_path: Path) -> None:
+    """The real SecretService backend, in a real process with no D-Bus session (as on a
+    headless server): sshtun says why and stores the passphrase in a 0600 file."""
+    pytest.importorskip("secretstorage")
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DBUS_SESSION_BUS_ADDRESS"}
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.SecretService.Keyring"
+    key = tmp_path / "agent_key"
+    done = subprocess.run(
+        [sys.executable, "-m", "sshtunnel_mgr", "keys", "gen", str(key), "--passphrase-stdin"],
+        input="correct horse battery\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "keyring unavailable" in done.stdout and "DBUS_SESSION_BUS_ADDRESS" in done.stdout
+    secret_file = tmp_path / "agent_key.passphrase"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert secret_file.read_text() == "correct horse battery"

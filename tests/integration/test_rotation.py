@@ -17,7 +17,7 @@ from sshtunnel_mgr.access import load_access
 from sshtunnel_mgr.bastion import Bastion
 from sshtunnel_mgr.errors import EXIT_KEYS
 from sshtunnel_mgr.keys.inventory import facts_from_public
-from sshtunnel_mgr.keys.store import load_private_key
+from sshtunnel_mgr.keys.store import KeyInfo, load_private_key
 from tests.harness import (
     SSHTUN,
     HomeSshd,
@@ -272,3 +272,29 @@ async def test_only_rotation_requests_run_in_a_session(keys: Keys, tmp_path: Pat
         got = await run_ssh(s.client_cfg, "bastion", f"sshtun-enrol {keys.agent.public_line}")
         assert got.returncode == 1
         assert b"already in the access file" in got.stdout
+
+
+async def test_an_encrypted_key_is_rotated_to_an_encrypted_key(keys: Keys, tmp_path: Path) -> None:
+    from sshtunnel_mgr.keys.secrets import load_passphrase, store_passphrase
+    from sshtunnel_mgr.keys.store import generate_key
+
+    generate_key(keys.agent.path, comment="agent@home", passphrase="old secret 123", overwrite=True)
+    store_passphrase(keys.agent.path, "old secret 123")
+    keys.agent = facts_to_info(keys.agent.path)
+    async with scene(keys, tmp_path) as s:
+        async with s.agent():
+            result = await s.rotate()
+            assert result.returncode == 0, result.stderr
+        secret = load_passphrase(s.key)
+        assert secret is not None and secret != "old secret 123"
+        assert load_private_key(s.key).public_data  # opens with the stored new passphrase
+        assert facts_from_public(s.key).encrypted is True
+        assert not Path(str(s.next_key) + ".passphrase").exists()
+        async with s.agent():  # restarted: loads the new encrypted key by itself
+            assert (await s.reach()).returncode == 0
+
+
+def facts_to_info(path: Path) -> KeyInfo:
+    facts = facts_from_public(path)
+    line = Path(str(path) + ".pub").read_text().strip()
+    return KeyInfo(path, line, facts.fingerprint, facts.algorithm)
