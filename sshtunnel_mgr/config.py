@@ -221,6 +221,24 @@ class LimitsConfig(_Model):
     max_auth_tries: Annotated[int, Field(ge=1, le=100, strict=True)] = 6
     max_channels_per_connection: Annotated[int, Field(ge=1, le=10000, strict=True)] = 64
     max_connections: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 10000
+    # Abuse resistance: per-source cool-down after failed logins (0 = off), per-key caps.
+    max_auth_failures_per_source: Annotated[int, Field(ge=0, le=10000, strict=True)] = 10
+    penalty_seconds: Seconds = 300.0
+    penalty_exempt: list[str] = Field(default_factory=list)
+    max_connections_per_key: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 32
+    max_channels_per_key: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 256
+
+    @field_validator("penalty_exempt")
+    @classmethod
+    def _exempt(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                net = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP network like 192.0.2.0/24") from None
+            if ipaddress.ip_interface(item).ip != net.network_address:
+                raise ValueError(f"{item!r} has host bits set; write {net}")
+        return value
 
 
 class BastionConfig(_Model):
@@ -231,6 +249,8 @@ class BastionConfig(_Model):
     keepalive_count_max: Annotated[int, Field(ge=1, le=100, strict=True)] = 3
     limits: LimitsConfig = LimitsConfig()
     admin_socket: Path | None = None
+    # JSON-lines audit log (publish, routed connections, refusals); off unless set.
+    audit_log: Path | None = None
     shutdown_grace: Annotated[float, Field(ge=0, le=3600, strict=True)] = 20.0
     metrics_listen: str | None = None
     # Key rotation: may an agent enrol its own successor key (sshtun keys rotate)? The old
@@ -256,7 +276,7 @@ class BastionConfig(_Model):
     def _paths(cls, value: Path, info: ValidationInfo) -> Path:
         return _resolve(value, info)
 
-    @field_validator("admin_socket")
+    @field_validator("admin_socket", "audit_log")
     @classmethod
     def _admin(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _resolve(value, info)

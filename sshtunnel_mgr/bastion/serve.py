@@ -64,6 +64,7 @@ class Bastion:
 
     async def start(self) -> None:
         authlog.install()
+        self.state.audit.reopen(self.config.audit_log)  # JSON lines; off unless configured
         self.host_keys = load_host_keys(self.config.host_key)
         self.host_key = self.host_keys[0]
         for host, port in self.config.listen_addresses:
@@ -168,6 +169,7 @@ class Bastion:
             log.info("host keys now %s (announced to %d live connections)", ",".join(new_fps), told)
         self.config = config.model_copy(update={"listen": self.config.listen})
         self.state.config = self.config
+        notes += self.state.reconfigure(self.config)  # limits, penalties, audit log reopened
         self.state.access = access
         now = datetime.now(UTC)
         revoked, withdrawn = [], []
@@ -245,6 +247,7 @@ class Bastion:
             except TimeoutError:
                 log.warning("stop: connections did not close within 5s")
         self._servers.clear()
+        self.state.audit.close()
 
 
 def _announce_host_keys(conn: asyncssh.SSHServerConnection, keys: list[asyncssh.SSHKey]) -> bool:

@@ -19,6 +19,8 @@ import asyncssh.packet
 from asyncssh import ChannelOpenError
 
 from sshtunnel_mgr.access import AccessEntry
+from sshtunnel_mgr.bastion import abuse
+from sshtunnel_mgr.bastion.audit import RoutedPipe
 from sshtunnel_mgr.bastion.keyrequests import KeyRequestSession
 from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.bastion.state import BastionState
@@ -48,6 +50,7 @@ class VirtualListener(asyncssh.SSHListener):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            abuse.listener_closed(self._state, self._name, self._port, self._conn_id)
             self._state.withdraw(self._name, self._port, self._conn_id)
             log.info("unpublish name=%s port=%d conn=%d", self._name, self._port, self._conn_id)
 
@@ -112,6 +115,8 @@ class BastionConnection(asyncssh.SSHServer):
             )
             conn.close()
             return
+        if abuse.refuse_penalised_source(self, conn):  # before any key exchange work
+            return
         if len(self.state.connections) >= limits.max_connections:
             log.warning(
                 "refused conn=%d from=%s reason=too many connections (max %d)",
@@ -119,6 +124,7 @@ class BastionConnection(asyncssh.SSHServer):
                 self.peer_ip,
                 limits.max_connections,
             )
+            self.state.audit.refused(self, "connection", "too many connections")
             conn.close()
             return
         self.state.connections[self.conn_id] = self
@@ -128,6 +134,7 @@ class BastionConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.drop_connection(self.conn_id)
+        abuse.connection_lost(self)
         who = self.entry.label if self.entry else "unauthenticated"
         reason = str(exc) if exc else "closed"
         level = logging.INFO if self.entry else logging.DEBUG
@@ -181,6 +188,8 @@ class BastionConnection(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if abuse.refuse_auth_while_cooling(self):
+            return False
         blob = key.public_data
         decision = self.state.access.authenticate(blob, self.peer_ip, datetime.now(UTC))
         if decision:
@@ -200,6 +209,7 @@ class BastionConnection(asyncssh.SSHServer):
         self.state.counters["auth_failures"] += 1
         max_tries = self.state.config.limits.max_auth_tries
         log.warning("auth refused conn=%d from=%s reason=%s", self.conn_id, self.peer_ip, reason)
+        abuse.auth_failed(self, reason)  # per-source cool-down, audit
         if self.auth_failures >= max_tries and self.conn is not None:
             log.warning(
                 "disconnect conn=%d from=%s reason=too many authentication failures (%d)",
@@ -223,6 +233,7 @@ class BastionConnection(asyncssh.SSHServer):
             self.peer_ip,
             reason,
         )
+        self.state.audit.refused(self, "revoked", reason)
         if self.conn is not None:
             self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"access revoked: {reason}")
 
@@ -236,6 +247,7 @@ class BastionConnection(asyncssh.SSHServer):
             if not decision:
                 self.state.withdraw(name, port, self.conn_id)
                 withdrawn.append(f"{name}:{port}")
+                self.state.audit.unpublish(self, name, port, self.conn_id, decision.reason)
                 log.warning(
                     "unpublish name=%s port=%d conn=%d reason=%s",
                     name,
@@ -248,6 +260,7 @@ class BastionConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         assert self.entry is not None
         log.info("auth ok conn=%d key=%s from=%s", self.conn_id, self.entry.label, self.peer_ip)
+        abuse.auth_completed(self)  # per-key connection cap, audit
 
     # Sessions: no shell, pty, subsystem, agent or X11; only a key's own rotation requests.
     def session_requested(self) -> asyncssh.SSHServerSession[str] | bool:
@@ -262,6 +275,7 @@ class BastionConnection(asyncssh.SSHServer):
             self.entry.label if self.entry else "-",
             reason,
         )
+        self.state.audit.refused(self, "session", reason)
 
     def log_key_request(self, verb: str, detail: str, *, ok: bool) -> None:
         log.log(
@@ -294,6 +308,7 @@ class BastionConnection(asyncssh.SSHServer):
                 refusal,
             )
             self.state.counters["publish_refused"] += 1
+            self.state.audit.refused(self, "publish", refusal, name=listen_host, port=listen_port)
             return False
         name = normalize_name(listen_host)
         self.state.publish(
@@ -316,6 +331,7 @@ class BastionConnection(asyncssh.SSHServer):
             name,
             listen_port,
         )
+        self.state.audit.publish(self, name, listen_port)
         return VirtualListener(self.state, name, listen_port, self.conn_id)
 
     @staticmethod
@@ -350,6 +366,7 @@ class BastionConnection(asyncssh.SSHServer):
                 exc.reason,
             )
             self.state.counters["routed_refused"] += 1
+            self.state.audit.refused(self, "open", exc.reason, dest=f"{dest_host}:{dest_port}")
             raise
         self.open_channels += 1
         probe = route.conn_id == self.conn_id
@@ -376,6 +393,8 @@ class BastionConnection(asyncssh.SSHServer):
         limit = self.state.config.limits.max_channels_per_connection
         if self.open_channels >= limit:
             raise ChannelOpenError(OPEN_RESOURCE, f"too many open channels (max {limit})")
+        if key_refusal := abuse.key_channel_refusal(self):  # across the key's connections
+            raise ChannelOpenError(OPEN_RESOURCE, key_refusal)
         try:
             name = normalize_name(host)
         except InvalidName as exc:
@@ -403,8 +422,8 @@ class BastionConnection(asyncssh.SSHServer):
         stats = route.handle.route_stats.setdefault(
             (route.name, route.port), RouteStats(self.state.counters)
         )
-        client_end = Pipe(on_close=self._channel_closed)
-        agent_end = Pipe(on_close=stats.closed)
+        client_end = RoutedPipe(on_close=self._channel_closed)  # RoutedPipe: for the audit log
+        agent_end = RoutedPipe(on_close=stats.closed)
         agent_conn = route.handle.conn
         try:
             if agent_conn is None:
@@ -424,6 +443,7 @@ class BastionConnection(asyncssh.SSHServer):
                 reason,
             )
             self.state.counters["routed_target_failed"] += 1
+            self.state.audit.refused(self, "open", reason, dest=f"{route.name}:{route.port}")
             raise ChannelOpenError(OPEN_FAILED, reason) from None
         except (OSError, asyncssh.Error) as exc:
             self.open_channels -= 1
@@ -436,8 +456,10 @@ class BastionConnection(asyncssh.SSHServer):
                 reason,
             )
             self.state.counters["routed_target_failed"] += 1
+            self.state.audit.refused(self, "open", reason, dest=f"{route.name}:{route.port}")
             raise ChannelOpenError(OPEN_FAILED, reason) from None
         client_end.link(agent_end)
+        abuse.route_opened(self, route, client_end)
         stats.opened(agent_end)
         self.state.counters["routed_ok"] += 1
         return client_end
@@ -445,6 +467,7 @@ class BastionConnection(asyncssh.SSHServer):
     def _channel_closed(self, pipe: Pipe) -> None:
         self.open_channels -= 1
         self.state.channel_closed()
+        self.state.audit.routed(self, pipe, not self.state.accepting)
         peer_bytes = pipe.peer.bytes_in if pipe.peer else 0
         log.debug(
             "channel closed conn=%d bytes_up=%d bytes_down=%d",

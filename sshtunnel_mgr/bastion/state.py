@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sshtunnel_mgr.access import AccessPolicy
+from sshtunnel_mgr.bastion.audit import AuditLog
+from sshtunnel_mgr.bastion.limits import KeyUsage
+from sshtunnel_mgr.bastion.penalties import SourcePenalties
 from sshtunnel_mgr.config import BastionConfig
+from sshtunnel_mgr.errors import ConfigError
 from sshtunnel_mgr.routing import Route, RouteTable
 
 if TYPE_CHECKING:
@@ -35,6 +39,33 @@ class BastionState:
     access_changed: Callable[[], object] = lambda: None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _picks: itertools.count[int] = field(default_factory=itertools.count)
+    # Abuse resistance: failed logins per source, live connections per key, the audit log.
+    penalties: SourcePenalties = field(init=False)
+    key_usage: KeyUsage[BastionConnection] = field(default_factory=KeyUsage)
+    audit: AuditLog = field(default_factory=AuditLog)
+
+    def __post_init__(self) -> None:
+        limits = self.config.limits
+        self.penalties = SourcePenalties(
+            limits.max_auth_failures_per_source,
+            limits.penalty_seconds,
+            exempt=limits.penalty_exempt,
+        )
+
+    def reconfigure(self, config: BastionConfig) -> list[str]:
+        """Apply reloaded limits and reopen the audit log (log rotation); notes for the
+        caller. A cool-down already running keeps its deadline."""
+        self.config = config
+        limits = config.limits
+        self.penalties.configure(
+            limits.max_auth_failures_per_source, limits.penalty_seconds, limits.penalty_exempt
+        )
+        try:
+            self.audit.reopen(config.audit_log)
+        except ConfigError as exc:
+            log.error("reload: %s (the audit log stays %s)", exc.message, self.audit.path)
+            return [exc.message]
+        return []
 
     def next_conn_id(self) -> int:
         return next(self._ids)
