@@ -88,17 +88,19 @@ def plan_bastion_init(directory: Path, listen: str, state_dir: Path) -> list[Act
         "bastion": {
             "listen": [listen],
             "host_key": str(state_dir / "host_key"),
-            "access_file": "access",
+            # In the state directory: the bastion itself rewrites it when an agent rotates
+            # its key (sshtun keys rotate), and under systemd only that one is writable.
+            "access_file": str(state_dir / "access"),
         }
     }
     return [
         Action("mkdir", directory, 0o755),
-        Action("mkdir", state_dir, 0o700, comment="the host key lives here"),
+        Action("mkdir", state_dir, 0o700, comment="the host key and access file live here"),
         Action("keygen", state_dir / "host_key", 0o600, comment="the bastion's host key"),
         Action("write", directory / "bastion.toml", 0o644, tomli_w.dumps(config).encode()),
         Action(
             "write",
-            directory / "access",
+            state_dir / "access",
             0o644,
             ACCESS_HEADER.encode(),
             "public keys only; add one line per agent and client key",

@@ -9,8 +9,9 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
+
+import asyncssh
 
 from sshtunnel_mgr import systemd
 from sshtunnel_mgr.admin import AdminServer, default_socket_path
@@ -86,16 +87,15 @@ class Agent:
         return {"ok": True, "withdrawn": withdrawn, "published": published, "notes": notes}
 
     async def rotate(
-        self, new_key_path: Path, drain: float, stop_after: str | None = None
+        self, new_key: asyncssh.SSHKey, comment: str, drain: float, stop_after: str | None = None
     ) -> dict[str, Any]:
         """Rotate the agent's key on every bastion, make before break, in three phases so
         that no failure leaves a bastion where the old key no longer works:
         enrol the new key everywhere (old key gets an expiry); hand every link over to
         the new key; only then ask each bastion to retire the old key. A rerun picks up
         wherever an interrupted one stopped (each step is idempotent)."""
-        new_key = load_private_key(new_key_path)
         new_fp = key_fingerprint(new_key)
-        pub = public_line(new_key, _comment_of(new_key_path))
+        pub = public_line(new_key, comment)
         report: dict[str, Any] = {"ok": False, "key": new_fp, "old_key": key_fingerprint(self.key)}
         steps: list[dict[str, Any]] = []
         report["steps"] = steps
@@ -155,14 +155,18 @@ class Agent:
         if request.get("cmd") == "status":
             return self.snapshot()
         if request.get("cmd") == "rotate":
+            # The CLI hands over the new private key itself (over this 0600 socket): under
+            # systemd the agent cannot read key files outside its credentials.
             try:
-                return await self.rotate(
-                    Path(str(request["key"])),
-                    float(request.get("drain", 30)),
-                    request.get("stop_after"),
-                )
-            except SshtunError as exc:
-                return {"ok": False, "error": exc.message}
+                new_key = asyncssh.import_private_key(str(request["key_data"]))
+            except (KeyError, asyncssh.KeyImportError, ValueError) as exc:
+                return {"ok": False, "error": f"the new key was not readable: {exc}"}
+            return await self.rotate(
+                new_key,
+                str(request.get("comment", "")),
+                float(request.get("drain", 30)),
+                request.get("stop_after"),
+            )
         if request.get("cmd") == "rotate-undo":
             return await self.rotate_undo(float(request.get("drain", 30)))
         if request.get("cmd") == "reload" and self._reloader is not None:
@@ -259,12 +263,3 @@ async def serve(
         await agent.run(stop)
     finally:
         hup.cancel()
-
-
-def _comment_of(key_path: Path) -> str:
-    """The comment of ``key_path.pub`` (kept on the enrolled line), or the file name."""
-    try:
-        parts = Path(str(key_path) + ".pub").read_text().split(None, 2)
-    except OSError:
-        return key_path.name
-    return parts[2].strip() if len(parts) > 2 else key_path.name

@@ -345,9 +345,20 @@ def rotate_cmd(
         rotation.discard(key_path)
         typer.echo(f"rotation undone: the bastions know only {key_path} again")
         return
+    if "$CREDENTIALS_DIRECTORY" in str(key_path) or not key_path.exists():
+        raise RotationError(
+            f"the agent key {key_path} is not here",
+            hint="under systemd the agent reads it from $CREDENTIALS_DIRECTORY; pass the "
+            "LoadCredential= source with --key (e.g. --key /etc/sshtun/agent_key)",
+        )
     nxt, created = rotation.prepare(key_path)
     typer.echo(f"{'wrote' if created else 'reusing'} the new key {nxt}")
-    request = {"cmd": "rotate", "key": str(nxt.absolute()), "drain": drain}
+    request: dict[str, object] = {
+        "cmd": "rotate",
+        "key_data": load_private_key(nxt).export_private_key("openssh").decode(),
+        "comment": rotation.comment_of(nxt),
+        "drain": drain,
+    }
     if stop_after:
         request["stop_after"] = stop_after
     try:

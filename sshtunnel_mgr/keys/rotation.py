@@ -51,6 +51,15 @@ def prepare(key: Path) -> tuple[Path, bool]:
     return nxt, True
 
 
+def comment_of(key: Path) -> str:
+    """The comment of ``key.pub`` (kept on the enrolled access line), or the file name."""
+    try:
+        parts = _pub(key).read_text().split(None, 2)
+    except OSError:
+        return key.name
+    return parts[2].strip() if len(parts) > 2 else key.name
+
+
 def finalize(key: Path) -> None:
     """Put the successor in the old key's place (private key first: a crash between the
     two renames leaves a working private key; the .pub is re-derivable)."""
