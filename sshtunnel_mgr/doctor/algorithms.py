@@ -70,15 +70,16 @@ _EXACT: dict[Category, dict[str, tuple[Level, str]]] = {
 }
 _PATTERNS: dict[Category, tuple[tuple[str, Level, str], ...]] = {
     "kex": (
-        (r"ecdh-sha2-nistp\d+", Level.WARN, NIST),
         (r".*sha1.*", Level.FAIL, SHA1),
-        (r"gss-.*", Level.OK, ""),  # GSSAPI kex is configured (and rated) separately
+        (r".*group1-.*", Level.FAIL, "1024-bit modulus"),
+        (r"(ecdh-sha2-|gss-)nistp\d+.*", Level.WARN, NIST),
+        (r"gss-group14-sha256-.*", Level.WARN, "2048-bit modulus gives only 112 bits of strength"),
         (r"(kex-strict|ext-info)-.*", Level.OK, ""),  # protocol markers, not algorithms
     ),
     "cipher": (
         (r"3des.*|des-.*|des", Level.FAIL, "DES/3DES is broken"),
         (r"arcfour.*", Level.FAIL, "RC4 is broken"),
-        (r"(blowfish|cast128|idea|seed|serpent.*|twofish.*)-.*", Level.FAIL, "obsolete cipher"),
+        (r"(blowfish|cast128|idea|seed|serpent.*)-.*", Level.FAIL, "obsolete cipher"),
         (r"rijndael.*", Level.FAIL, "non-standard Rijndael"),
         (r".*-cbc", Level.WARN, "CBC mode"),
     ),
@@ -88,7 +89,7 @@ _PATTERNS: dict[Category, tuple[tuple[str, Level, str], ...]] = {
         (r".*ripemd.*", Level.FAIL, "RIPEMD is deprecated"),
         (r"umac-64.*", Level.WARN, "64-bit tag"),
         (r".*-96.*", Level.WARN, "96-bit tag"),
-        (r"(?!.*-etm@openssh\.com$).*", Level.WARN, "encrypt-and-MAC, not -etm"),
+        (r"(hmac|umac)-(?!.*-etm@openssh\.com$).*", Level.WARN, "encrypt-and-MAC, not -etm"),
     ),
     "key": (
         (r"(sk-)?ecdsa-sha2-nistp\d+(@openssh\.com)?", Level.WARN, NIST),

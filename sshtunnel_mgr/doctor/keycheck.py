@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
 import hashlib
 import hmac
+import re
 import struct
 from dataclasses import dataclass
 
@@ -123,6 +123,11 @@ def parse_known_hosts(text: str) -> tuple[list[KnownHost], list[int]]:
     return entries, bad
 
 
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """OpenSSH host patterns know only ``*`` and ``?`` (``[`` is literal: ``[host]:port``)."""
+    return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."))
+
+
 def host_matches(hosts: str, host: str, port: int) -> bool:
     """OpenSSH's rules: ``host`` for port 22 else ``[host]:port``; hashed ``|1|salt|hash``
     entries; ``*``/``?`` wildcards and ``!`` negation in a comma-separated list."""
@@ -139,7 +144,7 @@ def host_matches(hosts: str, host: str, port: int) -> bool:
     matched = False
     for pattern in hosts.lower().split(","):
         negate = pattern.startswith("!")
-        if fnmatch.fnmatchcase(name, pattern.removeprefix("!")):
+        if _wildcard(pattern.removeprefix("!")).fullmatch(name):
             if negate:
                 return False
             matched = True
