@@ -119,6 +119,7 @@ async def test_narrowed_permitlisten_withdraws_the_name_and_a_bad_file_is_refuse
         answer = bastion.reload(bcfg)
         assert answer == {
             "ok": True,
+            "host_keys": [keys.bastion_host.fingerprint],
             "keys": 2,
             "revoked": [],
             "withdrawn": ["other:22"],
