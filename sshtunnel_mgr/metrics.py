@@ -149,6 +149,21 @@ def bastion_samples(bastion: Any) -> Iterator[Sample]:
         {},
         counters["publish_refused"],
     )
+    yield (
+        "sshtun_bastion_penalties",
+        "counter",
+        "Source cool-downs started after failed authentications",
+        {},
+        counters["penalties"],
+    )
+    for reason, key in (("penalty", "penalty_refused"), ("key_limit", "key_limit_refused")):
+        yield (
+            "sshtun_bastion_refused_connections",
+            "counter",
+            "Connections refused by a source cool-down or a per-key limit",
+            {"reason": reason},
+            counters[key],
+        )
     live_to = live_from = 0
     for conn in state.connections.values():
         for stats in conn.route_stats.values():
