@@ -37,9 +37,16 @@ def refuse_penalised_source(bc: BastionConnection, conn: asyncssh.SSHServerConne
     penalty = bc.state.penalties.check(bc.peer_ip)
     if penalty is None:
         return False
-    log.warning("refused conn=%d from=%s reason=%s", bc.conn_id, bc.peer_ip, penalty.reason)
     bc.state.counters["penalty_refused"] += 1
-    bc.state.audit.refused(bc, "penalty", penalty.reason)
+    if penalty.worth_logging:
+        log.warning(
+            "refused conn=%d from=%s reason=%s (refusal %d of this cool-down)",
+            bc.conn_id,
+            bc.peer_ip,
+            penalty.reason,
+            penalty.refused,
+        )
+        bc.state.audit.refused(bc, "penalty", penalty.reason, refused=penalty.refused)
     conn.abort()
     return True
 
@@ -50,8 +57,11 @@ def refuse_auth_while_cooling(bc: BastionConnection) -> bool:
     penalty = bc.state.penalties.check(bc.peer_ip)
     if penalty is None:
         return False
-    log.warning("auth refused conn=%d from=%s reason=%s", bc.conn_id, bc.peer_ip, penalty.reason)
-    bc.state.audit.refused(bc, "penalty", penalty.reason)
+    if penalty.worth_logging:
+        log.warning(
+            "auth refused conn=%d from=%s reason=%s", bc.conn_id, bc.peer_ip, penalty.reason
+        )
+        bc.state.audit.refused(bc, "penalty", penalty.reason, refused=penalty.refused)
     _disconnect_soon(bc.conn, asyncssh.DISC_HOST_NOT_ALLOWED_TO_CONNECT, penalty.reason)
     return True
 

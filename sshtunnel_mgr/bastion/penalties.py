@@ -20,7 +20,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -33,6 +33,7 @@ class _Record:
     failures: int
     expires_at: float  # the end of the cool-down, or when the failures are forgotten
     cooling: bool = False
+    refused: int = 0  # connections and logins refused during this cool-down
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,13 @@ class Penalty:
     source: str
     failures: int
     remaining: float  # seconds
+    refused: int = field(default=0, compare=False)  # refusals in this cool-down, this one too
+
+    @property
+    def worth_logging(self) -> bool:
+        """Log the first refusals of a cool-down, then every 100th: a source hammering the
+        bastion cannot fill its disk with log lines."""
+        return self.refused <= 10 or self.refused % 100 == 0
 
     @property
     def reason(self) -> str:
@@ -105,13 +113,14 @@ class SourcePenalties:
 
     # Decisions ------------------------------------------------------------------------
     def check(self, address: str) -> Penalty | None:
-        """The running cool-down of ``address``'s source, if any."""
+        """The running cool-down of ``address``'s source, if any (counted as a refusal)."""
         self._expire()
         source = self._key(address)
         record = self._live(source)
         if source is None or record is None or not record.cooling:
             return None
-        return Penalty(source, record.failures, record.expires_at - self.clock())
+        record.refused += 1
+        return Penalty(source, record.failures, record.expires_at - self.clock(), record.refused)
 
     def failed(self, address: str) -> Penalty | None:
         """Count one failed authentication; the cool-down if this one started it (or one

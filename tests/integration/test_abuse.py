@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import paramiko
 import pytest
 
 from sshtunnel_mgr.bastion import Bastion
@@ -195,6 +197,41 @@ async def test_a_good_login_clears_earlier_failures(
                 pass
         assert len(bastion.state.penalties) == 0
         assert not logged(caplog, "penalty source=")
+
+
+async def test_a_connection_opened_before_the_cool_down_cannot_log_in_during_it(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    access = tmp_path / "access"
+    access.write_text(access_text(keys))
+    limits = {"max_auth_failures_per_source": 2}
+    async with running_bastion(bastion_config(keys, access, limits=limits)) as bastion:
+        bastion.state.penalties.clock = FakeClock()
+
+        def key_exchange() -> paramiko.Transport:
+            """paramiko (a third SSH implementation): key exchange now, log in later."""
+            transport = paramiko.Transport(socket.create_connection(("127.0.0.1", bastion.port)))
+            transport.start_client(timeout=10)
+            # Pinned: the bastion's host key is checked before any credential is sent.
+            assert transport.get_remote_server_key().get_base64() == bastion_pub(keys).split()[1]
+            return transport
+
+        early = await asyncio.to_thread(key_exchange)
+        try:
+            for _ in range(2):
+                with pytest.raises((asyncssh.Error, OSError)):
+                    async with connect(
+                        keys, bastion.port, asyncssh.generate_private_key("ssh-ed25519")
+                    ):
+                        pass
+            await wait_for(lambda: logged(caplog, "penalty source=127.0.0.1 failures=2"))
+            good = paramiko.Ed25519Key.from_private_key_file(str(keys.client.path))
+            with pytest.raises(paramiko.SSHException):
+                await asyncio.to_thread(early.auth_publickey, "alice", good)
+            assert not early.is_authenticated()
+        finally:
+            early.close()
+        assert logged(caplog, "auth refused", "is cooling down for 300 s after 2 failed")
 
 
 # Login timeout ------------------------------------------------------------------------------

@@ -244,3 +244,19 @@ def test_reconfigure_keeps_a_running_cool_down() -> None:
 def test_max_sources_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_sources must be >= 1"):
         SourcePenalties(1, 1, max_sources=0)
+
+
+def test_refusals_are_counted_and_their_logging_is_thinned() -> None:
+    clock = FakeClock()
+    pen = SourcePenalties(1, 60, clock=clock)
+    assert pen.failed("192.0.2.1") == Penalty("192.0.2.1", 1, 60)
+    seen = [pen.check("192.0.2.1") for _ in range(250)]
+    assert [p.refused for p in seen if p is not None] == list(range(1, 251))
+    logged = [p.refused for p in seen if p is not None and p.worth_logging]
+    assert logged == [*range(1, 11), 100, 200]
+    # The next cool-down counts from one again.
+    clock.now += 60
+    assert pen.check("192.0.2.1") is None
+    pen.failed("192.0.2.1")
+    again = pen.check("192.0.2.1")
+    assert again is not None and again.refused == 1
