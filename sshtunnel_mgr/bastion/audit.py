@@ -177,6 +177,10 @@ class AuditLog:
         fields = who(peer) if peer is not None else {"conn": conn_id}
         self.write("unpublish", {**fields, "name": name, "port": port, "reason": why})
 
+    def key_request(self, peer: Peer, request: str, result: dict[str, Any]) -> None:
+        """A key rotation request the bastion carried out (bastion/keyrequests.py)."""
+        self.write("key_request", {**who(peer), "request": request, **result})
+
     def refused(self, peer: Peer, stage: str, reason: str, **extra: Any) -> None:
         self.write("refused", {**who(peer), "stage": stage, **extra, "reason": reason})
 

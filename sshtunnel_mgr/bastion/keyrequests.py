@@ -123,5 +123,5 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
             reason = f"cannot update the access file {path}: {exc.strerror or exc}"
             conn.log_key_request(verb, reason, ok=False)
             return {"ok": False, "error": reason}, None
-        conn.log_key_request(verb, json.dumps(result, sort_keys=True), ok=True)
+        conn.log_key_request(verb, json.dumps(result, sort_keys=True), ok=True, result=result)
         return {"ok": True, **result}, conn.state.access_changed

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncssh
 import asyncssh.packet
@@ -125,7 +126,7 @@ class BastionConnection(asyncssh.SSHServer):
                 limits.max_connections,
             )
             self.state.audit.refused(self, "connection", "too many connections")
-            conn.close()
+            conn.abort()  # before the banner: a DISCONNECT here would reach the client as garbage
             return
         self.state.connections[self.conn_id] = self
         self._remember_bind_spelling(conn)
@@ -277,7 +278,13 @@ class BastionConnection(asyncssh.SSHServer):
         )
         self.state.audit.refused(self, "session", reason)
 
-    def log_key_request(self, verb: str, detail: str, *, ok: bool) -> None:
+    def log_key_request(
+        self, verb: str, detail: str, *, ok: bool, result: dict[str, Any] | None = None
+    ) -> None:
+        if ok:
+            self.state.audit.key_request(self, verb, result or {})
+        else:
+            self.state.audit.refused(self, "key_request", detail, request=verb)
         log.log(
             logging.INFO if ok else logging.WARNING,
             "%s conn=%d key=%s from=%s request=%s %s=%s",

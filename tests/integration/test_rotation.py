@@ -5,6 +5,7 @@ every interruption leaves the old key working with a rerun that completes it."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -170,7 +171,8 @@ async def test_rotation_under_load_no_connection_fails_and_the_stream_survives(
 
 
 async def test_old_key_is_refused_after_rotation(keys: Keys, tmp_path: Path) -> None:
-    async with scene(keys, tmp_path) as s:
+    audit = tmp_path / "audit.jsonl"
+    async with scene(keys, tmp_path, audit_log=audit) as s:
         old_copy = tmp_path / "old_agent_key"
         old_copy.write_bytes(s.key.read_bytes())
         old_copy.chmod(0o600)
@@ -180,6 +182,12 @@ async def test_old_key_is_refused_after_rotation(keys: Keys, tmp_path: Path) -> 
             assert not await s.logs_in(old_copy)
             assert await s.logs_in(s.key)
             assert (await s.reach()).returncode == 0
+    events = [json.loads(line) for line in audit.read_text().splitlines()]
+    requests = [(e["request"], e["key"]) for e in events if e["event"] == "key_request"]
+    new_fp = facts_from_public(s.key).fingerprint
+    assert requests == [("sshtun-enrol", keys.agent.fingerprint), ("sshtun-finish", new_fp)]
+    enrol = next(e for e in events if e.get("request") == "sshtun-enrol")
+    assert enrol["new_key"] == new_fp and enrol["old_key_expires"]
 
 
 async def test_interrupted_after_generate_enrol_and_switch_old_key_works_and_rerun_completes(
