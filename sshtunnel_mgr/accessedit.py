@@ -105,6 +105,13 @@ def _entries(text: str, source: str) -> list[tuple[int, str, AccessEntry]]:
     return found
 
 
+def _find(entries: list[tuple[int, str, AccessEntry]], fp: str) -> tuple[int, str, AccessEntry]:
+    for found in entries:
+        if found[2].fingerprint == fp:
+            return found
+    raise RotationError(f"key {fp} is not in the access file")
+
+
 def _permissions(options: Options) -> Options:
     return [(n, v) for n, v in options if n not in ("expiry-time", ROTATED_FROM)]
 
@@ -128,10 +135,7 @@ def enrol_successor(
         raise RotationError("the new key is the key being rotated")
     lines = text.splitlines()
     entries = _entries(text, source)
-    mine = [(i, line, e) for i, line, e in entries if e.fingerprint == requester]
-    if not mine:
-        raise RotationError(f"key {requester} is not in the access file")
-    index, old_line, old_entry = mine[0]
+    index, old_line, old_entry = _find(entries, requester)
     if old_entry.rotated_from and any(e.fingerprint == old_entry.rotated_from for *_, e in entries):
         raise RotationError(
             f"key {requester} is itself a successor whose predecessor "
@@ -178,13 +182,10 @@ def unenrol_successor(text: str, requester: str, source: str = "<access>") -> tu
     lines = text.splitlines()
     entries = _entries(text, source)
     successors = [(i, line, e) for i, line, e in entries if e.rotated_from == requester]
-    mine = [(i, line) for i, line, e in entries if e.fingerprint == requester]
-    if not mine:
-        raise RotationError(f"key {requester} is not in the access file")
+    index, old_line, _ = _find(entries, requester)
     if not successors:
         return text, ""
     s_index, s_line, s_entry = successors[0]
-    index, old_line = mine[0]
     options, key = split_line(old_line)
     kept = [(n, v) for n, v in options if n != "expiry-time"]
     restored = _render([*kept, *_expiry_of(split_line(s_line)[0])], key)
@@ -198,10 +199,7 @@ def retire_predecessor(text: str, successor: str, source: str = "<access>") -> t
     ``sshtun-rotated-from`` mark. Returns (text, the removed fingerprint or "")."""
     lines = text.splitlines()
     entries = _entries(text, source)
-    mine = [(i, line, e) for i, line, e in entries if e.fingerprint == successor]
-    if not mine:
-        raise RotationError(f"key {successor} is not in the access file")
-    index, line, entry = mine[0]
+    index, line, entry = _find(entries, successor)
     if not entry.rotated_from:
         return text, ""
     options, key = split_line(line)

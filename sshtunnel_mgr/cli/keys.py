@@ -13,7 +13,7 @@ import typer
 
 from sshtunnel_mgr.access import AccessEntry, load_access, parse_access, remove_key
 from sshtunnel_mgr.admin import default_socket_path, query
-from sshtunnel_mgr.config import load_config
+from sshtunnel_mgr.config import BastionConfig, load_config
 from sshtunnel_mgr.errors import ConfigError, KeyFileError, RotationError, SshtunError
 from sshtunnel_mgr.fsutil import edit_atomic
 from sshtunnel_mgr.keys import hostkeys, rotation
@@ -180,6 +180,20 @@ def show_cmd(
     typer.echo(json.dumps(_row(facts, entry, datetime.now(UTC)), indent=2))
 
 
+def _reload_bastion(bastion: BastionConfig, otherwise: str) -> dict[str, Any] | None:
+    """Have the running bastion re-read its files; None (and a note) if none is running."""
+    try:
+        answer = asyncio.run(
+            query(bastion.admin_socket or default_socket_path("bastion"), {"cmd": "reload"})
+        )
+    except SshtunError as exc:
+        typer.echo(f"the bastion is not reachable ({exc.message}); {otherwise}")
+        return None
+    if not answer.get("ok"):
+        raise SshtunError(f"the bastion refused to reload: {answer.get('error')}")
+    return answer
+
+
 @app.command("revoke")
 def revoke_cmd(
     fingerprint: Annotated[str, typer.Argument(help="SHA256:... of the key to revoke.")],
@@ -215,21 +229,9 @@ def revoke_cmd(
             f"note: {successor} was enrolled by this key in a rotation and still works; "
             f"revoke it too if this key was compromised: sshtun keys revoke {successor}"
         )
-    try:
-        answer = asyncio.run(
-            query(
-                bastion.admin_socket or default_socket_path("bastion"),
-                {"cmd": "reload"},
-                timeout=10,
-            )
-        )
-    except SshtunError as exc:
-        typer.echo(
-            f"the bastion is not reachable ({exc.message}); the key is refused from its next start"
-        )
+    answer = _reload_bastion(bastion, "the key is refused from its next start")
+    if answer is None:
         return
-    if not answer.get("ok"):
-        raise SshtunError(f"the bastion refused to reload: {answer.get('error')}")
     closed = answer.get("revoked", []).count(fingerprint)
     typer.echo(f"bastion reloaded: {closed} live connection(s) of that key closed")
 
@@ -273,17 +275,9 @@ def _rotate_host_key(config: Path, finish: bool) -> None:
     else:
         nxt, created = hostkeys.begin(path)
         typer.echo(f"{'wrote' if created else 'keeping'} the new host key {nxt}")
-    try:
-        answer = asyncio.run(
-            query(bastion.admin_socket or default_socket_path("bastion"), {"cmd": "reload"})
-        )
-    except SshtunError as exc:
-        typer.echo(
-            f"the bastion is not reachable ({exc.message}); it serves this at its next start"
-        )
+    answer = _reload_bastion(bastion, "it serves this at its next start")
+    if answer is None:
         return
-    if not answer.get("ok"):
-        raise RotationError(f"the bastion refused to reload: {answer.get('error')}")
     typer.echo("the bastion now serves: " + ", ".join(answer.get("host_keys", [])))
     if not finish:
         typer.echo(
