@@ -227,6 +227,9 @@ class LimitsConfig(_Model):
     penalty_exempt: list[str] = Field(default_factory=list)
     max_connections_per_key: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 32
     max_channels_per_key: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 256
+    # Connections one source may have open before logging in (like OpenSSH's MaxStartups,
+    # per address): a flood of key exchanges (DHEat) costs the bastion little. 0 = off.
+    max_startups_per_source: Annotated[int, Field(ge=0, le=100_000, strict=True)] = 10
 
     @field_validator("penalty_exempt")
     @classmethod

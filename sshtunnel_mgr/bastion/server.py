@@ -101,6 +101,7 @@ class BastionConnection(asyncssh.SSHServer):
         self._spellings: dict[tuple[str, int], str] = {}
         self.route_stats: dict[tuple[str, int], RouteStats] = {}
         self.since = state.now()
+        self.in_startup = False  # counted in state.startups until it logs in or goes
 
     # Connection --------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -128,6 +129,8 @@ class BastionConnection(asyncssh.SSHServer):
             self.state.audit.refused(self, "connection", "too many connections")
             conn.abort()  # before the banner: a DISCONNECT here would reach the client as garbage
             return
+        if abuse.refuse_startup_flood(self, conn):
+            return
         self.state.connections[self.conn_id] = self
         self._remember_bind_spelling(conn)
         self.tuning = tune_connection(conn)  # cheaper packets, same wire (sshtuning.py)
@@ -135,6 +138,7 @@ class BastionConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.drop_connection(self.conn_id)
+        abuse.startup_over(self)
         abuse.connection_lost(self)
         who = self.entry.label if self.entry else "unauthenticated"
         reason = str(exc) if exc else "closed"
@@ -261,6 +265,7 @@ class BastionConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         assert self.entry is not None
         log.info("auth ok conn=%d key=%s from=%s", self.conn_id, self.entry.label, self.peer_ip)
+        abuse.startup_over(self)
         abuse.auth_completed(self)  # per-key connection cap, audit
 
     # Sessions: no shell, pty, subsystem, agent or X11; only a key's own rotation requests.

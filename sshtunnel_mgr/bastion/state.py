@@ -43,6 +43,8 @@ class BastionState:
     penalties: SourcePenalties = field(init=False)
     key_usage: KeyUsage[BastionConnection] = field(default_factory=KeyUsage)
     audit: AuditLog = field(default_factory=AuditLog)
+    # Connections per source address that have not logged in yet (max_startups_per_source).
+    startups: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         limits = self.config.limits

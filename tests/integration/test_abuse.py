@@ -266,6 +266,48 @@ async def test_a_connection_that_does_not_log_in_is_dropped(
         assert len(bastion.state.penalties) == 0
 
 
+async def test_connections_not_logged_in_are_capped_per_source(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood of key exchanges from one address (DHEat) is cut at max_startups_per_source;
+    logged-in connections and other sources are not affected."""
+    access = tmp_path / "access"
+    access.write_text(access_text(keys))
+    async with running_bastion(
+        bastion_config(keys, access, limits={"max_startups_per_source": 2})
+    ) as bastion:
+        idle = [await asyncio.open_connection("127.0.0.1", bastion.port) for _ in range(2)]
+        for reader, _ in idle:
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"SSH-2.0-sshtun")
+        reader, writer = await asyncio.open_connection("127.0.0.1", bastion.port)
+        assert await asyncio.wait_for(reader.read(100), 10) == b""  # hung up, no banner
+        writer.close()
+        assert logged(caplog, "refused conn", "not logged in yet (max 2)")
+        assert bastion.state.counters["startup_refused"] == 1
+        # Another address (127.0.0.2 is loopback too) still gets in, and so does a login
+        # from the first once a slot is free.
+        o_reader, o_writer = await asyncio.open_connection(
+            "127.0.0.1", bastion.port, local_addr=("127.0.0.2", 0)
+        )
+        assert (await asyncio.wait_for(o_reader.readline(), 10)).startswith(b"SSH-2.0-sshtun")
+        o_writer.close()
+        idle[0][1].close()
+        await wait_for(lambda: bastion.state.startups["127.0.0.1"] == 1)
+        conn = await asyncssh.connect(
+            "127.0.0.1",
+            bastion.port,
+            username="alice",
+            client_keys=[load_private_key(keys.client.path)],
+            known_hosts=([asyncssh.import_public_key(bastion_pub(keys))], [], []),
+            config=None,
+            agent_path=None,
+        )
+        await wait_for(lambda: bastion.state.startups["127.0.0.1"] == 1)  # logged in: freed
+        conn.close()
+        idle[1][1].close()
+        await wait_for(lambda: not bastion.state.startups)
+
+
 # Per-key limits ---------------------------------------------------------------------------
 async def test_connections_per_key_are_capped(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
