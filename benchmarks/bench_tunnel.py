@@ -359,7 +359,10 @@ async def start_sshtun_bastion(env: Env) -> Side:
         f'permitlisten="homebox:22,idle-*:22" {env.keys.agent.public_line}\n'
         f'permitopen="homebox:22" {env.keys.client.public_line}\n'
     )
-    cfg = write_toml(side_dir / "bastion.toml", "bastion", bastion_config(env.keys, access, port))
+    # Like the reference's MaxStartups 1000: 200 idle agents of one key, 16 connecting at once.
+    limits = {"max_connections_per_key": 2000, "max_startups_per_source": 1000}
+    config = bastion_config(env.keys, access, port, limits=limits)
+    cfg = write_toml(side_dir / "bastion.toml", "bastion", config)
     logfile = side_dir / "bastion.log"
     proc = await env.procs.spawn([*SSHTUN, "bastion", "--config", str(cfg)], logfile)
     await wait_log(proc, logfile, "listening on")
