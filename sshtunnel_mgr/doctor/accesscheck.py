@@ -140,6 +140,22 @@ def check_entries(entries: Sequence[AccessEntry], now: datetime, source: str) ->
     if not expired:
         findings.append(ok("bastion.access-expired", f"{source}: no expired keys"))
 
+    by_fp = {e.fingerprint: e for e in entries}
+    pending = [(e, by_fp[e.rotated_from]) for e in entries if e.rotated_from in by_fp]
+    for new, old in pending:
+        until = old.expiry.isoformat(timespec="seconds") if old.expiry else "never"
+        findings.append(
+            warn(
+                "bastion.access-rotation",
+                f"{source}:{new.line}: key {new.label} was enrolled to replace {old.label} "
+                f"(line {old.line}), and the rotation has not finished: both work (the old "
+                f"one until {until})",
+                "rerun `sshtun keys rotate` on the home box to finish it (or --undo)",
+            )
+        )
+    if not pending:
+        findings.append(ok("bastion.access-rotation", f"{source}: no unfinished key rotation"))
+
     weak = [(e, weakness(e.key_type, e.key_blob)) for e in entries]
     for e, why in weak:
         if why:

@@ -298,6 +298,7 @@ def test_bastion_clean_exits_0(tmp_path: Path) -> None:
         "bastion.access-broad",
         "bastion.access-overlap",
         "bastion.access-expired",
+        "bastion.access-rotation",
         "bastion.access-weak-key",
         "policy.kex",
         "policy.ciphers",

@@ -58,6 +58,7 @@ def test_a_clean_file_is_all_ok() -> None:
         "bastion.access-broad",
         "bastion.access-overlap",
         "bastion.access-expired",
+        "bastion.access-rotation",
         "bastion.access-weak-key",
     }
 
@@ -102,6 +103,10 @@ def test_a_rotated_key_and_its_predecessor_may_share_names() -> None:
     successor = f'permitlisten="homebox:22",sshtun-rotated-from="{old.fingerprint}" {key(7)}'
     findings = run(f'permitlisten="homebox:22" {key(1)}', successor)
     assert levels(findings, "bastion.access-overlap") == [OK]
+    # ... but an unfinished rotation is worth a warning: both keys still work.
+    assert levels(findings, "bastion.access-rotation") == [WARN]
+    rotation = next(f for f in findings if f.check == "bastion.access-rotation")
+    assert "has not finished" in rotation.message and "sshtun keys rotate" in rotation.fix
 
 
 @pytest.mark.parametrize(
