@@ -37,6 +37,9 @@ SIGNATURE_ALGS = (
     "rsa-sha2-256",
 )
 MIN_RSA_BITS = 3072
+# For reading a home service's own host key (to pin the inner hop): ed25519 by preference,
+# an RSA key (SHA-2 signatures) otherwise.
+PROBE_HOST_KEY_ALGS = ("ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256")
 
 
 def server_options() -> dict[str, list[str]]:

@@ -96,6 +96,7 @@ class BastionLink:
         self._draining: set[asyncssh.SSHClientConnection] = set()
         self._known_hosts = known_hosts_arg(endpoint)
         self._handover = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._lost_reason = ""  # why the current connection ended, from asyncssh
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -111,6 +112,8 @@ class BastionLink:
                 await asyncio.wait_for(stop.wait(), delay)
         for old in self._draining:
             old.close()
+        for task in list(self._tasks):
+            task.cancel()
         self.status.state = "stopped"
 
     async def _run_once(self, stop: asyncio.Event) -> float:
@@ -277,6 +280,10 @@ class BastionLink:
                 label,
                 tunnel.target,
             )
+            if tunnel.port == 22:
+                task = asyncio.create_task(self._announce_home_key(conn, tunnel))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     async def _publish(
@@ -329,6 +336,42 @@ class BastionLink:
                 ",".join(key_fingerprint(k) for k in added),
                 lines[0],
             )
+
+    async def _announce_home_key(
+        self, conn: asyncssh.SSHClientConnection, tunnel: TunnelConfig
+    ) -> None:
+        """Tell the bastion the SSH host key of the service behind a port-22 name, read
+        from that service itself over the local path, so `sshtun ssh-config` can pin the
+        inner hop. Best effort: a target that does not speak SSH is simply skipped."""
+        try:
+            key = await asyncio.wait_for(
+                asyncssh.get_server_host_key(
+                    tunnel.target_host,
+                    tunnel.target_port,
+                    config=None,
+                    kex_algs=list(policy.KEX_ALGS),
+                    server_host_key_algs=list(policy.PROBE_HOST_KEY_ALGS),
+                ),
+                self.config.connect_timeout,
+            )
+        except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
+            log.debug("no host key from target=%s: %s", tunnel.target, _describe(exc))
+            return
+        if key is None:
+            return
+        line = public_line(key, "")
+        answer = await run_key_request(
+            conn, f"sshtun-hostkey {tunnel.name} {tunnel.port} {line}", self.config.connect_timeout
+        )
+        if answer.get("ok"):
+            log.info(
+                "announced host key name=%s:%d key=%s",
+                tunnel.name,
+                tunnel.port,
+                key_fingerprint(key),
+            )
+        else:
+            log.debug("host key announcement refused: %s", answer.get("error"))
 
     # Key rotation --------------------------------------------------------------------
     async def key_request(self, command: str, timeout: float = 30) -> dict[str, Any]:

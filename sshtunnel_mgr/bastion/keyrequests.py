@@ -13,6 +13,11 @@ No shell, no subsystem, no pty, no other command. An authenticated key may run e
     by its ``sshtun-rotated-from``; that key's remaining sessions close) and drop the mark.
     A no-op when there is none, so a rerun is safe.
 
+``sshtun-hostkey <name> <port> <type> <base64>``
+    An agent tells which SSH host key the service behind a name it publishes (on this
+    connection) presents, so ``sshtun ssh-config`` can pin the inner hop too. Kept in
+    memory with the route; never written anywhere.
+
 Each answers one JSON line on stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": …}``)
 and exit status 0 or 1. The access file is rewritten atomically under a lock, then
 re-read by the running bastion exactly as ``sshtun reload`` does.
@@ -29,16 +34,18 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from sshtunnel_mgr.access import KEY_TYPES, decode_key, fingerprint
 from sshtunnel_mgr.accessedit import enrol_successor, retire_predecessor, unenrol_successor
 from sshtunnel_mgr.errors import ConfigError, RotationError
 from sshtunnel_mgr.fsutil import edit_atomic
+from sshtunnel_mgr.names import InvalidName, normalize_name
 
 if TYPE_CHECKING:
     from sshtunnel_mgr.bastion.server import BastionConnection
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
-COMMANDS = ("sshtun-enrol", "sshtun-unenrol", "sshtun-finish")
+COMMANDS = ("sshtun-enrol", "sshtun-unenrol", "sshtun-finish", "sshtun-hostkey")
 MAX_COMMAND = 4096
 
 
@@ -83,6 +90,8 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
         config = conn.state.config
         if entry is None:
             return {"ok": False, "error": "not authenticated"}, None
+        if verb == "sshtun-hostkey":
+            return self._home_host_key(rest), None
         if not config.allow_key_rotation:
             reason = "key rotation is disabled on this bastion (allow_key_rotation = false)"
             conn.log_key_request(verb, reason, ok=False)
@@ -125,3 +134,24 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
             return {"ok": False, "error": reason}, None
         conn.log_key_request(verb, json.dumps(result, sort_keys=True), ok=True, result=result)
         return {"ok": True, **result}, conn.state.access_changed
+
+    def _home_host_key(self, rest: str) -> dict[str, Any]:
+        conn = self._conn
+        parts = rest.split()
+        try:
+            name, port, key_type, b64 = normalize_name(parts[0]), int(parts[1]), *parts[2:4]
+            decode_key(key_type, b64)
+            if len(parts) != 4 or key_type not in KEY_TYPES:
+                raise ValueError("expected: name port type base64")
+        except (IndexError, ValueError, InvalidName) as exc:
+            reason = f"bad host key announcement: {getattr(exc, 'message', exc)}"
+            conn.log_key_request("sshtun-hostkey", reason, ok=False)
+            return {"ok": False, "error": reason}
+        if not any(r.conn_id == conn.conn_id for r in conn.state.routes.lookup(name, port)):
+            reason = f"{name}:{port} is not published on this connection"
+            conn.log_key_request("sshtun-hostkey", reason, ok=False)
+            return {"ok": False, "error": reason}
+        conn.home_host_keys[(name, port)] = f"{key_type} {b64}"
+        result = {"name": name, "port": port, "host_key": fingerprint(decode_key(key_type, b64))}
+        conn.log_key_request("sshtun-hostkey", json.dumps(result), ok=True, result=result)
+        return {"ok": True, **result}

@@ -126,6 +126,7 @@ class Bastion:
                     "channels_total": stats.channels_total if stats else 0,
                     "bytes_to_home": to_home,
                     "bytes_from_home": from_home,
+                    "host_key": conn.home_host_keys.get((route.name, route.port)),
                 }
             )
         return {

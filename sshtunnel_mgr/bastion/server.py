@@ -102,6 +102,8 @@ class BastionConnection(asyncssh.SSHServer):
         self.route_stats: dict[tuple[str, int], RouteStats] = {}
         self.since = state.now()
         self.in_startup = False  # counted in state.startups until it logs in or goes
+        # Host keys of the services behind this connection's names (sshtun-hostkey).
+        self.home_host_keys: dict[tuple[str, int], str] = {}
 
     # Connection --------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -47,7 +47,15 @@ def ssh_config_cmd(
             f"cannot read the bastion's public host key {pub_path}: {exc}",
             hint="start the bastion once; it creates its host key",
         ) from None
-    names = _live_names(bastion.admin_socket or default_socket_path("bastion"))
+    live = _live_names(bastion.admin_socket or default_socket_path("bastion"))
+    names = None if live is None else [(n["name"], n["port"]) for n in live]
+    # The home boxes' own host keys, as their agents read them from the services: pinned
+    # under the name the client dials, so the inner hop needs no trust-on-first-use either.
+    home_lines = [
+        sshconfig.known_hosts_line(n["name"], n["port"], n["host_key"])
+        for n in live or []
+        if n.get("host_key")
+    ]
     if names is None:  # not running: what the access file allows agents to publish
         names = sshconfig.names_from_patterns(
             [
@@ -57,22 +65,25 @@ def ssh_config_cmd(
             ]
         )
     kh = known_hosts.expanduser()
-    line = sshconfig.known_hosts_line(host, port, host_pub)
     existing = kh.read_text().splitlines() if kh.exists() else []
-    if line not in existing:
-        write_atomic(kh, ("\n".join([*existing, line]) + "\n").encode(), 0o600)
+    wanted = [sshconfig.known_hosts_line(host, port, host_pub), *home_lines]
+    added = [line for line in dict.fromkeys(wanted) if line not in existing]
+    if added:
+        write_atomic(kh, ("\n".join([*existing, *added]) + "\n").encode(), 0o600)
     settings = sshconfig.ClientSettings(
         host, port, kh, user=user, identity=identity.expanduser() if identity else None
     )
     typer.echo(sshconfig.render(settings, names), nl=False)
 
 
-def _live_names(path: Path) -> list[tuple[str, int]] | None:
+def _live_names(path: Path) -> list[dict[str, Any]] | None:
+    """The running bastion's published names (with host keys), or None if none runs."""
     try:
         answer = asyncio.run(query(path, {"cmd": "status"}, timeout=3))
     except SshtunError:
         return None
-    return [(n["name"], n["port"]) for n in answer.get("names", [])]
+    names: list[dict[str, Any]] = answer.get("names", [])
+    return names
 
 
 def register(app: typer.Typer) -> None:

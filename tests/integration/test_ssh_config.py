@@ -20,12 +20,18 @@ from tests.harness import (
     run_ssh,
     running_agent,
     running_bastion,
+    wait_for,
+    write_ssh_config,
     write_toml,
 )
+from tests.integration.conftest import logged
 
 
 async def test_generated_config_reaches_the_home_box(
-    keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    keys: Keys,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     access = tmp_path / "access"
     access.write_text(access_text(keys))
@@ -54,16 +60,18 @@ async def test_generated_config_reaches_the_home_box(
             async with running_agent(
                 agent_config(keys, bastion.port, [("homebox", 22, f"127.0.0.1:{home.port}")])
             ):
+                await wait_for(lambda: logged(caplog, "key request", "sshtun-hostkey"))
                 code = await asyncio.to_thread(main, argv)
                 out, err = capsys.readouterr()
                 assert code == 0, err
                 assert "Host homebox\n" in out and "ProxyJump sshtun-bastion" in out
-                pinned = f"[127.0.0.1]:{bastion.port} {pub_of(keys.bastion_host)}\n"
+                # The bastion's key, and the home box's own key as its agent read it from
+                # the home sshd: both hops pinned, no trust-on-first-use, no manual step.
+                pinned = (
+                    f"[127.0.0.1]:{bastion.port} {pub_of(keys.bastion_host)}\n"
+                    f"homebox {pub_of(keys.home_host)}\n"
+                )
                 assert known.read_text() == pinned
-                # The person adds the home box's own key (checked out of band) for the inner
-                # hop; the generated config is then used as-is by the real ssh client.
-                with known.open("a") as handle:
-                    handle.write(f"homebox {pub_of(keys.home_host)}\n")
                 cfg = tmp_path / "client" / "config"
                 cfg.write_text(
                     out + "\nHost *\n    BatchMode yes\n"
@@ -100,3 +108,21 @@ async def test_without_a_running_bastion_names_come_from_the_access_file(
     assert "Host *.home.example.com\n    HostName %h\n    Port 2222\n" in out
     assert "    HostName bastion.example.com\n    Port 22\n" in out
     assert (tmp_path / "kh").read_text().startswith("bastion.example.com ssh-ed25519 ")
+
+
+async def test_only_the_publishing_connection_may_announce_a_host_key(
+    keys: Keys, tmp_path: Path
+) -> None:
+    access = tmp_path / "access"
+    access.write_text(access_text(keys))
+    async with running_bastion(bastion_config(keys, access)) as bastion:
+        client = write_ssh_config(tmp_path / "alice", keys, bastion.port)
+        line = pub_of(keys.home_host)
+        for command, error in [
+            (f"sshtun-hostkey homebox 22 {line}", b"homebox:22 is not published on this"),
+            ("sshtun-hostkey homebox 22 ssh-ed25519 AAAA", b"bad host key announcement"),
+            ("sshtun-hostkey homebox", b"bad host key announcement"),
+        ]:
+            got = await run_ssh(client, "bastion", command)
+            assert got.returncode == 1 and error in got.stdout, (got.stdout, got.stderr)
+        assert all(not c.home_host_keys for c in bastion.state.connections.values())
