@@ -1291,6 +1291,8 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def profile_report(prof: dict[str, Any]) -> str:
+    if isinstance(prof.get("error"), str):  # py-spy missing: nothing was sampled
+        return f"py-spy: {prof['error']}"
     out = []
     for role, data in prof.items():
         if "error" in data:
