@@ -256,42 +256,51 @@ class BastionLink:
     async def _publish_tunnels(
         self, conn: asyncssh.SSHClientConnection, tunnels: list[TunnelConfig]
     ) -> None:
+        listeners, refused = await self._publish_on(conn, tunnels)
+        self._listeners.update(listeners)
+        self.status.refused.update(refused)
+        for label, reason in refused.items():
+            log.error(
+                "publish refused bastion=%s name=%s: the bastion does not allow this "
+                'key to publish it (%s); its access file needs permitlisten="%s" '
+                "on this key",
+                self.endpoint.address,
+                label,
+                reason,
+                label,
+            )
+        for tunnel in tunnels:
+            label = f"{tunnel.name}:{tunnel.port}"
+            if label in listeners:
+                self.status.published.append(label)
+                log.info(
+                    "published bastion=%s name=%s target=%s",
+                    self.endpoint.address,
+                    label,
+                    tunnel.target,
+                )
+
+    async def _publish_on(
+        self, conn: asyncssh.SSHClientConnection, tunnels: list[TunnelConfig]
+    ) -> tuple[dict[str, asyncssh.SSHListener], dict[str, str]]:
+        """Ask for each tunnel's remote forward on ``conn``: (listeners, refusals) by
+        ``name:port``. A published port-22 name also gets its home host key announced."""
+        listeners: dict[str, asyncssh.SSHListener] = {}
+        refused: dict[str, str] = {}
         for tunnel in tunnels:
             label = f"{tunnel.name}:{tunnel.port}"
             try:
-                self._listeners[label] = await self._publish(conn, tunnel)
-            except asyncssh.ChannelListenError as exc:
-                reason = str(exc) or "refused"
-                self.status.refused[label] = reason
-                log.error(
-                    "publish refused bastion=%s name=%s: the bastion does not allow this "
-                    'key to publish it (%s); its access file needs permitlisten="%s" '
-                    "on this key",
-                    self.endpoint.address,
-                    label,
-                    reason,
-                    label,
+                listeners[label] = await conn.forward_remote_port(
+                    tunnel.name, tunnel.port, tunnel.target_host, tunnel.target_port
                 )
+            except asyncssh.ChannelListenError as exc:
+                refused[label] = str(exc) or "refused"
                 continue
-            self.status.published.append(label)
-            log.info(
-                "published bastion=%s name=%s target=%s",
-                self.endpoint.address,
-                label,
-                tunnel.target,
-            )
             if tunnel.port == 22:
                 task = asyncio.create_task(self._announce_home_key(conn, tunnel))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _publish(
-        conn: asyncssh.SSHClientConnection, tunnel: TunnelConfig
-    ) -> asyncssh.SSHListener:
-        return await conn.forward_remote_port(
-            tunnel.name, tunnel.port, tunnel.target_host, tunnel.target_port
-        )
+        return listeners, refused
 
     def _host_keys_announced(
         self,
@@ -395,14 +404,11 @@ class BastionLink:
             new = await self._connect(key)
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             return {"ok": False, "error": f"the new key could not log in: {_describe(exc)}"}
-        listeners: dict[str, asyncssh.SSHListener] = {}
-        refused = {}
-        for tunnel in self.config.tunnels:
-            label = f"{tunnel.name}:{tunnel.port}"
-            try:
-                listeners[label] = await self._publish(new, tunnel)
-            except (OSError, asyncssh.Error) as exc:
-                refused[label] = str(exc) or "refused"
+        try:
+            listeners, refused = await self._publish_on(new, self.config.tunnels)
+        except (OSError, asyncssh.Error) as exc:
+            new.close()
+            return {"ok": False, "error": f"the new connection failed: {_describe(exc)}"}
         wanted = set(self.status.published)
         if missing := sorted(wanted - set(listeners)):
             new.close()

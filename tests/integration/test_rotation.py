@@ -31,9 +31,11 @@ from tests.harness import (
     bastion_pub,
     free_port,
     home_sshd,
+    pub_of,
     run_ssh,
     running_agent,
     running_bastion,
+    wait_for,
     write_ssh_config,
     write_toml,
 )
@@ -166,6 +168,12 @@ async def test_rotation_under_load_no_connection_fails_and_the_stream_survives(
         assert [e.fingerprint for e in agent_entries] == [new.fingerprint]
         assert agent_entries[0].rotated_from == "" and agent_entries[0].expiry is None
         assert await s.logs_in(s.key)
+        # The new connection announced the home box's host key too (for ssh-config).
+        await wait_for(
+            lambda: (
+                [n["host_key"] for n in s.bastion.snapshot()["names"]] == [pub_of(keys.home_host)]
+            )
+        )
         assert logged(caplog, "key request", "sshtun-enrol")
         assert logged(caplog, "handover", "homebox:22")
         assert logged(caplog, "revoked", old_fp) is False  # drained and closed, not cut
