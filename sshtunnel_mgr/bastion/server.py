@@ -25,6 +25,7 @@ from sshtunnel_mgr.bastion.audit import RoutedPipe
 from sshtunnel_mgr.bastion.keyrequests import KeyRequestSession
 from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.bastion.state import BastionState
+from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.names import InvalidName, normalize_name
 from sshtunnel_mgr.routing import Route
 from sshtunnel_mgr.sshtuning import tune_connection
@@ -370,14 +371,15 @@ class BastionConnection(asyncssh.SSHServer):
         try:
             route = self._route_for(entry, dest_host, dest_port)
         except ChannelOpenError as exc:
-            log.warning(
-                "refused open conn=%d key=%s from=%s dest=%s:%d reason=%s",
-                self.conn_id,
-                who,
-                self.peer_ip,
-                dest_host,
-                dest_port,
-                exc.reason,
+            event(
+                log,
+                logging.WARNING,
+                "refused open",
+                conn=self.conn_id,
+                key=who,
+                from_=self.peer_ip,
+                dest=f"{dest_host}:{dest_port}",
+                reason=exc.reason,
             )
             self.state.counters["routed_refused"] += 1
             self.state.audit.refused(self, "open", exc.reason, dest=f"{dest_host}:{dest_port}")

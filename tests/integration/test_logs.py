@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sshtunnel_mgr.logsetup import parse_event
+from sshtunnel_mgr.logsetup import render_event
 from tests.harness import (
     SSHTUN,
     Keys,
@@ -53,23 +53,20 @@ async def test_json_logs_carry_each_refusal_as_fields(keys: Keys, tmp_path: Path
 
 
 @pytest.mark.parametrize(
-    ("message", "fields"),
+    ("name", "fields", "text"),
     [
         (
+            "publish",
+            {"conn": 1, "name": "homebox", "port": 22},
             "publish conn=1 name=homebox port=22",
-            {"event": "publish", "conn": "1", "name": "homebox", "port": "22"},
         ),
-        ("stopping", {"event": "stopping"}),
+        ("stopping", {}, "stopping"),
         (
-            "auth refused conn=3 from=::1 reason=unknown key SHA256:x (user 'a')",
-            {
-                "event": "auth refused",
-                "conn": "3",
-                "from": "::1",
-                "reason": "unknown key SHA256:x (user 'a')",
-            },
+            "auth refused",
+            {"conn": 3, "from": "::1", "reason": "unknown key (user 'a')"},
+            "auth refused conn=3 from=::1 reason=\"unknown key (user 'a')\"",
         ),
     ],
 )
-def test_parse_event(message: str, fields: dict[str, str]) -> None:
-    assert parse_event(message) == fields
+def test_render_event(name: str, fields: dict[str, object], text: str) -> None:
+    assert render_event(name, fields) == text
