@@ -11,22 +11,37 @@ quotes and escapes every value that is not a plain token: a value can never end 
 start a new ``key=value`` pair, or smuggle control or non-ASCII characters into the log.
 Under systemd (``$JOURNAL_STREAM``) the text form drops its timestamp: the journal has its
 own. Keys' fingerprints are logged, never keys.
+
+The text form, exactly: ``NAME WORDS key=VALUE key=VALUE``, where VALUE is either a bare
+token (``_PLAIN``) or a JSON string (it starts with ``"``), so a strict reader can always
+tell a field from a value. A record that did not come from ``event`` (asyncssh's, say) is
+rendered as ``log msg="…"`` and a traceback's lines are indented with ``  | ``: no record can
+make a line that reads as one of our events. Text that is not valid Unicode (bytes, or a
+``str`` with lone surrogates from ``surrogateescape``) is shown with ``\\xNN`` escapes, in
+the text and the JSON form alike.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import sys
 from collections.abc import Mapping
+from types import TracebackType
+
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
 FIELDS = "sshtun_fields"  # LogRecord attribute holding the event's fields
 EVENT = "sshtun_event"  # LogRecord attribute holding the event's name
 
 # A value made only of these characters is written bare; anything else is quoted.
 _PLAIN = re.compile(r"[A-Za-z0-9._:/@+,\-\[\]*%#~()]+")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_]")
+FOREIGN = "log"  # the event name of a record that did not come from ``event``
 
 
 def render_value(value: object) -> str:
@@ -43,23 +58,40 @@ def render_value(value: object) -> str:
 
 
 def _as_text(value: object) -> str:
+    """Any value as valid Unicode: undecodable bytes and lone surrogates become ``\\xNN``."""
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", "backslashreplace")
-    return str(value)
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:  # surrogateescape'd bytes (file names, os.environ): show the bytes
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")
+    return text
 
 
 def _json_value(value: object) -> object:
-    if value is None or isinstance(value, bool | int | float | str):
+    if value is None or isinstance(value, bool | int):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
     if isinstance(value, list | tuple):
         return [_json_value(v) for v in value]
     return _as_text(value)
 
 
+def _field_name(key: str) -> str:
+    """Field names are ours, but never let one carry a space, ``=`` or a newline."""
+    return key if _KEY.fullmatch(key) else _KEY_BAD.sub("_", key) or "_"
+
+
 def render_event(name: str, fields: Mapping[str, object]) -> str:
     """``name k=v k=v`` with every value rendered by ``render_value``."""
-    parts = [name]
-    parts += [f"{key}={render_value(value)}" for key, value in fields.items()]
+    parts = [escape_line(name)]
+    parts += [f"{_field_name(key)}={render_value(value)}" for key, value in fields.items()]
     return " ".join(parts)
 
 
@@ -67,7 +99,7 @@ def event(logger: logging.Logger, level: int, name: str, /, **fields: object) ->
     """Log one event with its fields (the only way the package logs what peers chose).
     A trailing underscore is dropped from a field name: ``from_=`` logs ``from=``."""
     if logger.isEnabledFor(level):
-        fields = {key.removesuffix("_"): value for key, value in fields.items()}
+        fields = {_field_name(key.removesuffix("_")): value for key, value in fields.items()}
         logger.log(
             level,
             "%s",
@@ -87,30 +119,65 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": getattr(record, EVENT, None) or message,
+            "event": getattr(record, EVENT, None) or FOREIGN,
         }
         for key, value in fields.items():
             data.setdefault(key, _json_value(value))
-        data["msg"] = message
+        data["msg"] = _as_text(message)
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=True)
 
 
 class TextFormatter(logging.Formatter):
-    """The text form; a message that did not come from ``event`` (a library's) is escaped
-    too, so no record can write a second line."""
+    """The text form. A message that did not come from ``event`` (a library's) becomes
+    ``log msg="…"``, and traceback lines are indented, so no record can write a line that
+    reads as one of our events."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         if getattr(record, FIELDS, None) is None:
-            record.message = _one_line(record.message)
+            record.message = render_event(FOREIGN, {"msg": record.message})
         return super().formatMessage(record)
 
+    def formatException(self, ei: _ExcInfo) -> str:
+        return _indent(super().formatException(ei))
 
-def _one_line(text: str) -> str:
-    if text.isprintable():
-        return text
-    return json.dumps(text, ensure_ascii=True)[1:-1]
+    def formatStack(self, stack_info: str) -> str:
+        return _indent(super().formatStack(stack_info))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  | " + escape_line(line) for line in text.splitlines())
+
+
+def escape_line(text: str) -> str:
+    """``text`` kept on one printable line: control and other non-printable characters
+    (newlines, escape sequences, U+2028, bidi controls) and invalid Unicode become backslash
+    escapes; printable text (non-ASCII letters included) is returned unchanged."""
+    text = _as_text(text)
+    return text if text.isprintable() else text.translate(_UNPRINTABLE)
+
+
+class _Unprintable(dict[int, str]):
+    """``str.translate`` table for ``escape_line``, filled on demand."""
+
+    def __missing__(self, code: int) -> str:
+        char = chr(code)
+        if char.isprintable():
+            value = char
+        elif char in "\n\r\t":
+            value = repr(char)[1:-1]
+        elif code < 0x100:
+            value = f"\\x{code:02x}"
+        elif code < 0x10000:
+            value = f"\\u{code:04x}"
+        else:
+            value = f"\\U{code:08x}"
+        self[code] = value
+        return value
+
+
+_UNPRINTABLE = _Unprintable()
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False, fmt: str = "text") -> None:
