@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
 import hashlib
-import ipaddress
 import re
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sshtunnel_mgr.addrmatch import match_from, parse_pattern
 from sshtunnel_mgr.errors import ConfigError
 from sshtunnel_mgr.names import HostPortPattern, InvalidName
 
@@ -164,46 +162,6 @@ def fingerprint(key_blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def match_from(patterns: Iterable[str], address: str) -> bool:
-    """OpenSSH ``from=`` semantics on an IP address: any positive match, no negative one.
-
-    Host-name patterns never match, because the bastion never resolves names.
-    """
-    try:
-        ip = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    matched = False
-    for raw in patterns:
-        negate = raw.startswith("!")
-        pat = raw[1:] if negate else raw
-        if "/" in pat:
-            try:
-                hit = ip in ipaddress.ip_network(pat, strict=False)
-            except ValueError:
-                hit = False
-        else:
-            hit = fnmatch.fnmatchcase(str(ip), pat.lower())
-        if hit and negate:
-            return False
-        matched = matched or hit
-    return matched
-
-
-def _check_from_pattern(pattern: str) -> None:
-    """Refuse a malformed CIDR: silently never matching would make ``!bad`` fail open."""
-    pat = pattern.removeprefix("!")
-    if not pat:
-        raise ValueError("from= has an empty pattern")
-    if "/" in pat:
-        try:
-            ipaddress.ip_network(pat, strict=False)
-        except ValueError:
-            raise ValueError(f"from= pattern {pattern!r} is not a valid CIDR block") from None
-
-
 def parse_expiry(text: str) -> datetime:
     """``expiry-time`` as OpenSSH reads it: YYYYMMDD[HHMM[SS]], with ``Z`` for UTC."""
     utc = text.endswith(("Z", "z"))
@@ -331,7 +289,7 @@ def parse_line(line: str, lineno: int) -> AccessEntry:
             if not sources:
                 raise ValueError("from= is empty (it would allow nothing; remove the line)")
             for source in sources:
-                _check_from_pattern(source)
+                parse_pattern(source)  # fail closed: a pattern that never matches is an error
             froms.extend(sources)
         elif name == ROTATED_FROM:
             if not value.startswith("SHA256:"):
