@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sshtunnel_mgr.errors import ConfigError
+from sshtunnel_mgr.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.metrics")
 
@@ -64,7 +65,7 @@ class MetricsServer:
         except OSError as exc:
             raise ConfigError(f"cannot serve metrics on {self.host}:{self.port}: {exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+        event(log, logging.INFO, "metrics on", url=f"http://{self.host}:{self.port}/metrics")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

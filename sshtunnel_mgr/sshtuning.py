@@ -41,6 +41,8 @@ from typing import Any
 import asyncssh
 from asyncssh.logging import SSHLogger
 
+from sshtunnel_mgr.logsetup import event
+
 log = logging.getLogger(__name__)
 
 MSG_IGNORE = 2  # RFC 4253 §11.2
@@ -88,7 +90,7 @@ def tune_connection(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConne
         skip_ignore=_install(_skip_ignore, conn),
         quiet_packet_log=_install(_quiet_packet_log, conn),
     )
-    log.debug("asyncssh tuning applied=%s", tuning)
+    event(log, logging.DEBUG, "asyncssh tuning", applied=str(tuning))
     return tuning
 
 
@@ -96,7 +98,7 @@ def _install(shim: Callable[[Any], bool], conn: object) -> bool:
     try:
         return shim(conn)
     except (AttributeError, TypeError) as exc:  # internals not as expected: stay stock
-        log.debug("asyncssh tuning %s skipped: %s", shim.__name__, exc)
+        event(log, logging.DEBUG, "asyncssh tuning skipped", shim=shim.__name__, error=exc)
         return False
 
 

@@ -27,6 +27,7 @@ from sshtunnel_mgr.errors import ConfigError, HostKeyError, PermissionRefused
 from sshtunnel_mgr.fsutil import edit_atomic
 from sshtunnel_mgr.keys.store import key_fingerprint, public_line
 from sshtunnel_mgr.knownhosts import host_pattern, update_known_hosts
+from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.protocol import DRAIN_NOTICE
 from sshtunnel_mgr.sshtuning import tune_connection
 
@@ -107,7 +108,9 @@ class BastionLink:
                 break
             self.status.state = "backoff"
             self.status.next_retry_at = time.time() + delay
-            log.info("reconnect bastion=%s in=%.1fs", self.endpoint.address, delay)
+            event(
+                log, logging.INFO, "reconnect", bastion=self.endpoint.address, in_=f"{delay:.1f}s"
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
         for old in self._draining:
@@ -149,10 +152,12 @@ class BastionLink:
         try:
             published = await self._publish_all(conn)
             if not published:
-                log.error(
-                    "no tunnel could be published on bastion=%s; retrying in %.0fs",
-                    self.endpoint.address,
-                    self.backoff.cap,
+                event(
+                    log,
+                    logging.ERROR,
+                    "no tunnel could be published",
+                    bastion=self.endpoint.address,
+                    retry_in=f"{self.backoff.cap:.0f}s",
                 )
                 conn.close()
                 return self.backoff.cap
@@ -197,7 +202,7 @@ class BastionLink:
 
     async def _connect(self, key: asyncssh.SSHKey | None = None) -> asyncssh.SSHClientConnection:
         ep = self.endpoint
-        log.info("connect bastion=%s", ep.address)
+        event(log, logging.INFO, "connect", bastion=ep.address)
         return await asyncssh.connect(
             ep.host,
             ep.port,
@@ -245,7 +250,14 @@ class BastionLink:
             if label in self.status.published:
                 self.status.published.remove(label)
             self.status.refused.pop(label, None)
-            log.info("withdrawn bastion=%s name=%s (config reload)", self.endpoint.address, label)
+            event(
+                log,
+                logging.INFO,
+                "withdrawn",
+                bastion=self.endpoint.address,
+                name=label,
+                reason="config reload",
+            )
         if conn is not None and self.status.state == "up":
             await self._publish_tunnels(conn, added)
         return {
@@ -260,24 +272,26 @@ class BastionLink:
         self._listeners.update(listeners)
         self.status.refused.update(refused)
         for label, reason in refused.items():
-            log.error(
-                "publish refused bastion=%s name=%s: the bastion does not allow this "
-                'key to publish it (%s); its access file needs permitlisten="%s" '
-                "on this key",
-                self.endpoint.address,
-                label,
-                reason,
-                label,
+            event(
+                log,
+                logging.ERROR,
+                "publish refused",
+                bastion=self.endpoint.address,
+                name=label,
+                reason=reason,
+                hint=f'the bastion\'s access file needs permitlisten="{label}" on this key',
             )
         for tunnel in tunnels:
             label = f"{tunnel.name}:{tunnel.port}"
             if label in listeners:
                 self.status.published.append(label)
-                log.info(
-                    "published bastion=%s name=%s target=%s",
-                    self.endpoint.address,
-                    label,
-                    tunnel.target,
+                event(
+                    log,
+                    logging.INFO,
+                    "published",
+                    bastion=self.endpoint.address,
+                    name=label,
+                    target=tunnel.target,
                 )
 
     async def _publish_on(
@@ -325,25 +339,29 @@ class BastionLink:
             try:
                 edit_atomic(path, lambda text: update_known_hosts(text, pattern, lines, gone)[0])
             except OSError as exc:
-                log.warning("cannot update known_hosts %s: %s", path, exc)
+                event(log, logging.WARNING, "cannot update known_hosts", path=path, error=exc)
                 return
-            log.info(
-                "host keys updated bastion=%s known_hosts=%s added=%s removed=%s",
-                ep.address,
-                path,
-                ",".join(key_fingerprint(k) for k in added) or "-",
-                ",".join(key_fingerprint(k) for k in removed) or "-",
+            event(
+                log,
+                logging.INFO,
+                "host keys updated",
+                bastion=ep.address,
+                known_hosts=path,
+                added=",".join(key_fingerprint(k) for k in added) or "-",
+                removed=",".join(key_fingerprint(k) for k in removed) or "-",
             )
             return
         trusted = [k for k in [*retained, *added] if k not in removed]
         self._known_hosts = (trusted, [], [])
         if added:
-            log.warning(
-                "bastion=%s serves a new host key %s; trusted for this run (proven by the "
-                'pinned key). Pin it in the config: host_key = "%s"',
-                ep.address,
-                ",".join(key_fingerprint(k) for k in added),
-                lines[0],
+            event(
+                log,
+                logging.WARNING,
+                "new host key",
+                bastion=ep.address,
+                key=",".join(key_fingerprint(k) for k in added),
+                note="trusted for this run (proven by the pinned key); pin it in the config",
+                host_key=lines[0],
             )
 
     async def _announce_home_key(
@@ -364,7 +382,7 @@ class BastionLink:
                 self.config.connect_timeout,
             )
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
-            log.debug("no host key from target=%s: %s", tunnel.target, _describe(exc))
+            event(log, logging.DEBUG, "no host key", target=tunnel.target, error=_describe(exc))
             return
         if key is None:
             return
@@ -373,14 +391,15 @@ class BastionLink:
             conn, f"sshtun-hostkey {tunnel.name} {tunnel.port} {line}", self.config.connect_timeout
         )
         if answer.get("ok"):
-            log.info(
-                "announced host key name=%s:%d key=%s",
-                tunnel.name,
-                tunnel.port,
-                key_fingerprint(key),
+            event(
+                log,
+                logging.INFO,
+                "announced host key",
+                name=f"{tunnel.name}:{tunnel.port}",
+                key=key_fingerprint(key),
             )
         else:
-            log.debug("host key announcement refused: %s", answer.get("error"))
+            event(log, logging.DEBUG, "host key announcement refused", error=answer.get("error"))
 
     # Key rotation --------------------------------------------------------------------
     async def key_request(self, command: str, timeout: float = 30) -> dict[str, Any]:
@@ -420,7 +439,13 @@ class BastionLink:
         old_listeners = self._listeners
         self.conn, self._listeners, self.key = new, listeners, key
         self._handover.set()  # the run loop now watches the new connection
-        log.info("handover bastion=%s names=%s", self.endpoint.address, ",".join(listeners))
+        event(
+            log,
+            logging.INFO,
+            "handover",
+            bastion=self.endpoint.address,
+            names=",".join(listeners),
+        )
         for listener in old_listeners.values():
             listener.close()  # cancel-tcpip-forward: new sessions go to the new connection
         drained = await _drain(old, drain_timeout)
@@ -441,11 +466,13 @@ class BastionLink:
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 self.status.probe_ok = False
                 self.status.probe_error = f"{label}: {_describe(exc)}"
-                log.warning(
-                    "probe failed bastion=%s name=%s error=%s",
-                    self.endpoint.address,
-                    label,
-                    _describe(exc),
+                event(
+                    log,
+                    logging.WARNING,
+                    "probe failed",
+                    bastion=self.endpoint.address,
+                    name=label,
+                    error=_describe(exc),
                 )
                 return False
             writer.close()
@@ -456,7 +483,7 @@ class BastionLink:
 
     def _failed(self, message: str) -> None:
         self.status.last_error = message
-        log.warning("link down bastion=%s error=%s", self.endpoint.address, message)
+        event(log, logging.WARNING, "link down", bastion=self.endpoint.address, error=message)
 
 
 async def run_key_request(
@@ -513,7 +540,7 @@ class _LinkClient(asyncssh.SSHClient):
 
     def debug_msg_received(self, msg: str, lang: str, always_display: bool) -> None:
         if msg == DRAIN_NOTICE:
-            log.info("drain notice from bastion=%s", self._link.endpoint.address)
+            event(log, logging.INFO, "drain notice", bastion=self._link.endpoint.address)
             self._link._drain_notice.set()
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:

@@ -20,6 +20,7 @@ from sshtunnel_mgr.asyncutil import wait_either
 from sshtunnel_mgr.config import AgentConfig
 from sshtunnel_mgr.errors import SshtunError
 from sshtunnel_mgr.keys.store import key_fingerprint, load_private_key, public_line
+from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.metrics import MetricsServer, agent_samples
 
 log = logging.getLogger("sshtunnel_mgr.agent")
@@ -72,17 +73,24 @@ class Agent:
         notes = []
         if config.bastions != self.config.bastions or config.key != self.config.key:
             notes.append("bastions/key changed: restart the agent to apply that")
-            log.warning("reload: bastions or key changed; restart the agent to apply that")
+            event(
+                log,
+                logging.WARNING,
+                "reload",
+                note="bastions or key changed; restart the agent to apply that",
+            )
         changes = [await link.sync_tunnels(config) for link in self.links]
         self.config = self.config.model_copy(
             update={"tunnels": config.tunnels, "probe_interval": config.probe_interval}
         )
         withdrawn = sorted({x for c in changes for x in c["withdrawn"]})
         published = sorted({x for c in changes for x in c["published"]})
-        log.info(
-            "reload done withdrawn=%s published=%s",
-            ",".join(withdrawn) or "-",
-            ",".join(published) or "-",
+        event(
+            log,
+            logging.INFO,
+            "reload done",
+            withdrawn=",".join(withdrawn) or "-",
+            published=",".join(published) or "-",
         )
         return {"ok": True, "withdrawn": withdrawn, "published": published, "notes": notes}
 
@@ -101,8 +109,13 @@ class Agent:
         report["steps"] = steps
 
         def failed(step: str, link: BastionLink, error: str) -> dict[str, Any]:
-            log.error(
-                "rotate failed step=%s bastion=%s error=%s", step, link.endpoint.address, error
+            event(
+                log,
+                logging.ERROR,
+                "rotate failed",
+                step=step,
+                bastion=link.endpoint.address,
+                error=error,
             )
             report.update(failed_step=step, bastion=link.endpoint.address, error=error)
             return report
@@ -113,7 +126,9 @@ class Agent:
             if not answer.get("ok"):
                 return failed("enrol", link, str(answer.get("error")))
             steps.append({"step": "enrol", "bastion": link.endpoint.address, **answer})
-            log.info("rotate enrolled bastion=%s new_key=%s", link.endpoint.address, new_fp)
+            event(
+                log, logging.INFO, "rotate enrolled", bastion=link.endpoint.address, new_key=new_fp
+            )
         if stop_after == "enrol":
             report.update(ok=True, complete=False, stopped_after="enrol")
             return report
@@ -131,7 +146,7 @@ class Agent:
                 return failed("finish", link, str(answer.get("error")))
             steps.append({"step": "finish", "bastion": link.endpoint.address, **answer})
         self.key = new_key
-        log.info("rotate done key=%s bastions=%d", new_fp, len(self.links))
+        event(log, logging.INFO, "rotate done", key=new_fp, bastions=len(self.links))
         report.update(ok=True, complete=True)
         return report
 
@@ -205,7 +220,7 @@ class Agent:
             try:
                 config = load()
             except SshtunError as exc:
-                log.error("reload refused: %s", exc.message)
+                event(log, logging.ERROR, "reload refused", reason=exc.message)
                 return {"ok": False, "error": exc.message}
             return await self.reload(config)
 

@@ -52,7 +52,7 @@ async def test_bastion_and_agent_metrics(keys: Keys, tmp_path: Path) -> None:
         home_sshd(keys, tmp_path / "home") as home,
         process(*SSHTUN, "bastion", "--config", str(bfile)) as bastion,
     ):
-        await read_until(bastion.stderr, "metrics on http://127.0.0.1:")
+        await read_until(bastion.stderr, "metrics on url=http://127.0.0.1:")
         acfg = agent_config(
             keys,
             port,

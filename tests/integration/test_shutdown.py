@@ -63,7 +63,7 @@ async def test_sigterm_drains_sessions_while_the_agent_moves_to_a_new_bastion(
             # same address (the old one closed its listener first) gets the name.
             link = agent.agent.links[0]
             await wait_for(lambda: link.status.state != "up")
-            assert logged(caplog, "drain notice from bastion")
+            assert logged(caplog, "drain notice", "bastion=127.0.0.1:")
             async with process(*SSHTUN, "bastion", "--config", str(bfile)) as new:
                 await read_until(new.stderr, "listening on")
                 await wait_for(lambda: link.status.state == "up" and link.status.connects == 2)
