@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sshtunnel_mgr import __version__
+from sshtunnel_mgr import __version__, systemd
 from sshtunnel_mgr.cli import demo, doctor, keys, services, setup, sshconfig, status
 from sshtunnel_mgr.errors import EXIT_USAGE, SshtunError
 from sshtunnel_mgr.logsetup import setup_logging
@@ -55,6 +55,8 @@ def fail(error: SshtunError) -> int:
     typer.echo(f"sshtun: error: {error.message}", err=True)
     if error.hint:
         typer.echo(f"  hint: {error.hint}", err=True)
+    # Under systemd, `systemctl status` shows why the service stopped (no-op elsewhere).
+    systemd.notify(f"STATUS=stopped (exit {error.exit_code}): {error.message}")
     return error.exit_code
 
 

@@ -42,6 +42,7 @@ LIFECYCLE_KEYS = (
     "ExecReload=",
     "Restart=",
     "RestartSec=",
+    "RestartPreventExitStatus=",
     "TimeoutStopSec=",
     "WatchdogSec=",
     "RuntimeDirectory=",
@@ -171,12 +172,8 @@ def show(pid: int, env: dict[str, str]) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-async def test_agent_unit_ready_after_registration_and_restarted_after_kill(
-    keys: Keys, tmp_path: Path
-) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    port = free_port()
+def install_agent_unit(keys: Keys, tmp_path: Path, port: int) -> Path:
+    """The agent's real unit (lifecycle keys) and config under tmp_path; its log file."""
     creds = tmp_path / "creds"
     creds.mkdir(mode=0o700)
     shutil.copy(keys.agent.path, creds / "agent_key")
@@ -194,6 +191,16 @@ async def test_agent_unit_ready_after_registration_and_restarted_after_kill(
     (tmp_path / "units").mkdir()
     errlog = tmp_path / "agent.log"
     (tmp_path / "units" / "sshtun-agent.service").write_text(lifecycle_unit(config, creds, errlog))
+    return errlog
+
+
+async def test_agent_unit_ready_after_registration_and_restarted_after_kill(
+    keys: Keys, tmp_path: Path
+) -> None:
+    access = tmp_path / "access"
+    access.write_text(access_text(keys))
+    port = free_port()
+    errlog = install_agent_unit(keys, tmp_path, port)
 
     async with user_manager(tmp_path) as (pid, env):
         systemctl(pid, env, "start", "--no-block", "sshtun-agent.service")
@@ -220,3 +227,25 @@ async def test_agent_unit_ready_after_registration_and_restarted_after_kill(
             systemctl(pid, env, "stop", "sshtun-agent.service")
             assert show(pid, env)["ActiveState"] in ("inactive", "deactivating")
             await wait_for(lambda: not bastion.state.routes.lookup("homebox", 22))
+
+
+async def test_a_refused_key_stops_the_unit_instead_of_restarting_it(
+    keys: Keys, tmp_path: Path
+) -> None:
+    """Exit 5 (the bastion refuses the agent's key) is fatal: systemd does not restart it
+    every 2 s (each retry would be a failed login against the whole address), and
+    `systemctl status` says why."""
+    access = tmp_path / "access"
+    access.write_text(f'permitopen="homebox:22" {keys.client.public_line}\n')  # no agent key
+    port = free_port()
+    errlog = install_agent_unit(keys, tmp_path, port)
+    async with (
+        running_bastion(bastion_config(keys, access, port)),
+        user_manager(tmp_path) as (pid, env),
+    ):
+        systemctl(pid, env, "start", "--no-block", "sshtun-agent.service")
+        await wait_for(lambda: show(pid, env)["ActiveState"] == "failed", timeout=60)
+        state = show(pid, env)
+        assert state["NRestarts"] == "0"
+        assert "exit 5" in state["StatusText"] and "refused" in state["StatusText"]
+        assert "sshtun: error:" in errlog.read_text()
