@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import asyncssh
 
+from sshtunnel_mgr.logsetup import event
+
 log = logging.getLogger(__name__)
 
 
@@ -100,7 +102,7 @@ def _send(chan: asyncssh.SSHTCPChannel[bytes], data: bytes) -> None:
     try:
         chan.write(data)
     except BrokenPipeError:  # asyncssh: "Channel not open for sending"
-        log.debug("dropped %d bytes for a channel that closed", len(data))
+        event(log, logging.DEBUG, "dropped data", bytes=len(data), reason="channel closed")
 
 
 def _send_eof(chan: asyncssh.SSHTCPChannel[bytes]) -> None:
@@ -109,4 +111,4 @@ def _send_eof(chan: asyncssh.SSHTCPChannel[bytes]) -> None:
     try:
         chan.write_eof()
     except BrokenPipeError:  # not raised by asyncssh 2.24, documented as possible
-        log.debug("dropped EOF for a channel that closed")
+        event(log, logging.DEBUG, "dropped eof", reason="channel closed")
