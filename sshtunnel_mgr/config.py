@@ -230,6 +230,10 @@ class LimitsConfig(_Model):
     # Connections one source may have open before logging in (like OpenSSH's MaxStartups,
     # per address): a flood of key exchanges (DHEat) costs the bastion little. 0 = off.
     max_startups_per_source: Annotated[int, Field(ge=0, le=100_000, strict=True)] = 10
+    # Session channels one connection may hold at once (the only session a bastion serves
+    # is a key request: sshtun-enrol/-unenrol/-finish/-hostkey), and how long one may take.
+    max_sessions_per_connection: Annotated[int, Field(ge=1, le=1000, strict=True)] = 4
+    key_request_timeout: Seconds = 30.0
 
     @field_validator("penalty_exempt")
     @classmethod

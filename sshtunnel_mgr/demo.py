@@ -96,6 +96,7 @@ async def run_demo(
         "nothing else can reach it"
     )
 
+    generate_key(work / "bastion_host_key", comment="sshtun-demo-bastion")
     bastion = Bastion(
         BastionConfig(
             listen=["127.0.0.1:0"], host_key=work / "bastion_host_key", access_file=work / "access"

@@ -9,12 +9,16 @@ Every event has ``ts`` (ISO-8601, UTC) and ``event``; events about a connection 
 ``comment``. Never a secret: only fingerprints, names, addresses, counts and reasons.
 
 The file is opened append-only, created with mode 0600 (an existing one is tightened to
-0600), never through a symlink, and reopened on reload (for log rotation). The data path
-pays nothing: a routed channel is written once, when it closes.
+0600), never through a symlink, and reopened on reload (for log rotation). A record is
+written whole or not at all: when the disk fills mid-record, the file is cut back to where
+the record began (it is dropped, counted and logged at most once a minute), so every line
+stays one JSON object. The data path pays nothing: a routed channel is written once, when
+it closes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,9 +32,11 @@ from typing import Any, Protocol
 from sshtunnel_mgr.access import AccessEntry
 from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.errors import ConfigError
+from sshtunnel_mgr.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
+DROP_LOG_INTERVAL = 60.0  # seconds between log lines while records are being dropped
 MAX_FIELD = 512  # client-supplied strings (names, user names) are cut to this length
 
 
@@ -102,11 +108,16 @@ class AuditLog:
         path: Path | None = None,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
         self.now = now
-        self.write_errors = 0
+        self.clock = clock
+        self.write_errors = 0  # records dropped (not written at all), ever
         self._fd: int | None = None
+        self._cut_to: int | None = None  # a partial record starts here: cut it first
+        self._dropped = 0  # records dropped since the last log line about it
+        self._logged_at: float | None = None  # when the last "dropping" line was logged
 
     # File -----------------------------------------------------------------------------
     def open(self) -> AuditLog:
@@ -144,6 +155,10 @@ class AuditLog:
     def close(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            if self._cut_to is not None:  # a partial record is still there: one more try
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._cut_to)
+                self._cut_to = None
             os.close(fd)
 
     @property
@@ -157,14 +172,55 @@ class AuditLog:
         record.update((k, _clip(v)) for k, v in fields.items())
         data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         try:
-            while data:
-                data = data[os.write(self._fd, data) :]
+            self._append(self._fd, data)
         except OSError as exc:
-            self.write_errors += 1
-            if self.write_errors == 1 or self.write_errors % 1000 == 0:
-                log.error(
-                    "audit log %s: write failed (%d so far): %s", self.path, self.write_errors, exc
-                )
+            self._drop(exc)
+            return
+        if self._logged_at is not None:
+            event(
+                log,
+                logging.WARNING,
+                "audit log writable again",
+                path=str(self.path),
+                dropped=self._dropped,
+            )
+            self._dropped, self._logged_at = 0, None
+
+    def _append(self, fd: int, data: bytes) -> None:
+        """Append one whole record or nothing. A full disk can take part of a record (a
+        short write) and refuse the rest: the file is then cut back to where the record
+        began, so every line stays one JSON object and none merges with the next. If even
+        the cut fails, it is retried before the next record, which is dropped until then."""
+        if self._cut_to is not None:
+            os.ftruncate(fd, self._cut_to)
+            self._cut_to = None
+        start = os.fstat(fd).st_size  # O_APPEND: where this record begins
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:
+            self._cut_to = start
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+                self._cut_to = None
+            raise
+
+    def _drop(self, exc: OSError) -> None:
+        """Count a dropped record; log the first, then at most one line a minute."""
+        self.write_errors += 1
+        self._dropped += 1
+        now = self.clock()
+        if self._logged_at is None or now - self._logged_at >= DROP_LOG_INTERVAL:
+            event(
+                log,
+                logging.ERROR,
+                "audit log write failed; record dropped",
+                path=str(self.path),
+                error=exc.strerror or str(exc),
+                dropped=self._dropped,
+                dropped_total=self.write_errors,
+            )
+            self._logged_at = now
 
     # Events ---------------------------------------------------------------------------
     def login(self, peer: Peer) -> None:

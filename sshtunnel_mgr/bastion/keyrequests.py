@@ -19,8 +19,15 @@ No shell, no subsystem, no pty, no other command. An authenticated key may run e
     memory with the route; never written anywhere.
 
 Each answers one JSON line on stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": …}``)
-and exit status 0 or 1. The access file is rewritten atomically under a lock, then
-re-read by the running bastion exactly as ``sshtun reload`` does.
+and exit status 0 or 1. The access file is rewritten atomically under a lock, in a worker
+thread (the event loop keeps serving tunnels while it waits for the lock), then re-read by
+the running bastion exactly as ``sshtun reload`` does, before the answer is sent.
+
+Bounded whatever the peer does: the command is at most ``MAX_COMMAND`` characters and is
+the only thing read (stdin is discarded); a session must be answered within
+``key_request_timeout`` seconds of its open (waiting for the command and for the lock
+included) or it is closed; a connection holds at most ``max_sessions_per_connection``
+sessions (``BastionConnection.session_requested``).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -37,11 +45,14 @@ import asyncssh
 from sshtunnel_mgr.access import KEY_TYPES, decode_key, fingerprint
 from sshtunnel_mgr.accessedit import enrol_successor, retire_predecessor, unenrol_successor
 from sshtunnel_mgr.errors import ConfigError, RotationError
-from sshtunnel_mgr.fsutil import edit_atomic
+from sshtunnel_mgr.fsutil import LockTimeout
+from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.names import InvalidName, normalize_name
+from sshtunnel_mgr.strictmodes import edit_trusted
 
 if TYPE_CHECKING:
     from sshtunnel_mgr.bastion.server import BastionConnection
+    from sshtunnel_mgr.config import BastionConfig
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
@@ -50,17 +61,40 @@ MAX_COMMAND = 4096
 
 
 class KeyRequestSession(asyncssh.SSHServerSession[str]):
-    def __init__(self, conn: BastionConnection) -> None:
+    def __init__(self, conn: BastionConnection, timeout: float) -> None:
         self._conn = conn
+        self._timeout = timeout
         self._chan: asyncssh.SSHServerChannel[str] | None = None
         self._command = ""
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._gone = threading.Event()  # set when the session ends: stop waiting for the lock
+        self._expired = False
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[str]) -> None:
         self._chan = chan
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone.set()
+        self._chan = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._conn.session_closed()
+
+    def _expire(self) -> None:
+        """``key_request_timeout`` passed and nothing was answered: close the session."""
+        self._gone.set()
+        self._expired = True
+        verb = self._command.partition(" ")[0] or "-"
+        reason = f"no answer within key_request_timeout ({self._timeout:g} s); session closed"
+        self._conn.log_key_request(verb, reason, ok=False)
+        if self._chan is not None:
+            self._chan.close()
 
     def exec_requested(self, command: str) -> bool:
         verb = command.split(None, 1)[0] if command.strip() else ""
-        if verb not in COMMANDS or len(command) > MAX_COMMAND:
+        if self._command or verb not in COMMANDS or len(command) > MAX_COMMAND:
             self._conn.log_refused_session(f"command {command[:60]!r} is not offered here")
             return False
         self._command = command
@@ -74,66 +108,62 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
         self._conn.log_refused_session(f"no subsystem {subsystem[:40]!r} here")
         return False
 
+    def data_received(self, data: str, datatype: asyncssh.DataType) -> None:
+        """stdin is not read: a request is its command line only."""
+
+    def eof_received(self) -> bool:
+        return True  # stay half-open: the answer may still be on its way
+
     def session_started(self) -> None:
+        self._task = asyncio.create_task(self._answer())
+        self._task.add_done_callback(_log_failure)
+
+    async def _answer(self) -> None:
+        answer = await self._run()
         chan = self._chan
-        assert chan is not None
-        answer, after = self._run()
+        if chan is None or chan.is_closing():
+            return  # the peer left (or the timeout closed it); the outcome is logged
+        if self._timer is not None:
+            self._timer.cancel()
         chan.write(json.dumps(answer) + "\n")
         chan.exit(0 if answer.get("ok") else 1)
-        if after is not None:
-            asyncio.get_running_loop().call_soon(after)
 
-    def _run(self) -> tuple[dict[str, Any], Callable[[], object] | None]:
+    async def _run(self) -> dict[str, Any]:
         conn = self._conn
         verb, _, rest = self._command.partition(" ")
         entry = conn.entry
         config = conn.state.config
         if entry is None:
-            return {"ok": False, "error": "not authenticated"}, None
+            return {"ok": False, "error": "not authenticated"}
         if verb == "sshtun-hostkey":
-            return self._home_host_key(rest), None
+            return self._home_host_key(rest)
         if not config.allow_key_rotation:
             reason = "key rotation is disabled on this bastion (allow_key_rotation = false)"
             conn.log_key_request(verb, reason, ok=False)
-            return {"ok": False, "error": reason}, None
+            return {"ok": False, "error": reason}
         path = config.access_file
-        me = entry.fingerprint
         result: dict[str, Any] = {}
-        now = datetime.now(UTC)
-
-        def enrol(text: str) -> str:
-            until = now + timedelta(seconds=config.rotation_grace)
-            done = enrol_successor(text, me, rest, until, str(path))
-            result.update(
-                new_key=done.new_fingerprint,
-                old_key=me,
-                old_key_expires=done.old_expiry.isoformat(timespec="seconds"),
-                changed=done.changed,
-            )
-            return done.text
-
-        def unenrol(text: str) -> str:
-            new_text, removed = unenrol_successor(text, me, str(path))
-            result.update(removed=removed or None, key=me)
-            return new_text
-
-        def finish(text: str) -> str:
-            new_text, retired = retire_predecessor(text, me, str(path))
-            result.update(retired=retired or None, key=me)
-            return new_text
-
-        edit = {"sshtun-enrol": enrol, "sshtun-unenrol": unenrol, "sshtun-finish": finish}[verb]
+        edit = _edit(verb, rest, entry.fingerprint, config, result)
         try:
-            edit_atomic(path, edit)
+            await asyncio.to_thread(
+                edit_trusted, path, edit, timeout=self._timeout, cancel=self._gone
+            )
         except (RotationError, ConfigError) as exc:
             conn.log_key_request(verb, exc.message, ok=False)
-            return {"ok": False, "error": exc.message}, None
+            return {"ok": False, "error": exc.message}
+        except LockTimeout as exc:
+            reason = f"the access file {path} is being edited by another process: {exc}"
+            if not self._expired:  # else already logged by _expire
+                conn.log_key_request(verb, reason, ok=False)
+            return {"ok": False, "error": reason + "; try again"}
         except OSError as exc:
             reason = f"cannot update the access file {path}: {exc.strerror or exc}"
             conn.log_key_request(verb, reason, ok=False)
-            return {"ok": False, "error": reason}, None
+            return {"ok": False, "error": reason}
         conn.log_key_request(verb, json.dumps(result, sort_keys=True), ok=True, result=result)
-        return {"ok": True, **result}, conn.state.access_changed
+        # Re-read before answering: the client's next step is to log in with the new key.
+        await conn.state.access_changed()
+        return {"ok": True, **result}
 
     def _home_host_key(self, rest: str) -> dict[str, Any]:
         conn = self._conn
@@ -155,3 +185,38 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
         result = {"name": name, "port": port, "host_key": fingerprint(decode_key(key_type, b64))}
         conn.log_key_request("sshtun-hostkey", json.dumps(result), ok=True, result=result)
         return {"ok": True, **result}
+
+
+def _edit(
+    verb: str, rest: str, me: str, config: BastionConfig, result: dict[str, Any]
+) -> Callable[[str], str]:
+    """The access-file edit for ``verb`` (run in a worker thread); fills ``result``."""
+    path = str(config.access_file)
+    until = datetime.now(UTC) + timedelta(seconds=config.rotation_grace)
+
+    def enrol(text: str) -> str:
+        done = enrol_successor(text, me, rest, until, path)
+        result.update(
+            new_key=done.new_fingerprint,
+            old_key=me,
+            old_key_expires=done.old_expiry.isoformat(timespec="seconds"),
+            changed=done.changed,
+        )
+        return done.text
+
+    def unenrol(text: str) -> str:
+        new_text, removed = unenrol_successor(text, me, path)
+        result.update(removed=removed or None, key=me)
+        return new_text
+
+    def finish(text: str) -> str:
+        new_text, retired = retire_predecessor(text, me, path)
+        result.update(retired=retired or None, key=me)
+        return new_text
+
+    return {"sshtun-enrol": enrol, "sshtun-unenrol": unenrol, "sshtun-finish": finish}[verb]
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        event(log, logging.ERROR, "key request failed", error=repr(exc))

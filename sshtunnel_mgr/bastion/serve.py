@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,10 +24,20 @@ from sshtunnel_mgr.config import BastionConfig
 from sshtunnel_mgr.errors import ConfigError, SshtunError
 from sshtunnel_mgr.keys.hostkeys import load_host_keys
 from sshtunnel_mgr.keys.store import key_fingerprint
+from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.metrics import MetricsServer, bastion_samples
 from sshtunnel_mgr.protocol import DRAIN_NOTICE
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
+
+
+@dataclass(frozen=True)
+class _Files:
+    """What a reload read from disk (in a worker thread), applied on the event loop."""
+
+    config: BastionConfig
+    access: AccessPolicy
+    host_keys: list[asyncssh.SSHKey]
 
 
 class Bastion:
@@ -40,7 +51,8 @@ class Bastion:
     ) -> None:
         self.config = config
         self.state = BastionState(config, access or load_access(config.access_file))
-        self.state.access_changed = lambda: self.reload(self.config)
+        self.state.access_changed = self.reload_async
+        self._reload_lock = asyncio.Lock()  # one reload at a time, reads included
         self._servers: list[asyncssh.SSHAcceptor] = []
         self.host_key: asyncssh.SSHKey | None = None
         self.host_keys: list[asyncssh.SSHKey] = []
@@ -48,15 +60,56 @@ class Bastion:
         self._load = load
 
     def reload_from_file(self) -> dict[str, Any]:
-        """Re-read the config file (then the access file it names) and apply it."""
-        if self._load is None:
-            return self.reload(self.config)
+        """Re-read the config file (then the access file it names) and apply it. Reads on
+        the calling thread: the running bastion uses ``reload_async(from_file=True)``."""
+        return self._apply(self._read(None))
+
+    async def reload_async(self, *, from_file: bool = False) -> dict[str, Any]:
+        """Reload with every file read (config, access file, host keys) in a worker thread,
+        so the event loop keeps serving; reloads run one at a time, each applying what it
+        read. ``from_file``: re-read the config file too, else keep the running config."""
+        async with self._reload_lock:
+            files = await asyncio.to_thread(self._read, None if from_file else self.config)
+            return self._apply(files)
+
+    def _read(self, config: BastionConfig | None) -> _Files | dict[str, Any]:
+        """Blocking: read what a reload needs (``config`` None: the config file first);
+        on an error log it and return the refusal answer."""
+        if config is None:
+            try:
+                config = self._load() if self._load is not None else self.config
+            except ConfigError as exc:
+                event(
+                    log,
+                    logging.ERROR,
+                    "reload refused",
+                    reason=exc.message,
+                    note="the running config stays",
+                )
+                return {"ok": False, "error": exc.message}
         try:
-            config = self._load()
+            access = load_access(config.access_file)
         except ConfigError as exc:
-            log.error("reload refused: %s (the running config stays)", exc.message)
+            event(
+                log,
+                logging.ERROR,
+                "reload refused",
+                reason=exc.message,
+                note="the running access policy stays",
+            )
             return {"ok": False, "error": exc.message}
-        return self.reload(config)
+        try:
+            host_keys = load_host_keys(config.host_key)
+        except SshtunError as exc:
+            event(
+                log,
+                logging.ERROR,
+                "reload refused",
+                reason=exc.message,
+                note="the running host keys stay",
+            )
+            return {"ok": False, "error": exc.message}
+        return _Files(config, access, host_keys)
 
     @property
     def port(self) -> int:
@@ -141,21 +194,19 @@ class Bastion:
 
     def reload(self, config: BastionConfig) -> dict[str, Any]:
         """Re-read the access file (and limits): revoked keys are disconnected, names no
-        longer allowed are withdrawn, everything else stays up untouched."""
-        try:
-            access = load_access(config.access_file)
-        except ConfigError as exc:
-            log.error("reload refused: %s (the running access policy stays)", exc.message)
-            return {"ok": False, "error": exc.message}
+        longer allowed are withdrawn, everything else stays up untouched. Reads on the
+        calling thread (tests); the running bastion uses ``reload_async``."""
+        return self._apply(self._read(config))
+
+    def _apply(self, files: _Files | dict[str, Any]) -> dict[str, Any]:
+        """The part of a reload that runs on the event loop: no file is read here."""
+        if isinstance(files, dict):
+            return files  # refused, already logged
+        config, access, host_keys = files.config, files.access, files.host_keys
         notes = []
         if config.listen != self.config.listen:
             notes.append("listen changed: restart the bastion to apply that")
             log.warning("reload: listen changed; restart to apply that")
-        try:
-            host_keys = load_host_keys(config.host_key)
-        except SshtunError as exc:
-            log.error("reload refused: %s (the running host keys stay)", exc.message)
-            return {"ok": False, "error": exc.message}
         old_fps = [key_fingerprint(k) for k in self.host_keys]
         new_fps = [key_fingerprint(k) for k in host_keys]
         if new_fps != old_fps:
@@ -204,7 +255,7 @@ class Bastion:
         if request.get("cmd") == "status":
             return self.snapshot()
         if request.get("cmd") == "reload":
-            return self.reload_from_file()
+            return await self.reload_async(from_file=True)
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
 
     def status_line(self) -> str:
@@ -307,7 +358,11 @@ async def serve(
 
 
 async def _on_reload(bastion: Bastion, reload: asyncio.Event) -> None:
+    """SIGHUP: reload; survives an unexpected failure (logged) to serve the next one."""
     while True:
         await reload.wait()
         reload.clear()
-        bastion.reload_from_file()
+        try:
+            await bastion.reload_async(from_file=True)
+        except Exception as exc:  # logged; the next SIGHUP must still work
+            event(log, logging.ERROR, "reload failed", error=repr(exc))

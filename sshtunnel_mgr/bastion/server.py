@@ -101,6 +101,8 @@ class BastionConnection(asyncssh.SSHServer):
         self.published: list[str] = []  # every name:port this connection published
         self._spellings: dict[tuple[str, int], str] = {}
         self.route_stats: dict[tuple[str, int], RouteStats] = {}
+        self.open_sessions = 0  # key-request sessions (max_sessions_per_connection)
+        self.sessions_refused = 0
         self.since = state.now()
         self.in_startup = False  # counted in state.startups until it logs in or goes
         # Host keys of the services behind this connection's names (sshtun-hostkey).
@@ -275,16 +277,33 @@ class BastionConnection(asyncssh.SSHServer):
     def session_requested(self) -> asyncssh.SSHServerSession[str] | bool:
         if self.entry is None:
             return False
-        return KeyRequestSession(self)
+        limit = self.state.config.limits.max_sessions_per_connection
+        if self.open_sessions >= limit:
+            self.sessions_refused += 1
+            self.state.counters["sessions_refused"] += 1
+            reason = f"too many sessions on this connection (max {limit})"
+            if self.sessions_refused <= 10 or self.sessions_refused % 100 == 0:
+                # Logged and audited for the first 10 of a connection, then every 100th.
+                self.log_refused_session(reason, refused=self.sessions_refused)
+            raise ChannelOpenError(OPEN_RESOURCE, reason)
+        self.open_sessions += 1
+        return KeyRequestSession(self, self.state.config.limits.key_request_timeout)
 
-    def log_refused_session(self, reason: str) -> None:
-        log.warning(
-            "refused session conn=%d key=%s reason=%s; no shell, exec or subsystem here",
-            self.conn_id,
-            self.entry.label if self.entry else "-",
-            reason,
+    def session_closed(self) -> None:
+        self.open_sessions -= 1
+
+    def log_refused_session(self, reason: str, **extra: Any) -> None:
+        event(
+            log,
+            logging.WARNING,
+            "refused session",
+            conn=self.conn_id,
+            key=self.entry.label if self.entry else "-",
+            from_=self.peer_ip,
+            reason=reason,
+            **extra,
         )
-        self.state.audit.refused(self, "session", reason)
+        self.state.audit.refused(self, "session", reason, **extra)
 
     def log_key_request(
         self, verb: str, detail: str, *, ok: bool, result: dict[str, Any] | None = None
@@ -293,16 +312,15 @@ class BastionConnection(asyncssh.SSHServer):
             self.state.audit.key_request(self, verb, result or {})
         else:
             self.state.audit.refused(self, "key_request", detail, request=verb)
-        log.log(
+        event(
+            log,
             logging.INFO if ok else logging.WARNING,
-            "%s conn=%d key=%s from=%s request=%s %s=%s",
             "key request" if ok else "refused key request",
-            self.conn_id,
-            self.entry.label if self.entry else "-",
-            self.peer_ip,
-            verb,
-            "result" if ok else "reason",
-            detail,
+            conn=self.conn_id,
+            key=self.entry.label if self.entry else "-",
+            from_=self.peer_ip,
+            request=verb,
+            **({"result": detail} if ok else {"reason": detail}),
         )
 
     # Publishing (tcpip-forward from an agent) --------------------------------------------

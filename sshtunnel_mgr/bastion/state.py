@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,8 +35,8 @@ class BastionState:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     # Event counters for metrics: plain integer increments, read only when scraped.
     counters: Counter[str] = field(default_factory=Counter)
-    # Called after the bastion itself rewrote the access file (key rotation): re-read it.
-    access_changed: Callable[[], object] = lambda: None
+    # Awaited after the bastion itself rewrote the access file (key rotation): re-read it.
+    access_changed: Callable[[], Awaitable[object]] = field(default=lambda: asyncio.sleep(0))
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _picks: itertools.count[int] = field(default_factory=itertools.count)
     # Abuse resistance: failed logins per source, live connections per key, the audit log.

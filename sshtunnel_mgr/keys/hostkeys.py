@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncssh
 
 from sshtunnel_mgr.errors import KeyFileError
-from sshtunnel_mgr.keys.store import generate_key, load_or_create_host_key, load_private_key
+from sshtunnel_mgr.keys.store import generate_key, load_host_key, load_private_key
 
 SUFFIX = ".next"
 
@@ -26,8 +26,8 @@ def next_path(host_key: Path) -> Path:
 
 
 def load_host_keys(host_key: Path) -> list[asyncssh.SSHKey]:
-    """The keys to serve: the current one first (created on first start), then the next."""
-    keys = [load_or_create_host_key(host_key)]
+    """The keys to serve: the current one first (it must exist), then the next."""
+    keys = [load_host_key(host_key)]
     if next_path(host_key).exists():
         keys.append(load_private_key(next_path(host_key)))
     return keys

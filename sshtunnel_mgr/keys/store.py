@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +68,25 @@ def generate_key(
     return KeyInfo(path, line, key_fingerprint(key), algorithm)
 
 
+def check_private_key_mode(path: Path) -> None:
+    """Refuse a private key that others may read, as OpenSSH does ("UNPROTECTED PRIVATE
+    KEY FILE"): any group or other permission bit on the file fails."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # a missing or unreadable file gets its own, clearer error on open
+    if mode & 0o077:
+        raise KeyFileError(
+            f"permissions {stat.S_IMODE(mode):04o} for private key {path} are too open: "
+            "it must not be accessible by others",
+            hint=f"chmod 600 {path}",
+        )
+
+
 def load_private_key(path: Path, passphrase: str | None = None) -> asyncssh.SSHKey:
-    """Read a private key; an encrypted one is opened with its stored passphrase."""
+    """Read a private key; an encrypted one is opened with its stored passphrase. A key
+    readable by group or others is refused, as OpenSSH refuses it."""
+    check_private_key_mode(path)
     try:
         try:
             return asyncssh.read_private_key(str(path), passphrase)
@@ -90,8 +109,14 @@ def load_private_key(path: Path, passphrase: str | None = None) -> asyncssh.SSHK
         raise KeyFileError(f"cannot load key {path}: {exc}") from None
 
 
-def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
-    """The bastion's host key; generated (ed25519, 0600) on first start if missing."""
+def load_host_key(path: Path) -> asyncssh.SSHKey:
+    """The bastion's host key. It is never created here: a typo in ``host_key`` must not
+    silently give the bastion a new identity that every pinned agent then refuses."""
     if not Path(path).exists():
-        generate_key(path, comment="sshtun-bastion")
+        raise KeyFileError(
+            f"bastion host key {path} does not exist",
+            hint=f"fix bastion.host_key if it is a typo; for a new bastion create the key "
+            f"with `sshtun keys gen {path}` (or `sshtun init --role bastion`) and pin its "
+            ".pub on every agent",
+        )
     return load_private_key(path)
