@@ -37,6 +37,10 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(dir_fd)
 
 
+class LockTimeout(TimeoutError):
+    """The lock was not free within the time given (or the waiter gave up)."""
+
+
 LOCK_POLL = 0.05  # seconds between tries of a lock that has a timeout
 
 
