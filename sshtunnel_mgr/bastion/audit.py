@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from sshtunnel_mgr.access import AccessEntry
 from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.errors import ConfigError
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.logsetup import event as log_event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
@@ -177,7 +177,7 @@ class AuditLog:
             self._drop(exc)
             return
         if self._logged_at is not None:
-            event(
+            log_event(
                 log,
                 logging.WARNING,
                 "audit log writable again",
@@ -211,7 +211,7 @@ class AuditLog:
         self._dropped += 1
         now = self.clock()
         if self._logged_at is None or now - self._logged_at >= DROP_LOG_INTERVAL:
-            event(
+            log_event(
                 log,
                 logging.ERROR,
                 "audit log write failed; record dropped",
