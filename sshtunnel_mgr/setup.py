@@ -113,9 +113,24 @@ def unit_template(role: str) -> str:
     return resources.files("sshtunnel_mgr").joinpath("units", UNIT_NAMES[role]).read_text()
 
 
+DEFAULT_DIR = "/etc/sshtun"
+
+
 def render_unit(template: str, role: str, binary: str, config_path: Path) -> str:
-    default_config = f"/etc/sshtun/{role}.toml"
-    return template.replace(UNIT_BINARY, binary).replace(default_config, str(config_path))
+    """The shipped unit with this installation's binary and config. The agent's key
+    credential is read from beside the config (where ``sshtun init`` writes ``agent_key``),
+    so a config outside /etc/sshtun does not leave the unit pointing at a missing key."""
+    unit = template.replace(UNIT_BINARY, binary)
+    unit = unit.replace(f"{DEFAULT_DIR}/{role}.toml", str(config_path))
+    return unit.replace(
+        f"LoadCredential=agent_key:{DEFAULT_DIR}/agent_key",
+        f"LoadCredential=agent_key:{credential_source(config_path)}",
+    )
+
+
+def credential_source(config_path: Path) -> Path:
+    """The file the agent unit hands the service as its ``agent_key`` credential."""
+    return config_path.parent / "agent_key"
 
 
 def plan_systemd_install(
@@ -125,7 +140,7 @@ def plan_systemd_install(
         raise ConfigError(f"--role must be agent or bastion, not {role!r}")
     unit = render_unit(template, role, binary, config_path)
     return [
-        Action("mkdir", config_path.parent, 0o755),
+        Action("mkdir", config_path.parent, 0o755, comment="only if missing; modes are kept"),
         Action(
             "write",
             unit_dir / UNIT_NAMES[role],
@@ -142,7 +157,10 @@ def apply(actions: list[Action]) -> list[str]:
     done = []
     for act in actions:
         if act.kind == "mkdir":
-            act.path.mkdir(parents=True, exist_ok=True)
+            if act.path.is_dir():  # never loosen (or tighten) a directory the owner set up
+                done.append(f"kept existing directory {act.path}")
+                continue
+            act.path.mkdir(parents=True)
             os.chmod(act.path, act.mode)
             done.append(f"directory {act.path}")
         elif act.path.exists() and not act.overwrite:

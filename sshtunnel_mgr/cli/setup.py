@@ -79,7 +79,16 @@ def init_cmd(
             names = ",".join(f"{t.name}:{t.port}" for t in cfg.tunnels)
             typer.echo("\nOn the bastion, add this line to its access file, then reload it:")
             typer.echo(f'permitlisten="{names}" {pub}')
-            typer.echo(f"\nThen run: sshtun up --config {directory / 'agent.toml'}")
+            config_path = (directory / "agent.toml").absolute()
+            if systemd:  # the key is a credential: only the unit can run this config
+                typer.echo(
+                    "\nThen install and start the service (it hands the key over with "
+                    f"LoadCredential=; `sshtun up` by hand cannot read it):\n"
+                    f"sshtun systemd install --role agent --config {config_path}\n"
+                    "systemctl daemon-reload && systemctl enable --now sshtun-agent.service"
+                )
+            else:
+                typer.echo(f"\nThen run: sshtun up --config {config_path}")
     elif role == "bastion":
         actions = setup.plan_bastion_init(directory, listen, state_dir or directory)
         _run(actions, dry_run)
@@ -115,8 +124,8 @@ def install_cmd(
     if role == "agent":
         typer.echo(
             f"\nThe unit hands the key to the service as a credential: keep it at "
-            f"/etc/sshtun/agent_key (0600, root) and set key = "
-            f'"$CREDENTIALS_DIRECTORY/agent_key" in {cfg}.'
+            f"{setup.credential_source(cfg)} (0600, root) and set key = "
+            f'"$CREDENTIALS_DIRECTORY/agent_key" in {cfg} (sshtun init --systemd does).'
         )
     typer.echo(f"\nsystemctl daemon-reload\nsystemctl enable --now {unit}\nsystemctl status {unit}")
 

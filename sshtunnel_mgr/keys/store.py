@@ -86,6 +86,13 @@ def check_private_key_mode(path: Path) -> None:
 def load_private_key(path: Path, passphrase: str | None = None) -> asyncssh.SSHKey:
     """Read a private key; an encrypted one is opened with its stored passphrase. A key
     readable by group or others is refused, as OpenSSH refuses it."""
+    if "$CREDENTIALS_DIRECTORY" in str(path):  # expanded by config loading when it is set
+        raise KeyFileError(
+            f"key {path} is a systemd credential, and $CREDENTIALS_DIRECTORY is not set: "
+            "this config is meant for the unit, which hands the key over (LoadCredential=)",
+            hint="start it with `systemctl start sshtun-agent.service`, or set key to the key "
+            "file's path to run it by hand",
+        )
     check_private_key_mode(path)
     try:
         try:

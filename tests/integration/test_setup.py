@@ -3,6 +3,7 @@ verified offline (systemd-analyze verify, security score) and `sshtun systemd in
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import stat
@@ -190,3 +191,64 @@ def test_systemd_install_writes_the_unit_with_this_installation_paths(
         str(tmp_path / "dry"),
     )
     assert code == 0 and "would write" in out and not (tmp_path / "dry").exists()
+
+
+def test_agent_unit_follows_the_config_and_keeps_the_directory_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    etc = tmp_path / "srv" / "sshtun"
+    etc.mkdir(parents=True, mode=0o700)
+    cfg = etc / "agent.toml"
+    units = tmp_path / "units"
+    code, out, err = cli(
+        capsys,
+        "systemd",
+        "install",
+        "--role",
+        "agent",
+        "--config",
+        str(cfg),
+        "--unit-dir",
+        str(units),
+    )
+    assert code == 0, err
+    unit = (units / "sshtun-agent.service").read_text()
+    assert f"LoadCredential=agent_key:{etc / 'agent_key'}\n" in unit
+    assert "/etc/sshtun" not in unit
+    assert f"keep it at {etc / 'agent_key'}" in out
+    assert stat.S_IMODE(etc.stat().st_mode) == 0o700  # was loosened to 0755
+
+
+async def test_init_systemd_says_how_to_start_the_unit_and_up_by_hand_explains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "etc"
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHqjmB1yJ6O3b9dHq1hDkLkmPzIY1N2nB0gqN1Lr8v6N"
+    code, out, err = cli(
+        capsys,
+        "init",
+        "--role",
+        "agent",
+        "--dir",
+        str(directory),
+        "--systemd",
+        "--bastion",
+        "127.0.0.1:9",
+        "--bastion-key",
+        key,
+        "--tunnel",
+        "homebox=127.0.0.1:22",
+    )
+    assert code == 0, err
+    config = directory.absolute() / "agent.toml"
+    assert f"sshtun systemd install --role agent --config {config}" in out
+    assert "Then run: sshtun up" not in out  # that command cannot read a credential
+    assert "CREDENTIALS_DIRECTORY" not in os.environ
+    async with process(*SSHTUN, "up", "--config", str(config)) as proc:
+        code = await proc.wait()
+        assert proc.stderr is not None
+        err = (await proc.stderr.read()).decode()
+    assert code == 6
+    assert "$CREDENTIALS_DIRECTORY is not set" in err
+    assert "systemctl start sshtun-agent.service" in err
+    assert "sshtun keys gen $CREDENTIALS_DIRECTORY" not in err
