@@ -77,7 +77,14 @@ def _prepare_source(argv: Sequence[str]) -> tuple[Path, str]:
     return dest, f"git {ref} ({sha[:10]})"
 
 
-SRC, SRC_LABEL = _prepare_source(sys.argv[1:] if __name__ == "__main__" else [])
+def _run_as_benchmark() -> bool:
+    """This file is the script being run, or another script in benchmarks/ imports it (and
+    then ``--ref`` on its command line applies to it too)."""
+    main = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    return __name__ == "__main__" or (main is not None and main.parent == ROOT / "benchmarks")
+
+
+SRC, SRC_LABEL = _prepare_source(sys.argv[1:] if _run_as_benchmark() else [])
 sys.path.insert(0, str(SRC))
 # Children (python -m sshtunnel_mgr ...) import from the same place; they run in the work dir
 # so that the current directory never shadows it.
@@ -369,7 +376,11 @@ async def start_sshtun_bastion(env: Env) -> Side:
     return Side("sshtun", env, port, proc)
 
 
-def ref_sshd_config(env: Env, port: int, side_dir: Path) -> Path:
+def ref_sshd_config(
+    env: Env, port: int, side_dir: Path, max_startups: str | None = "1000:30:2000"
+) -> Path:
+    """The reference bastion's sshd_config; ``max_startups=None`` keeps OpenSSH's default
+    (10:30:100), as the attack benchmark does."""
     auth = side_dir / "authorized_keys"
     auth.write_text(f"{env.keys.agent.public_line}\n{env.keys.client.public_line}\n")
     cfg = side_dir / "sshd_config"
@@ -381,7 +392,8 @@ def ref_sshd_config(env: Env, port: int, side_dir: Path) -> Path:
         "PermitRootLogin prohibit-password\nLogLevel INFO\n"
         f"AllowUsers {USER}\nAllowTcpForwarding yes\nGatewayPorts no\n"
         "X11Forwarding no\nAllowAgentForwarding no\nPermitTTY no\n"
-        "MaxStartups 1000:30:2000\nMaxSessions 1000\nClientAliveInterval 15\n"
+        + (f"MaxStartups {max_startups}\n" if max_startups else "")
+        + "MaxSessions 1000\nClientAliveInterval 15\n"
     )
     assert SSHD is not None
     check = subprocess.run([SSHD, "-t", "-f", str(cfg)], capture_output=True, text=True)
