@@ -16,6 +16,8 @@ import asyncssh
 
 from sshtunnel_mgr.bastion.audit import RoutedPipe, RouteRecord
 from sshtunnel_mgr.bastion.limits import channel_refusal, connection_refusal
+from sshtunnel_mgr.bastion.preauth import handshake_reason
+from sshtunnel_mgr.logsetup import event
 
 if TYPE_CHECKING:
     from sshtunnel_mgr.bastion.server import BastionConnection
@@ -39,12 +41,14 @@ def refuse_penalised_source(bc: BastionConnection, conn: asyncssh.SSHServerConne
         return False
     bc.state.counters["penalty_refused"] += 1
     if penalty.worth_logging:
-        log.warning(
-            "refused conn=%d from=%s reason=%s (refusal %d of this cool-down)",
-            bc.conn_id,
-            bc.peer_ip,
-            penalty.reason,
-            penalty.refused,
+        event(
+            log,
+            logging.WARNING,
+            "refused",
+            conn=bc.conn_id,
+            from_=bc.peer_ip,
+            reason=penalty.reason,
+            refusal=penalty.refused,  # the how-manieth of this cool-down
         )
         bc.state.audit.refused(bc, "penalty", penalty.reason, refused=penalty.refused)
     conn.abort()
@@ -57,7 +61,7 @@ def refuse_startup_flood(bc: BastionConnection, conn: asyncssh.SSHServerConnecti
     limit = bc.state.config.limits.max_startups_per_source
     if limit and bc.state.startups[bc.peer_ip] >= limit:
         reason = f"too many connections from {bc.peer_ip} not logged in yet (max {limit})"
-        log.warning("refused conn=%d from=%s reason=%s", bc.conn_id, bc.peer_ip, reason)
+        event(log, logging.WARNING, "refused", conn=bc.conn_id, from_=bc.peer_ip, reason=reason)
         bc.state.counters["startup_refused"] += 1
         bc.state.audit.refused(bc, "connection", reason)
         conn.abort()
@@ -83,32 +87,67 @@ def refuse_auth_while_cooling(bc: BastionConnection) -> bool:
     if penalty is None:
         return False
     if penalty.worth_logging:
-        log.warning(
-            "auth refused conn=%d from=%s reason=%s", bc.conn_id, bc.peer_ip, penalty.reason
+        event(
+            log,
+            logging.WARNING,
+            "auth refused",
+            conn=bc.conn_id,
+            from_=bc.peer_ip,
+            reason=penalty.reason,
         )
         bc.state.audit.refused(bc, "penalty", penalty.reason, refused=penalty.refused)
+    bc.auth_attempted = False  # its source is already penalised: not counted again
     _disconnect_soon(bc.conn, asyncssh.DISC_HOST_NOT_ALLOWED_TO_CONNECT, penalty.reason)
     return True
 
 
 def auth_failed(bc: BastionConnection, reason: str) -> None:
-    """Count a failed authentication against the source; start its cool-down at the limit."""
+    """A refused offer (or method): audited. It is not a failure of the source by itself:
+    an ssh-agent offers its keys one by one (see ``left_before_login``)."""
     bc.state.audit.refused(bc, "auth", reason)
-    penalty = bc.state.penalties.failed(bc.peer_ip)
-    if penalty is None:
-        return
-    if penalty.failures == bc.state.penalties.max_failures:  # this failure started it
-        log.warning(
-            "penalty source=%s failures=%d seconds=%.0f conn=%d reason=too many failed "
-            "authentications; new connections from it are refused until the cool-down ends",
-            penalty.source,
-            penalty.failures,
-            penalty.remaining,
-            bc.conn_id,
+
+
+def left_before_login(bc: BastionConnection, exc: Exception | None) -> None:
+    """A connection ended without logging in: log and audit why (rate-limited per source),
+    and, as OpenSSH's ``PerSourcePenalties authfail``, count ONE failed authentication
+    against its source if it tried to authenticate. One that never sent an authentication
+    request (a scanner, a failed key exchange, a login timeout: OpenSSH's ``noauth``) costs
+    no penalty; ``max_startups_per_source`` and ``login_timeout`` bound those."""
+    state = bc.state
+    reason = handshake_reason(str(exc) if exc is not None else "")
+    phase = "authentication" if bc.auth_attempted else "key exchange"
+    budget = state.preauth_log.hit(bc.peer_ip)
+    state.counters["preauth_disconnects"] += 1
+    if budget.write:  # the first 10 of a source in a minute, then every 100th
+        event(
+            log,
+            logging.INFO,
+            "left before login",
+            conn=bc.conn_id,
+            from_=bc.peer_ip,
+            phase=phase,
+            auth_failures=bc.auth_failures,
+            reason=reason,
+            count=budget.count,
         )
-        bc.state.counters["penalties"] += 1
-        bc.state.audit.penalty(bc, penalty.source, penalty.failures, penalty.remaining)
-    _disconnect_soon(bc.conn, asyncssh.DISC_HOST_NOT_ALLOWED_TO_CONNECT, penalty.reason)
+        state.audit.refused(bc, "handshake", reason, phase=phase, count=budget.count)
+    if not bc.auth_attempted:
+        return
+    penalty = state.penalties.failed(bc.peer_ip)
+    if penalty is not None and penalty.failures == state.penalties.max_failures:
+        event(  # this connection started the cool-down
+            log,
+            logging.WARNING,
+            "penalty",
+            source=penalty.source,
+            failures=penalty.failures,
+            seconds=round(penalty.remaining),
+            conn=bc.conn_id,
+            reason="too many connections failed to authenticate; new connections from it "
+            "are refused until the cool-down ends",
+        )
+        state.counters["penalties"] += 1
+        state.audit.penalty(bc, penalty.source, penalty.failures, penalty.remaining)
 
 
 def auth_completed(bc: BastionConnection) -> None:
@@ -119,8 +158,14 @@ def auth_completed(bc: BastionConnection) -> None:
     limit = state.config.limits.max_connections_per_key
     refusal = connection_refusal(state.key_usage, entry.fingerprint, limit)
     if refusal:
-        log.warning(
-            "refused conn=%d key=%s from=%s reason=%s", bc.conn_id, entry.label, bc.peer_ip, refusal
+        event(
+            log,
+            logging.WARNING,
+            "refused",
+            conn=bc.conn_id,
+            key=entry.label,
+            from_=bc.peer_ip,
+            reason=refusal,
         )
         state.counters["key_limit_refused"] += 1
         state.audit.refused(bc, "limit", refusal)

@@ -2,7 +2,9 @@
 
 Pure logic, no I/O: the clock is injected. A source is an IPv4 address or an IPv6 /64
 (one IPv6 host usually owns a whole /64, so counting single addresses would be useless).
-Failed authentications from a source are counted; a failure ``penalty_seconds`` or more
+Failed authentications from a source are counted (the bastion counts one per connection
+that tried to authenticate and ended without logging in, never one per refused key offer);
+a failure ``penalty_seconds`` or more
 after the previous one starts the count again. When the count reaches
 ``max_failures``, the source is refused for ``penalty_seconds`` (the cool-down); after it,
 the source starts clean. A successful login clears the count (a person whose ssh-agent

@@ -9,7 +9,6 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncssh
@@ -151,12 +150,14 @@ class Bastion:
             for sock in server.sockets:
                 bound = sock.getsockname()
                 self.addresses.append((str(bound[0]), int(bound[1])))
-        log.info(
-            "listening on %s host_key=%s access=%s keys=%d",
-            ",".join(f"{h}:{p}" for h, p in self.addresses),
-            ",".join(key_fingerprint(k) for k in self.host_keys),
-            self.config.access_file,
-            len(self.state.access.entries),
+        event(
+            log,
+            logging.INFO,
+            "listening",
+            on=",".join(f"{h}:{p}" for h, p in self.addresses),
+            host_key=",".join(key_fingerprint(k) for k in self.host_keys),
+            access=self.config.access_file,
+            keys=len(self.state.access.entries),
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -206,7 +207,7 @@ class Bastion:
         notes = []
         if config.listen != self.config.listen:
             notes.append("listen changed: restart the bastion to apply that")
-            log.warning("reload: listen changed; restart to apply that")
+            event(log, logging.WARNING, "reload", note="listen changed; restart to apply that")
         old_fps = [key_fingerprint(k) for k in self.host_keys]
         new_fps = [key_fingerprint(k) for k in host_keys]
         if new_fps != old_fps:
@@ -218,12 +219,12 @@ class Bastion:
                 for c in self.state.connections.values()
                 if c.conn is not None and c.entry is not None
             )
-            log.info("host keys now %s (announced to %d live connections)", ",".join(new_fps), told)
+            event(log, logging.INFO, "host keys now", keys=",".join(new_fps), announced_to=told)
         self.config = config.model_copy(update={"listen": self.config.listen})
         self.state.config = self.config
         notes += self.state.reconfigure(self.config)  # limits, penalties, audit log reopened
         self.state.access = access
-        now = datetime.now(UTC)
+        now = self.state.wall()  # expiry-time; reapply() re-arms each expiry timer
         revoked, withdrawn = [], []
         for conn in list(self.state.connections.values()):
             if conn.entry is None:
@@ -236,11 +237,13 @@ class Bastion:
             entry = access.find(conn.entry.key_blob)
             assert entry is not None
             withdrawn += conn.reapply(entry)
-        log.info(
-            "reload done keys=%d revoked_connections=%d withdrawn=%s",
-            len(access.entries),
-            len(revoked),
-            ",".join(withdrawn) or "-",
+        event(
+            log,
+            logging.INFO,
+            "reload done",
+            keys=len(access.entries),
+            revoked_connections=len(revoked),
+            withdrawn=",".join(withdrawn) or "-",
         )
         return {
             "ok": True,
@@ -279,14 +282,17 @@ class Bastion:
                 conn.conn.send_debug(DRAIN_NOTICE)
         live = self.state.routed_channels()
         if live and grace > 0:
-            log.info("draining routed_channels=%d grace=%.0fs", live, grace)
+            event(log, logging.INFO, "draining", routed_channels=live, grace=f"{grace:.0f}s")
             try:
                 await asyncio.wait_for(self.state.drained.wait(), grace)
             except TimeoutError:
-                log.warning(
-                    "drain: %d routed channels still open after %.0fs; closing them",
-                    self.state.routed_channels(),
-                    grace,
+                event(
+                    log,
+                    logging.WARNING,
+                    "drain incomplete",
+                    routed_channels=self.state.routed_channels(),
+                    grace=f"{grace:.0f}s",
+                    action="closing them",
                 )
         for conn in list(self.state.connections.values()):
             if conn.conn is not None:
@@ -297,7 +303,7 @@ class Bastion:
             try:
                 await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 5)
             except TimeoutError:
-                log.warning("stop: connections did not close within 5s")
+                event(log, logging.WARNING, "stop", note="connections did not close within 5s")
         self._servers.clear()
         self.state.audit.close()
 
@@ -348,7 +354,7 @@ async def serve(
         await stop.wait()
     finally:
         systemd.notify("STOPPING=1")
-        log.info("stopping")
+        event(log, logging.INFO, "stopping")
         if hup is not None:
             hup.cancel()
         await admin.stop()

@@ -12,15 +12,15 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncssh
 import asyncssh.packet
 from asyncssh import ChannelOpenError
 
-from sshtunnel_mgr.access import AccessEntry
-from sshtunnel_mgr.bastion import abuse
+from sshtunnel_mgr import policy
+from sshtunnel_mgr.access import AccessEntry, fingerprint
+from sshtunnel_mgr.bastion import abuse, expiry, sigpolicy
 from sshtunnel_mgr.bastion.audit import RoutedPipe
 from sshtunnel_mgr.bastion.keyrequests import KeyRequestSession
 from sshtunnel_mgr.bastion.splice import Pipe
@@ -54,7 +54,14 @@ class VirtualListener(asyncssh.SSHListener):
             self._closed = True
             abuse.listener_closed(self._state, self._name, self._port, self._conn_id)
             self._state.withdraw(self._name, self._port, self._conn_id)
-            log.info("unpublish name=%s port=%d conn=%d", self._name, self._port, self._conn_id)
+            event(
+                log,
+                logging.INFO,
+                "unpublish",
+                name=self._name,
+                port=self._port,
+                conn=self._conn_id,
+            )
 
     async def wait_closed(self) -> None:
         return None
@@ -96,13 +103,16 @@ class BastionConnection(asyncssh.SSHServer):
         self.peer_ip = "?"
         self.peer_port = 0
         self.entry: AccessEntry | None = None
-        self.auth_failures = 0
+        self.auth_failures = 0  # refused offers on this connection (max_auth_tries)
+        self.auth_attempted = False  # sent a publickey (or other method) request
+        self.authenticated = False  # logged in (even if then refused by a per-key cap)
+        self.expiry_timer: asyncio.TimerHandle | None = None  # the key's expiry-time
         self.open_channels = 0
+        self.open_sessions = 0  # key-request sessions (max_sessions_per_connection)
+        self.sessions_refused = 0
         self.published: list[str] = []  # every name:port this connection published
         self._spellings: dict[tuple[str, int], str] = {}
         self.route_stats: dict[tuple[str, int], RouteStats] = {}
-        self.open_sessions = 0  # key-request sessions (max_sessions_per_connection)
-        self.sessions_refused = 0
         self.since = state.now()
         self.in_startup = False  # counted in state.startups until it logs in or goes
         # Host keys of the services behind this connection's names (sshtun-hostkey).
@@ -115,21 +125,26 @@ class BastionConnection(asyncssh.SSHServer):
         self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
         limits = self.state.config.limits
         if not self.state.accepting:
-            log.info(
-                "refused conn=%d from=%s reason=bastion is shutting down",
-                self.conn_id,
-                self.peer_ip,
+            event(
+                log,
+                logging.INFO,
+                "refused",
+                conn=self.conn_id,
+                from_=self.peer_ip,
+                reason="bastion is shutting down",
             )
             conn.close()
             return
         if abuse.refuse_penalised_source(self, conn):  # before any key exchange work
             return
         if len(self.state.connections) >= limits.max_connections:
-            log.warning(
-                "refused conn=%d from=%s reason=too many connections (max %d)",
-                self.conn_id,
-                self.peer_ip,
-                limits.max_connections,
+            event(
+                log,
+                logging.WARNING,
+                "refused",
+                conn=self.conn_id,
+                from_=self.peer_ip,
+                reason=f"too many connections (max {limits.max_connections})",
             )
             self.state.audit.refused(self, "connection", "too many connections")
             conn.abort()  # before the banner: a DISCONNECT here would reach the client as garbage
@@ -139,23 +154,36 @@ class BastionConnection(asyncssh.SSHServer):
         self.state.connections[self.conn_id] = self
         self._remember_bind_spelling(conn)
         self.tuning = tune_connection(conn)  # cheaper packets, same wire (sshtuning.py)
-        log.debug("connect conn=%d from=%s:%d", self.conn_id, self.peer_ip, self.peer_port)
+        sigpolicy.install(conn, self.signature_refused)  # no ssh-rsa (SHA-1) signatures
+        event(
+            log,
+            logging.DEBUG,
+            "connect",
+            conn=self.conn_id,
+            from_=self.peer_ip,
+            port=self.peer_port,
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        admitted = self.conn_id in self.state.connections  # not refused in connection_made
         self.state.drop_connection(self.conn_id)
+        expiry.cancel(self)
         abuse.startup_over(self)
         abuse.connection_lost(self)
-        who = self.entry.label if self.entry else "unauthenticated"
-        reason = str(exc) if exc else "closed"
-        level = logging.INFO if self.entry else logging.DEBUG
-        log.log(
-            level,
-            "disconnect conn=%d key=%s from=%s names=%s reason=%s",
-            self.conn_id,
-            who,
-            self.peer_ip,
-            ",".join(self.published) or "-",
-            reason,
+        if admitted and not self.authenticated:
+            abuse.left_before_login(self, exc)  # logged (rate-limited), audited, penalised
+            return
+        if not admitted:
+            return
+        event(
+            log,
+            logging.INFO,
+            "disconnect",
+            conn=self.conn_id,
+            key=self.entry.label if self.entry else "-",
+            from_=self.peer_ip,
+            names=",".join(self.published) or "-",
+            reason=str(exc) if exc else "closed",
         )
 
     def _remember_bind_spelling(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -198,18 +226,35 @@ class BastionConnection(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """A key offer (a query, or a signed request: asyncssh checks the signature after
+        this says yes). A refused offer counts toward ``max_auth_tries`` on this
+        connection; the source's cool-down counts connections, not offers (``abuse``)."""
+        self.auth_attempted = True
         if abuse.refuse_auth_while_cooling(self):
             return False
         blob = key.public_data
-        decision = self.state.access.authenticate(blob, self.peer_ip, datetime.now(UTC))
+        refusal = policy.key_refusal(key.get_algorithm(), blob)
+        if refusal:
+            self.auth_failed(f"key {fingerprint(blob)}: {refusal} (user {username!r})")
+            return False
+        decision = self.state.access.authenticate(blob, self.peer_ip, self.state.wall())
         if decision:
             self.entry = self.state.access.find(blob)
             return True
         self.auth_failed(f"{decision.reason} (user {username!r})")
         return False
 
+    def signature_refused(self, username: str, key_data: bytes, algorithm: str, why: str) -> None:
+        """A signed request made with an algorithm the policy refuses (``sigpolicy``); a
+        key the policy refuses anyway is refused for what it is (an ECDSA key)."""
+        self.auth_attempted = True
+        key_type = sigpolicy.signature_algorithm(key_data)  # a key blob starts the same way
+        why = policy.key_refusal(key_type, key_data) or why
+        self.auth_failed(f"key {fingerprint(key_data)}: {why} (user {username!r})")
+
     def auth_method_refused(self, method: str, username: str) -> None:
         """Called for password, keyboard-interactive, ... (see ``authlog``)."""
+        self.auth_attempted = True
         self.auth_failed(
             f"{method} authentication is not accepted, only publickey (user {username!r})"
         )
@@ -218,14 +263,23 @@ class BastionConnection(asyncssh.SSHServer):
         self.auth_failures += 1
         self.state.counters["auth_failures"] += 1
         max_tries = self.state.config.limits.max_auth_tries
-        log.warning("auth refused conn=%d from=%s reason=%s", self.conn_id, self.peer_ip, reason)
+        event(
+            log,
+            logging.WARNING,
+            "auth refused",
+            conn=self.conn_id,
+            from_=self.peer_ip,
+            reason=reason,
+        )
         abuse.auth_failed(self, reason)  # per-source cool-down, audit
         if self.auth_failures >= max_tries and self.conn is not None:
-            log.warning(
-                "disconnect conn=%d from=%s reason=too many authentication failures (%d)",
-                self.conn_id,
-                self.peer_ip,
-                self.auth_failures,
+            event(
+                log,
+                logging.WARNING,
+                "disconnect",
+                conn=self.conn_id,
+                from_=self.peer_ip,
+                reason=f"too many authentication failures ({self.auth_failures})",
             )
             conn = self.conn
             asyncio.get_running_loop().call_soon(
@@ -235,13 +289,17 @@ class BastionConnection(asyncssh.SSHServer):
             )
 
     def revoke(self, reason: str) -> None:
-        """Close this connection at once: its key is no longer allowed."""
-        log.warning(
-            "revoked conn=%d key=%s from=%s reason=%s",
-            self.conn_id,
-            self.entry.label if self.entry else "-",
-            self.peer_ip,
-            reason,
+        """Close this connection at once: its key is no longer allowed (a reload, or its
+        expiry-time passed)."""
+        expiry.cancel(self)
+        event(
+            log,
+            logging.WARNING,
+            "revoked",
+            conn=self.conn_id,
+            key=self.entry.label if self.entry else "-",
+            from_=self.peer_ip,
+            reason=reason,
         )
         self.state.audit.refused(self, "revoked", reason)
         if self.conn is not None:
@@ -251,6 +309,7 @@ class BastionConnection(asyncssh.SSHServer):
         """Adopt a reloaded access entry; withdraw names it no longer allows publishing.
         Live routed sessions stay; new requests are judged by the new entry."""
         self.entry = entry
+        expiry.schedule(self)  # the reloaded expiry-time (extended, shortened, removed)
         withdrawn = []
         for name, port in self.state.routes.names_of(self.conn_id):
             decision = entry.may_publish(name, port)
@@ -258,20 +317,31 @@ class BastionConnection(asyncssh.SSHServer):
                 self.state.withdraw(name, port, self.conn_id)
                 withdrawn.append(f"{name}:{port}")
                 self.state.audit.unpublish(self, name, port, self.conn_id, decision.reason)
-                log.warning(
-                    "unpublish name=%s port=%d conn=%d reason=%s",
-                    name,
-                    port,
-                    self.conn_id,
-                    decision.reason,
+                event(
+                    log,
+                    logging.WARNING,
+                    "unpublish",
+                    name=name,
+                    port=port,
+                    conn=self.conn_id,
+                    reason=decision.reason,
                 )
         return withdrawn
 
     def auth_completed(self) -> None:
         assert self.entry is not None
-        log.info("auth ok conn=%d key=%s from=%s", self.conn_id, self.entry.label, self.peer_ip)
+        self.authenticated = True
+        event(
+            log,
+            logging.INFO,
+            "auth ok",
+            conn=self.conn_id,
+            key=self.entry.label,
+            from_=self.peer_ip,
+        )
         abuse.startup_over(self)
         abuse.auth_completed(self)  # per-key connection cap, audit
+        expiry.schedule(self)  # closed when its key's expiry-time passes
 
     # Sessions: no shell, pty, subsystem, agent or X11; only a key's own rotation requests.
     def session_requested(self) -> asyncssh.SSHServerSession[str] | bool:
@@ -331,14 +401,16 @@ class BastionConnection(asyncssh.SSHServer):
             return False
         refusal = self._publish_refusal(entry, listen_host, listen_port)
         if refusal:
-            log.warning(
-                "refused publish conn=%d key=%s from=%s name=%s port=%d reason=%s",
-                self.conn_id,
-                entry.label,
-                self.peer_ip,
-                listen_host or "''",
-                listen_port,
-                refusal,
+            event(
+                log,
+                logging.WARNING,
+                "refused publish",
+                conn=self.conn_id,
+                key=entry.label,
+                from_=self.peer_ip,
+                name=listen_host,
+                port=listen_port,
+                reason=refusal,
             )
             self.state.counters["publish_refused"] += 1
             self.state.audit.refused(self, "publish", refusal, name=listen_host, port=listen_port)
@@ -356,13 +428,15 @@ class BastionConnection(asyncssh.SSHServer):
             )
         )
         self.published.append(f"{name}:{listen_port}")
-        log.info(
-            "publish conn=%d key=%s from=%s name=%s port=%d",
-            self.conn_id,
-            entry.label,
-            self.peer_ip,
-            name,
-            listen_port,
+        event(
+            log,
+            logging.INFO,
+            "publish",
+            conn=self.conn_id,
+            key=entry.label,
+            from_=self.peer_ip,
+            name=name,
+            port=listen_port,
         )
         self.state.audit.publish(self, name, listen_port)
         return VirtualListener(self.state, name, listen_port, self.conn_id)
@@ -404,16 +478,16 @@ class BastionConnection(asyncssh.SSHServer):
             raise
         self.open_channels += 1
         probe = route.conn_id == self.conn_id
-        log.log(
+        event(
+            log,
             logging.DEBUG if probe else logging.INFO,
-            "%s conn=%d key=%s from=%s name=%s port=%d agent_conn=%d",
             "probe" if probe else "route",
-            self.conn_id,
-            who,
-            self.peer_ip,
-            route.name,
-            route.port,
-            route.conn_id,
+            conn=self.conn_id,
+            key=who,
+            from_=self.peer_ip,
+            name=route.name,
+            port=route.port,
+            agent_conn=route.conn_id,
         )
         return self._splice(route, orig_host, orig_port)
 
@@ -468,13 +542,15 @@ class BastionConnection(asyncssh.SSHServer):
         except ChannelOpenError as exc:
             self.open_channels -= 1
             reason = f"{route.name}:{route.port}: the home side refused: {exc.reason}"
-            log.warning(
-                "refused open conn=%d key=%s name=%s port=%d reason=%s",
-                self.conn_id,
-                self.entry.label if self.entry else "-",
-                route.name,
-                route.port,
-                reason,
+            event(
+                log,
+                logging.WARNING,
+                "refused open",
+                conn=self.conn_id,
+                key=self.entry.label if self.entry else "-",
+                name=route.name,
+                port=route.port,
+                reason=reason,
             )
             self.state.counters["routed_target_failed"] += 1
             self.state.audit.refused(self, "open", reason, dest=f"{route.name}:{route.port}")
@@ -482,12 +558,14 @@ class BastionConnection(asyncssh.SSHServer):
         except (OSError, asyncssh.Error) as exc:
             self.open_channels -= 1
             reason = f"{route.name}:{route.port}: agent connection failed: {exc}"
-            log.warning(
-                "refused open conn=%d name=%s port=%d reason=%s",
-                self.conn_id,
-                route.name,
-                route.port,
-                reason,
+            event(
+                log,
+                logging.WARNING,
+                "refused open",
+                conn=self.conn_id,
+                name=route.name,
+                port=route.port,
+                reason=reason,
             )
             self.state.counters["routed_target_failed"] += 1
             self.state.audit.refused(self, "open", reason, dest=f"{route.name}:{route.port}")
@@ -503,9 +581,11 @@ class BastionConnection(asyncssh.SSHServer):
         self.state.channel_closed()
         self.state.audit.routed(self, pipe, not self.state.accepting)
         peer_bytes = pipe.peer.bytes_in if pipe.peer else 0
-        log.debug(
-            "channel closed conn=%d bytes_up=%d bytes_down=%d",
-            self.conn_id,
-            pipe.bytes_in,
-            peer_bytes,
+        event(
+            log,
+            logging.DEBUG,
+            "channel closed",
+            conn=self.conn_id,
+            bytes_up=pipe.bytes_in,
+            bytes_down=peer_bytes,
         )

@@ -9,14 +9,17 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sshtunnel_mgr.access import AccessPolicy
 from sshtunnel_mgr.bastion.audit import AuditLog
 from sshtunnel_mgr.bastion.limits import KeyUsage
+from sshtunnel_mgr.bastion.lograte import LogRate
 from sshtunnel_mgr.bastion.penalties import SourcePenalties
 from sshtunnel_mgr.config import BastionConfig
 from sshtunnel_mgr.errors import ConfigError
+from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.routing import Route, RouteTable
 
 if TYPE_CHECKING:
@@ -45,6 +48,10 @@ class BastionState:
     audit: AuditLog = field(default_factory=AuditLog)
     # Connections per source address that have not logged in yet (max_startups_per_source).
     startups: Counter[str] = field(default_factory=Counter)
+    # Connections that leave before logging in: logged and audited, rate-limited per source.
+    preauth_log: LogRate = field(default_factory=LogRate)
+    # Wall clock for access decisions (expiry-time); tests replace it.
+    wall: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
         limits = self.config.limits
@@ -65,7 +72,13 @@ class BastionState:
         try:
             self.audit.reopen(config.audit_log)
         except ConfigError as exc:
-            log.error("reload: %s (the audit log stays %s)", exc.message, self.audit.path)
+            event(
+                log,
+                logging.ERROR,
+                "reload",
+                reason=exc.message,
+                note=f"the audit log stays {self.audit.path}",
+            )
             return [exc.message]
         return []
 
@@ -79,13 +92,15 @@ class BastionState:
         self.routes, replaced = self.routes.publish(route)
         for old in replaced:
             if old.conn_id != route.conn_id:
-                log.info(
-                    "takeover name=%s port=%d key=%s old_conn=%d new_conn=%d",
-                    route.name,
-                    route.port,
-                    route.owner,
-                    old.conn_id,
-                    route.conn_id,
+                event(
+                    log,
+                    logging.INFO,
+                    "takeover",
+                    name=route.name,
+                    port=route.port,
+                    key=route.owner,
+                    old_conn=old.conn_id,
+                    new_conn=route.conn_id,
                 )
 
     def withdraw(self, name: str, port: int, conn_id: int) -> None:

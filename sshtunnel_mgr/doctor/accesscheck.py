@@ -160,9 +160,9 @@ def check_entries(entries: Sequence[AccessEntry], now: datetime, source: str) ->
     for e, why in weak:
         if why:
             findings.append(
-                warn(
+                fail(  # the bastion refuses such a key at login
                     "bastion.access-weak-key",
-                    f"{source}:{e.line}: key {e.label}: {why}",
+                    f"{source}:{e.line}: key {e.label}: {why}; the bastion refuses it at login",
                     "replace it with an ed25519 key (sshtun keys gen, then rotate or revoke)",
                 )
             )

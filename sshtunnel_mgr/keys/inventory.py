@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sshtunnel_mgr import policy
 from sshtunnel_mgr.access import AccessEntry, decode_key, fingerprint
 from sshtunnel_mgr.errors import KeyFileError
-from sshtunnel_mgr.policy import MIN_RSA_BITS
 
 
 @dataclass(frozen=True)
@@ -37,28 +37,13 @@ class KeyFacts:
 
 def key_bits(key_type: str, blob: bytes) -> int:
     """The strength figure `ssh-keygen -l` prints: modulus bits, curve size, 256 for ed25519."""
-    if key_type == "ssh-rsa":
-        offset = 0
-        fields = []
-        for _ in range(3):  # type, e, n
-            (length,) = struct.unpack(">I", blob[offset : offset + 4])
-            fields.append(blob[offset + 4 : offset + 4 + length])
-            offset += 4 + length
-        return int.from_bytes(fields[2], "big").bit_length()
-    for size in ("256", "384", "521"):
-        if key_type.endswith(f"nistp{size}") or f"nistp{size}@" in key_type:
-            return int(size)
-    return 256  # ed25519 and sk-ed25519
+    return policy.key_bits(key_type, blob)
 
 
 def weakness(key_type: str, blob: bytes) -> str:
-    """Why a key is too weak to enrol, or "" when it is fine (ed25519; RSA >= 3072)."""
-    if key_type == "ssh-ed25519":
-        return ""
-    if key_type == "ssh-rsa":
-        bits = key_bits(key_type, blob)
-        return "" if bits >= MIN_RSA_BITS else f"RSA key of {bits} bits (at least {MIN_RSA_BITS})"
-    return f"{key_type} keys are not accepted here; use ssh-ed25519"
+    """Why a key is too weak to enrol, or "" when it is fine (the bastion's login policy:
+    ed25519; RSA >= 3072)."""
+    return policy.key_refusal(key_type, blob)
 
 
 def facts_from_public(path: Path, now: float | None = None) -> KeyFacts:

@@ -133,8 +133,9 @@ async def test_failed_logins_put_the_source_in_a_cool_down(
         bastion.state.penalties.clock = clock
         cfg = write_ssh_config(tmp_path / "client", keys, bastion.port)
 
-        # Two connections of two wrong keys each, from 127.0.0.1: four failures.
-        for _ in range(2):
+        # Four connections of two wrong keys each, from 127.0.0.1: four failures (one per
+        # connection that did not log in, not one per refused key).
+        for _ in range(4):
             strangers = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(2)]
             with pytest.raises((asyncssh.Error, OSError)):
                 async with connect(keys, bastion.port, *strangers):
@@ -174,7 +175,7 @@ async def test_failed_logins_put_the_source_in_a_cool_down(
             assert conn.get_extra_info("peername")[0] == "127.0.0.1"
 
     stages = [e["stage"] for e in events(audit, "refused")]
-    assert stages.count("auth") == 4
+    assert stages.count("auth") == 8  # every refused key is audited
     assert stages.count("penalty") >= 4
     (penalty,) = events(audit, "penalty")
     assert (penalty["source"], penalty["failures"], penalty["seconds"]) == ("127.0.0.1", 4, 300)

@@ -34,6 +34,12 @@ def rsa_key(bits: int) -> str:
     return f"ssh-rsa {base64.b64encode(blob).decode()} rsa"
 
 
+def ecdsa_key() -> str:
+    parts = [b"ecdsa-sha2-nistp256", b"nistp256", b"\x04" + bytes(range(64))]
+    blob = b"".join(struct.pack(">I", len(p)) + p for p in parts)
+    return f"ecdsa-sha2-nistp256 {base64.b64encode(blob).decode()} ecdsa"
+
+
 def run(*lines: str) -> list[Finding]:
     policy = parse_access("\n".join(lines) + "\n", "access")
     return check_entries(policy.entries, NOW, "access")
@@ -79,7 +85,8 @@ def test_a_clean_file_is_all_ok() -> None:
         (f'permitlisten="homebox:2222" {key(9)}', "bastion.access-overlap", OK),
         (f'permitlisten="x:22",expiry-time="20200101Z" {key(9)}', "bastion.access-expired", WARN),
         (f'permitlisten="x:22",expiry-time="20991231Z" {key(9)}', "bastion.access-expired", OK),
-        (f'permitlisten="x:22" {rsa_key(2048)}', "bastion.access-weak-key", WARN),
+        (f'permitlisten="x:22" {rsa_key(2048)}', "bastion.access-weak-key", FAIL),
+        (f'permitlisten="x:22" {ecdsa_key()}', "bastion.access-weak-key", FAIL),
         (f'permitlisten="x:22" {rsa_key(3072)}', "bastion.access-weak-key", OK),
     ],
 )
