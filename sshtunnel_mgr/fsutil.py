@@ -4,8 +4,10 @@ world-readable window)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -13,14 +15,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, rename."""
+def write_atomic(
+    path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None
+) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, rename.
+    ``owner`` (uid, gid) is given to the new file before its first byte (root only)."""
     path = Path(path)
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -74,12 +81,31 @@ def locked(
     ``timeout`` it waits as long as it takes; with one it raises ``LockTimeout``."""
     path = Path(path)
     lock = path.with_name(f".{path.name}.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _open_lock(lock)
     try:
         _wait_for_lock(fd, timeout, cancel)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _open_lock(lock: Path) -> int:
+    """Open (or create, 0600) a lock file without following a symbolic link: one planted
+    there must not make us create or open a file elsewhere."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(lock, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(
+                errno.ELOOP,
+                f"lock file {lock} is a symbolic link; refusing to follow it (remove it)",
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"lock file {lock} is not a regular file (remove it)")
+    return fd
 
 
 def edit_atomic(
@@ -88,13 +114,24 @@ def edit_atomic(
     *,
     timeout: float | None = None,
     cancel: threading.Event | None = None,
+    mode: int | None = None,
+    verify: Callable[[Path, os.stat_result], None] | None = None,
 ) -> None:
-    """Read ``path``, apply ``edit`` to its text, write the result atomically with the same
-    mode, all under ``locked(path)``. Unchanged text is not rewritten. Blocking: the
-    bastion runs it in a worker thread (``timeout``/``cancel`` as for ``locked``)."""
+    """Read ``path``, apply ``edit`` to its text, write the result atomically with
+    ``mode`` (default: the same mode) and the same owner, all under ``locked(path)``.
+    ``verify`` sees the file's ``fstat`` before it is read and may raise to refuse it.
+    Unchanged text is not rewritten. Blocking: the bastion runs it in a worker thread
+    (``timeout``/``cancel`` as for ``locked``)."""
     path = Path(path)
     with locked(path, timeout=timeout, cancel=cancel):
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if verify is not None:
+                verify(path, st)
+            text = handle.read().decode("utf-8")
         new = edit(text)
         if new != text:
-            write_atomic(path, new.encode("utf-8"), path.stat().st_mode & 0o777)
+            keep = (st.st_uid, st.st_gid) if os.geteuid() == 0 and st.st_uid != 0 else None
+            write_atomic(
+                path, new.encode("utf-8"), st.st_mode & 0o777 if mode is None else mode, keep
+            )

@@ -15,11 +15,11 @@ from sshtunnel_mgr.access import AccessEntry, load_access, parse_access, remove_
 from sshtunnel_mgr.admin import default_socket_path, query
 from sshtunnel_mgr.config import BastionConfig, load_config
 from sshtunnel_mgr.errors import ConfigError, KeyFileError, RotationError, SshtunError
-from sshtunnel_mgr.fsutil import edit_atomic
 from sshtunnel_mgr.keys import hostkeys, rotation
 from sshtunnel_mgr.keys.inventory import KeyFacts, facts_from_entry, facts_from_public, find_keys
 from sshtunnel_mgr.keys.secrets import store_passphrase
 from sshtunnel_mgr.keys.store import generate_key, load_private_key
+from sshtunnel_mgr.strictmodes import edit_trusted, running_as_root
 
 app = typer.Typer(help="Generate, inspect and revoke SSH keys.", no_args_is_help=True)
 
@@ -118,7 +118,8 @@ def _access_for(config: Path | None) -> tuple[Path, list[AccessEntry]] | None:
     if config is None:
         return None
     bastion = load_config(config).require_bastion()
-    return bastion.access_file, list(load_access(bastion.access_file).entries)
+    entries = load_access(bastion.access_file, any_owner=running_as_root()).entries
+    return bastion.access_file, list(entries)
 
 
 @app.command("list")
@@ -215,7 +216,7 @@ def revoke_cmd(
         return new_text
 
     try:
-        edit_atomic(path, edit)
+        edit_trusted(path, edit, any_owner=running_as_root())
     except OSError as exc:
         raise ConfigError(f"cannot update access file {path}: {exc}") from None
     if not removed:

@@ -14,6 +14,7 @@ from sshtunnel_mgr.admin import default_socket_path, query
 from sshtunnel_mgr.config import load_config, split_host_port
 from sshtunnel_mgr.errors import ConfigError, SshtunError
 from sshtunnel_mgr.fsutil import write_atomic
+from sshtunnel_mgr.strictmodes import running_as_root
 
 
 def ssh_config_cmd(
@@ -60,7 +61,7 @@ def ssh_config_cmd(
         names = sshconfig.names_from_patterns(
             [
                 (p.host, p.port)
-                for e in load_access(bastion.access_file).entries
+                for e in load_access(bastion.access_file, any_owner=running_as_root()).entries
                 for p in e.permit_listen
             ]
         )

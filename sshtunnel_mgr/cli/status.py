@@ -13,6 +13,7 @@ import typer
 from sshtunnel_mgr.admin import default_socket_path, query
 from sshtunnel_mgr.config import Config, load_config
 from sshtunnel_mgr.errors import ConfigError, SshtunError
+from sshtunnel_mgr.logsetup import escape_line
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The sshtun TOML config file.")]
 RoleOpt = Annotated[
@@ -60,6 +61,8 @@ def _bytes(n: int) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
+    # Cells may hold what a peer chose (a bastion's disconnect reason): one printable line.
+    rows = [[escape_line(str(c)) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     for row in rows:

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from sshtunnel_mgr import strictmodes
 from sshtunnel_mgr.access import decode_key, load_access
 from sshtunnel_mgr.config import AgentConfig, BastionConfig
 from sshtunnel_mgr.doctor import accesscheck, files, keycheck, sshd
 from sshtunnel_mgr.doctor.algorithms import check_policy
-from sshtunnel_mgr.doctor.findings import Finding, Level, fail, warn
+from sshtunnel_mgr.doctor.findings import Finding, Level, fail, ok, warn
 from sshtunnel_mgr.errors import ConfigError
 from sshtunnel_mgr.keys.inventory import key_bits
 
@@ -78,6 +79,15 @@ def stat_path(path: Path) -> files.FileStat:
     except OSError as exc:
         return files.FileStat(str(path), exists=False, error=exc.strerror or str(exc))
     return files.FileStat(str(path), True, st.st_mode & 0o7777, st.st_uid, is_dir=path.is_dir())
+
+
+def access_dir_finding(path: Path, owners: set[int]) -> Finding:
+    """The directories above the access file, checked as the bastion checks them on load
+    (``strictmodes``); as root, any owner (e.g. systemd's dynamic user) is accepted."""
+    found = strictmodes.directory_problem(path, None if strictmodes.running_as_root() else owners)
+    if found is None:
+        return ok("bastion.access-dir", f"nobody else can change the directories above {path}")
+    return fail("bastion.access-dir", f"{found.reason}; the bastion refuses it", found.fix)
 
 
 def _public_of(path: Path) -> tuple[str, bytes]:
@@ -285,10 +295,10 @@ def bastion_checks(
             files.check_config_file(stat_path(config_path), "bastion.config-mode", "config")
         )
     section.add(files.check_access_file_mode(stat_path(bastion.access_file), owners))
+    section.add(access_dir_finding(bastion.access_file, owners))
     access = Section(f"access file {bastion.access_file}")
     try:
-        # the owner is reported above (bastion.access-file-mode); modes refuse here too
-        policy = load_access(bastion.access_file, any_owner=True)
+        policy = load_access(bastion.access_file, strict=False)  # modes: reported above
     except ConfigError as exc:
         access.add(fail("bastion.access-file", exc.message, exc.hint or "fix the access file"))
     else:

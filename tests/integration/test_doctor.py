@@ -292,6 +292,7 @@ def test_bastion_clean_exits_0(tmp_path: Path) -> None:
     assert set(by_check(report)) == {
         "bastion.config-mode",
         "bastion.access-file-mode",
+        "bastion.access-dir",
         "bastion.host-key-mode",
         "bastion.host-key",
         "bastion.access-idle-key",

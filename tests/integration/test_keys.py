@@ -247,7 +247,8 @@ async def test_revoke_removes_the_line_and_closes_live_sessions_at_once(
             text = access.read_text()
             assert "# keep this comment" in text and keys.agent.public_line in text
             assert keys.client.public_line not in text
-            assert stat.S_IMODE(access.stat().st_mode) == 0o640
+            # rewritten 0600 whatever it was (0640 here), like every access-file rewrite
+            assert stat.S_IMODE(access.stat().st_mode) == 0o600
             assert bastion.state.routes.lookup("homebox", 22)  # the agent is untouched
             code = await asyncio.to_thread(
                 main, ["keys", "revoke", keys.client.fingerprint, "--config", str(bfile)]
