@@ -113,4 +113,4 @@ async def test_new_channels_are_refused_during_drain_and_grace_is_bounded(
             early.close()
             result = await stream
             assert result.returncode != 0  # cut at the end of the grace period
-            assert logged(caplog, "routed channels still open after 1s; closing them")
+            assert logged(caplog, "drain incomplete", "grace=1s", "closing them")
