@@ -95,15 +95,25 @@ def render_event(name: str, fields: Mapping[str, object]) -> str:
     return " ".join(parts)
 
 
-def event(logger: logging.Logger, level: int, name: str, /, **fields: object) -> None:
+def event(
+    logger: logging.Logger,
+    level: int,
+    name: str,
+    /,
+    *,
+    exc_info: BaseException | bool | None = None,
+    **fields: object,
+) -> None:
     """Log one event with its fields (the only way the package logs what peers chose).
-    A trailing underscore is dropped from a field name: ``from_=`` logs ``from=``."""
+    A trailing underscore is dropped from a field name: ``from_=`` logs ``from=``.
+    ``exc_info`` adds a traceback (an exception, or True for the one being handled)."""
     if logger.isEnabledFor(level):
         fields = {_field_name(key.removesuffix("_")): value for key, value in fields.items()}
         logger.log(
             level,
             "%s",
             render_event(name, fields),
+            exc_info=exc_info,
             extra={EVENT: name, FIELDS: fields},
             stacklevel=2,
         )

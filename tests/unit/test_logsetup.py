@@ -133,3 +133,21 @@ def test_json_form_is_built_from_the_fields() -> None:
     assert second["event"] == "log" and second["msg"] == "asyncssh line key=SHA256:FORGED"
     assert "key" not in second
     assert (third["raw"], third["sur"], third["inf"]) == ("\\xff", "\\xfe", "inf")
+
+
+def test_an_event_can_carry_a_traceback() -> None:
+    text_logger, text = _capture(TextFormatter("%(levelname)s %(name)s: %(message)s"))
+    json_logger, data = _capture(JsonFormatter())
+    try:
+        raise RuntimeError("bug\nINFO x: auth ok key=SHA256:FORGED")
+    except RuntimeError as exc:
+        event(text_logger, logging.ERROR, "task failed", task="serve", exc_info=exc)
+        event(json_logger, logging.ERROR, "task failed", task="serve", exc_info=True)
+    lines = text.getvalue().splitlines()
+    assert lines[0] == f"ERROR {text_logger.name}: task failed task=serve"
+    assert all(line.startswith("  | ") for line in lines[1:])
+    assert lines[-1] == "  | INFO x: auth ok key=SHA256:FORGED"
+    [record] = [json.loads(line) for line in data.getvalue().splitlines()]
+    assert record["event"] == "task failed" and record["task"] == "serve"
+    assert record["exc"].endswith("RuntimeError: bug\nINFO x: auth ok key=SHA256:FORGED")
+    assert "exc_info" not in record
