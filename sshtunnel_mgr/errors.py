@@ -15,6 +15,8 @@ EXIT_PERMISSION = 5
 EXIT_KEYS = 6
 # `sshtun doctor` ran and at least one check failed (warnings alone exit 0).
 EXIT_CHECKS_FAILED = 7
+# A local socket or directory is not safe to trust (another user's, a symlink, too open).
+EXIT_UNSAFE = 8
 
 
 class SshtunError(Exception):
@@ -56,3 +58,9 @@ class RotationError(SshtunError):
     """A key rotation step was refused or failed; the old key keeps working."""
 
     exit_code = EXIT_KEYS
+
+
+class UnsafeAdminSocket(SshtunError):
+    """The admin socket, its directory or the process serving it cannot be trusted."""
+
+    exit_code = EXIT_UNSAFE

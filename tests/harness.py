@@ -69,7 +69,9 @@ class Keys:
 
     @classmethod
     def create(cls, directory: Path) -> Keys:
-        directory.mkdir(parents=True, exist_ok=True)
+        # 0700 like a real key directory; it also holds the admin sockets, whose directory
+        # must be the owner's alone
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         return cls(
             dir=directory,
             agent=generate_key(directory / "agent_key", comment="agent@home"),

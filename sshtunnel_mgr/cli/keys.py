@@ -14,7 +14,13 @@ import typer
 from sshtunnel_mgr.access import AccessEntry, load_access, parse_access, remove_key
 from sshtunnel_mgr.admin import default_socket_path, query
 from sshtunnel_mgr.config import BastionConfig, load_config
-from sshtunnel_mgr.errors import ConfigError, KeyFileError, RotationError, SshtunError
+from sshtunnel_mgr.errors import (
+    ConfigError,
+    KeyFileError,
+    RotationError,
+    SshtunError,
+    UnsafeAdminSocket,
+)
 from sshtunnel_mgr.keys import hostkeys, rotation
 from sshtunnel_mgr.keys.inventory import KeyFacts, facts_from_entry, facts_from_public, find_keys
 from sshtunnel_mgr.keys.secrets import store_passphrase
@@ -187,6 +193,8 @@ def _reload_bastion(bastion: BastionConfig, otherwise: str) -> dict[str, Any] | 
         answer = asyncio.run(
             query(bastion.admin_socket or default_socket_path("bastion"), {"cmd": "reload"})
         )
+    except UnsafeAdminSocket:
+        raise  # something answers there, but not the bastion: never report it as done
     except SshtunError as exc:
         typer.echo(f"the bastion is not reachable ({exc.message}); {otherwise}")
         return None
@@ -358,6 +366,8 @@ def rotate_cmd(
         request["stop_after"] = stop_after
     try:
         answer = asyncio.run(query(socket, request, timeout=drain + 120))
+    except UnsafeAdminSocket:
+        raise  # nothing was sent: the new key stays here
     except SshtunError as exc:
         raise RotationError(
             f"the agent is not reachable ({exc.message})",

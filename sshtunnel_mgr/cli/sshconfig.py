@@ -12,7 +12,7 @@ from sshtunnel_mgr import sshconfig
 from sshtunnel_mgr.access import load_access
 from sshtunnel_mgr.admin import default_socket_path, query
 from sshtunnel_mgr.config import load_config, split_host_port
-from sshtunnel_mgr.errors import ConfigError, SshtunError
+from sshtunnel_mgr.errors import ConfigError, SshtunError, UnsafeAdminSocket
 from sshtunnel_mgr.fsutil import write_atomic
 from sshtunnel_mgr.strictmodes import running_as_root
 
@@ -81,6 +81,8 @@ def _live_names(path: Path) -> list[dict[str, Any]] | None:
     """The running bastion's published names (with host keys), or None if none runs."""
     try:
         answer = asyncio.run(query(path, {"cmd": "status"}, timeout=3))
+    except UnsafeAdminSocket:
+        raise  # its host keys would be pinned: an impostor must not be taken for "not running"
     except SshtunError:
         return None
     names: list[dict[str, Any]] = answer.get("names", [])
