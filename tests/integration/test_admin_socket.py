@@ -275,13 +275,13 @@ def test_victim_refuses_a_runtime_dir_another_user_made(
     assert fake.wait_line("got ") == "got 0 False"  # it was told nothing
 
 
-def test_victim_refuses_an_impostor_dir_even_with_the_right_mode(
+def test_victim_refuses_an_impostor_dir_open_only_for_search(
     uids: list[int], shared: Path, children: list[Child]
 ) -> None:
     victim, attacker, _ = uids
     runtime = Path(f"/tmp/sshtun-{victim}")
-    # 0700 would keep the victim out of it; 0711 lets it reach the socket, as 0700 + an
-    # ACL would. Owner, not only mode, decides.
+    # 0711: nobody can list it, but the victim can still reach a socket in it. (A 0700 one
+    # of another uid keeps a non-root victim out; root is tested below, a dir in /tmp.)
     fake = fork_as(attacker, lambda: fake_server(runtime, "bastion.sock", 0o711, {"ok": True}))
     children.append(fake)
     fake.wait_line("ready")
