@@ -85,7 +85,7 @@ class Side:
     agent_argv: list[list[str]] = field(default_factory=list)
     bastion_cfg: Path | None = None
     agent_cfgs: list[Path] = field(default_factory=list)
-    _client_cfgs: dict[tuple[str, float], Path] = field(default_factory=dict)
+    _client_cfgs: dict[tuple[str, float, tuple[str, ...]], Path] = field(default_factory=dict)
 
     @property
     def user(self) -> str:
@@ -182,7 +182,7 @@ async def start_sshtun(scene: Scene, agents: int = 1, **bastion_kw: Any) -> Side
     d = scene.work / f"sshtun-{port}"
     d.mkdir(mode=0o700, parents=True)  # it holds the admin sockets: 0700, as sshtun wants
     access = d / "access"
-    names = f"homebox:22,stream:{STREAM_PORT_NAME},soak-*:22"
+    names = f"homebox:22,stream:{STREAM_PORT_NAME},soak-*:22,stockbox:22"
     access.write_text(access_lines(scene.keys, names, names))
     access.chmod(0o600)
     bastion_kw.setdefault("admin_socket", d / "bastion.sock")
@@ -256,14 +256,42 @@ async def start_openssh(scene: Scene) -> Side:
 
 
 def known_hosts(side: Side) -> Path:
+    """The pinned keys: the bastion's, and the home sshd's under every name it is reached by
+    (rewritten whole, atomically, when a target is added)."""
     path = side.dir / "known_hosts"
-    if not path.exists():
-        home = pub_of(side.scene.keys.home_host)
-        lines = [f"[127.0.0.1]:{side.port} {bastion_pub(side.scene.keys)}"]
-        for host, port in side.targets.values():
-            lines.append(f"{host} {home}" if port == 22 else f"[{host}]:{port} {home}")
-        path.write_text("\n".join(lines) + "\n")
+    home = pub_of(side.scene.keys.home_host)
+    lines = [f"[127.0.0.1]:{side.port} {bastion_pub(side.scene.keys)}"]
+    for host, port in side.targets.values():
+        lines.append(f"{host} {home}" if port == 22 else f"[{host}]:{port} {home}")
+    text = "\n".join(lines) + "\n"
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
     return path
+
+
+async def add_stock_agent(side: Side, name: str = "stockbox") -> None:
+    """Stock OpenSSH as an agent on the sshtun bastion: ``ssh -N -R name:22:home``."""
+    assert SSH is not None and side.kind == "sshtun"
+    keys = side.scene.keys
+    side.targets[name] = (name, 22)
+    cfg = side.dir / "stock_agent.ssh_config"
+    cfg.write_text(
+        f"Host bastion\n  HostName 127.0.0.1\n  Port {side.port}\n  User sshtun\n\n"
+        + HOST_STAR.format(
+            known=known_hosts(side),
+            identity=keys.agent.path,
+            extra="  ExitOnForwardFailure yes\n",
+        ).replace("ServerAliveInterval 5", "ServerAliveInterval 15")
+    )
+    side.agent_cfgs.append(cfg)
+    side.agent_argv.append(
+        [SSH, "-F", str(cfg), "-N", "-R", f"{name}:22:127.0.0.1:{side.scene.home_port}", "bastion"]
+    )
+    i = len(side.agents)
+    side.agents.append(await side.scene.procs.spawn(side.agent_argv[i], side.dir / f"agent{i}.log"))
+    await route_ready(side, name)
 
 
 async def stop_side(side: Side) -> None:
@@ -286,7 +314,7 @@ async def restart_agent(side: Side, i: int, sig: int = signal.SIGKILL) -> None:
 # Clients ----------------------------------------------------------------------------------
 def client_config(side: Side, source: str, connect_timeout: float = 30) -> Path:
     """A strict ssh config for ``ssh -J`` from ``source`` (the jump hop binds it)."""
-    key = (source, connect_timeout)
+    key = (source, connect_timeout, tuple(side.targets))
     if key in side._client_cfgs:
         return side._client_cfgs[key]
     keys = side.scene.keys
