@@ -166,7 +166,7 @@ class AdminServer:
                 response = {"ok": False, "error": f"bad request: {exc}"}
             writer.write(json.dumps(response).encode() + b"\n")
             await writer.drain()
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError, ValueError):  # ValueError: a line over the limit
             pass
         finally:
             writer.close()
