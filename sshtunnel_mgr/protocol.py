@@ -9,3 +9,7 @@ reconnects at once — a restarted or another bastion behind the same address ge
 from __future__ import annotations
 
 DRAIN_NOTICE = "sshtun-drain: this bastion is shutting down; reconnect"
+
+# How the bastion refuses a name nobody serves (the reason of a failed channel open). An
+# agent whose probe of its own name gets this has lost the name: it publishes it again.
+NOT_PUBLISHED = "is not published (no agent serves it)"

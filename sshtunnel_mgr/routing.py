@@ -4,8 +4,11 @@ Pure data. A table is immutable; every change returns a new table, and the basti
 its reference whole, so a lookup always sees one consistent snapshot. Names belong to
 identities (key fingerprints), not connections: when a key publishes a name it already
 serves from another connection, the new route replaces the old one at once, so a stale
-session never blocks a name. Two different keys (each allowed by the access file) may serve
-the same name; lookups then spread connections over them.
+session never blocks a name. The connection it replaced is kept on *standby* for that name:
+if the newest connection leaves while an older one of the same key is still up (a duplicate
+agent started and stopped by mistake), the older one serves the name again at once. Two
+different keys (each allowed by the access file) may serve the same name; lookups then
+spread connections over them.
 """
 
 from __future__ import annotations
@@ -31,46 +34,76 @@ class Route(Generic[H]):
     since: float = 0.0
 
 
+Routes = Mapping[RouteKey, tuple[Route[H], ...]]
+
+
+def _frozen(routes: dict[RouteKey, tuple[Route[H], ...]]) -> Routes[H]:
+    return MappingProxyType({key: served for key, served in routes.items() if served})
+
+
 @dataclass(frozen=True)
 class RouteTable(Generic[H]):
-    routes: Mapping[RouteKey, tuple[Route[H], ...]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    routes: Routes[H] = field(default_factory=lambda: MappingProxyType({}))  # serving
+    # Older connections of a serving route's key, newest last: they take over when it goes.
+    standby: Routes[H] = field(default_factory=lambda: MappingProxyType({}))
 
-    def _with(self, key: RouteKey, served: tuple[Route[H], ...]) -> RouteTable[H]:
-        routes = dict(self.routes)
-        if served:
-            routes[key] = served
-        else:
-            routes.pop(key, None)
-        return RouteTable(MappingProxyType(routes))
+    def _with(
+        self, key: RouteKey, served: tuple[Route[H], ...], standby: tuple[Route[H], ...]
+    ) -> RouteTable[H]:
+        return RouteTable(
+            _frozen({**self.routes, key: served}), _frozen({**self.standby, key: standby})
+        )
 
     def publish(self, route: Route[H]) -> tuple[RouteTable[H], tuple[Route[H], ...]]:
-        """Add a route; return the new table and the routes it took over (same owner)."""
+        """Add a route; return the new table and the routes it took over (same owner).
+        Those stay on standby unless they were on the same connection (a republish)."""
         key = (route.name, route.port)
         current = self.routes.get(key, ())
         replaced = tuple(r for r in current if r.owner == route.owner)
         kept = tuple(r for r in current if r.owner != route.owner)
-        return self._with(key, (*kept, route)), replaced
+        standby = tuple(r for r in self.standby.get(key, ()) if r.conn_id != route.conn_id)
+        standby += tuple(r for r in replaced if r.conn_id != route.conn_id)
+        return self._with(key, (*kept, route), standby), replaced
 
     def withdraw(self, name: str, port: int, conn_id: int) -> RouteTable[H]:
-        """Remove the route ``name:port`` served by one connection (if it still serves it)."""
+        """Remove the route ``name:port`` of one connection, serving or on standby; the
+        newest standby of the same key serves in its place."""
         key = (name, port)
-        current = self.routes.get(key, ())
-        kept = tuple(r for r in current if r.conn_id != conn_id)
-        return self if len(kept) == len(current) else self._with(key, kept)
+        served, standby = self._without(key, conn_id)
+        if served == self.routes.get(key, ()) and standby == self.standby.get(key, ()):
+            return self
+        return self._with(key, served, standby)
 
     def withdraw_connection(self, conn_id: int) -> RouteTable[H]:
-        """Remove every route a connection serves (it closed)."""
-        routes = {
-            key: kept
-            for key, served in self.routes.items()
-            if (kept := tuple(r for r in served if r.conn_id != conn_id))
-        }
-        return RouteTable(MappingProxyType(routes))
+        """Remove every route a connection serves or stands by for (it closed)."""
+        routes, standby = dict(self.routes), dict(self.standby)
+        for key in {*self.routes, *self.standby}:
+            routes[key], standby[key] = self._without(key, conn_id)
+        return RouteTable(_frozen(routes), _frozen(standby))
+
+    def _without(
+        self, key: RouteKey, conn_id: int
+    ) -> tuple[tuple[Route[H], ...], tuple[Route[H], ...]]:
+        served = list(self.routes.get(key, ()))
+        standby = [r for r in self.standby.get(key, ()) if r.conn_id != conn_id]
+        for gone in [r for r in served if r.conn_id == conn_id]:
+            served.remove(gone)
+            heirs = [r for r in standby if r.owner == gone.owner]
+            if heirs:  # the newest older connection of that key serves again
+                standby.remove(heirs[-1])
+                served.append(heirs[-1])
+        return tuple(served), tuple(standby)
 
     def lookup(self, name: str, port: int) -> tuple[Route[H], ...]:
+        """The routes serving ``name:port`` (not those on standby)."""
         return self.routes.get((name, port), ())
+
+    def route_of(self, name: str, port: int, conn_id: int) -> Route[H] | None:
+        """The route a connection published for ``name:port``, serving or on standby."""
+        for route in (*self.routes.get((name, port), ()), *self.standby.get((name, port), ())):
+            if route.conn_id == conn_id:
+                return route
+        return None
 
     def pick(self, name: str, port: int, counter: int) -> Route[H] | None:
         """One route for a new connection; ``counter`` spreads load over several servers."""
@@ -80,7 +113,9 @@ class RouteTable(Generic[H]):
         return served[counter % len(served)]
 
     def names_of(self, conn_id: int) -> list[RouteKey]:
-        return [k for k, served in self.routes.items() if any(r.conn_id == conn_id for r in served)]
+        """Every ``name:port`` a connection published, serving or on standby."""
+        keys = [*self.routes, *(k for k in self.standby if k not in self.routes)]
+        return [k for k in keys if self.route_of(*k, conn_id) is not None]
 
     def __iter__(self) -> Iterator[Route[H]]:
         for served in self.routes.values():

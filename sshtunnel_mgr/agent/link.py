@@ -28,7 +28,7 @@ from sshtunnel_mgr.fsutil import edit_atomic
 from sshtunnel_mgr.keys.store import key_fingerprint, public_line
 from sshtunnel_mgr.knownhosts import host_pattern, update_known_hosts
 from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.protocol import DRAIN_NOTICE
+from sshtunnel_mgr.protocol import DRAIN_NOTICE, NOT_PUBLISHED
 from sshtunnel_mgr.sshtuning import tune_connection
 
 log = logging.getLogger("sshtunnel_mgr.agent")
@@ -474,12 +474,36 @@ class BastionLink:
                     name=label,
                     error=_describe(exc),
                 )
+                if isinstance(exc, asyncssh.ChannelOpenError) and NOT_PUBLISHED in exc.reason:
+                    await self._republish(conn, label)
                 return False
             writer.close()
         self.status.probe_ok = True
         self.status.probe_error = ""
         self.status.last_probe_at = time.time()
         return True
+
+    async def _republish(self, conn: asyncssh.SSHClientConnection, label: str) -> None:
+        """The bastion no longer routes a name this connection published (withdrawn by a
+        reload, or lost to another connection of this key that has gone): ask again."""
+        tunnel = next((t for t in self.config.tunnels if f"{t.name}:{t.port}" == label), None)
+        if tunnel is None:
+            return
+        event(
+            log,
+            logging.WARNING,
+            "republish",
+            bastion=self.endpoint.address,
+            name=label,
+            reason="the bastion no longer routes this name to this connection",
+        )
+        listener = self._listeners.pop(label, None)
+        if listener is not None:  # cancel the old forward first, or it cancels the new one
+            listener.close()
+            await listener.wait_closed()
+        if label in self.status.published:
+            self.status.published.remove(label)
+        await self._publish_tunnels(conn, [tunnel])
 
     def _failed(self, message: str) -> None:
         self.status.last_error = message

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
@@ -20,13 +18,15 @@ from asyncssh import ChannelOpenError
 
 from sshtunnel_mgr import policy
 from sshtunnel_mgr.access import AccessEntry, fingerprint
-from sshtunnel_mgr.bastion import abuse, expiry, sigpolicy
+from sshtunnel_mgr.bastion import abuse, disconnects, expiry, sigpolicy
 from sshtunnel_mgr.bastion.audit import RoutedPipe
 from sshtunnel_mgr.bastion.keyrequests import KeyRequestSession
+from sshtunnel_mgr.bastion.routeopen import CLIENT_LEFT, OpenResult, RouteStats, open_agent_end
 from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.names import InvalidName, normalize_name
+from sshtunnel_mgr.protocol import NOT_PUBLISHED
 from sshtunnel_mgr.routing import Route
 from sshtunnel_mgr.sshtuning import tune_connection
 
@@ -67,34 +67,6 @@ class VirtualListener(asyncssh.SSHListener):
         return None
 
 
-@dataclass
-class RouteStats:
-    """Traffic through one published name on one agent connection."""
-
-    counters: Counter[str]  # the bastion-wide ones, for totals that outlive a connection
-    live: set[Pipe] = field(default_factory=set)
-    channels_total: int = 0
-    bytes_to_home: int = 0  # closed channels only; live ones are added on read
-    bytes_from_home: int = 0
-
-    def opened(self, agent_end: Pipe) -> None:
-        self.live.add(agent_end)
-        self.channels_total += 1
-
-    def closed(self, agent_end: Pipe) -> None:
-        self.live.discard(agent_end)
-        to_home = agent_end.peer.bytes_in if agent_end.peer else 0
-        self.bytes_from_home += agent_end.bytes_in
-        self.bytes_to_home += to_home
-        self.counters["bytes_from_home"] += agent_end.bytes_in
-        self.counters["bytes_to_home"] += to_home
-
-    def totals(self) -> tuple[int, int]:
-        to_home = self.bytes_to_home + sum(p.peer.bytes_in for p in self.live if p.peer)
-        from_home = self.bytes_from_home + sum(p.bytes_in for p in self.live)
-        return to_home, from_home
-
-
 class BastionConnection(asyncssh.SSHServer):
     def __init__(self, state: BastionState) -> None:
         self.state = state
@@ -107,6 +79,7 @@ class BastionConnection(asyncssh.SSHServer):
         self.auth_attempted = False  # sent a publickey (or other method) request
         self.authenticated = False  # logged in (even if then refused by a per-key cap)
         self.expiry_timer: asyncio.TimerHandle | None = None  # the key's expiry-time
+        self.disconnect_sent = ""  # the reason of the DISCONNECT the bastion sent, if any
         self.open_channels = 0
         self.open_sessions = 0  # key-request sessions (max_sessions_per_connection)
         self.sessions_refused = 0
@@ -114,7 +87,6 @@ class BastionConnection(asyncssh.SSHServer):
         self._spellings: dict[tuple[str, int], str] = {}
         self.route_stats: dict[tuple[str, int], RouteStats] = {}
         self.since = state.now()
-        self.in_startup = False  # counted in state.startups until it logs in or goes
         # Host keys of the services behind this connection's names (sshtun-hostkey).
         self.home_host_keys: dict[tuple[str, int], str] = {}
 
@@ -149,12 +121,13 @@ class BastionConnection(asyncssh.SSHServer):
             self.state.audit.refused(self, "connection", "too many connections")
             conn.abort()  # before the banner: a DISCONNECT here would reach the client as garbage
             return
-        if abuse.refuse_startup_flood(self, conn):
-            return
+        # Per-source and total caps on connections not logged in yet were applied before
+        # accept handed this one to asyncssh (listener.py, admission.py).
         self.state.connections[self.conn_id] = self
         self._remember_bind_spelling(conn)
         self.tuning = tune_connection(conn)  # cheaper packets, same wire (sshtuning.py)
         sigpolicy.install(conn, self.signature_refused)  # no ssh-rsa (SHA-1) signatures
+        disconnects.install(conn, self._disconnect_sent)  # for left_before_login's reason
         event(
             log,
             logging.DEBUG,
@@ -168,7 +141,6 @@ class BastionConnection(asyncssh.SSHServer):
         admitted = self.conn_id in self.state.connections  # not refused in connection_made
         self.state.drop_connection(self.conn_id)
         expiry.cancel(self)
-        abuse.startup_over(self)
         abuse.connection_lost(self)
         if admitted and not self.authenticated:
             abuse.left_before_login(self, exc)  # logged (rate-limited), audited, penalised
@@ -185,6 +157,10 @@ class BastionConnection(asyncssh.SSHServer):
             names=",".join(self.published) or "-",
             reason=str(exc) if exc else "closed",
         )
+
+    def _disconnect_sent(self, code: int, reason: str) -> None:
+        if not self.disconnect_sent:
+            self.disconnect_sent = reason
 
     def _remember_bind_spelling(self, conn: asyncssh.SSHServerConnection) -> None:
         """Keep the agent's own spelling of each ``tcpip-forward`` bind address.
@@ -339,7 +315,6 @@ class BastionConnection(asyncssh.SSHServer):
             key=self.entry.label,
             from_=self.peer_ip,
         )
-        abuse.startup_over(self)
         abuse.auth_completed(self)  # per-key connection cap, audit
         expiry.schedule(self)  # closed when its key's expiry-time passes
 
@@ -371,6 +346,7 @@ class BastionConnection(asyncssh.SSHServer):
             key=self.entry.label if self.entry else "-",
             from_=self.peer_ip,
             reason=reason,
+            note="no shell, exec or subsystem here",
             **extra,
         )
         self.state.audit.refused(self, "session", reason, **extra)
@@ -509,72 +485,91 @@ class BastionConnection(asyncssh.SSHServer):
             raise ChannelOpenError(
                 OPEN_PROHIBITED, f"{exc.message}; this bastion routes published names only"
             ) from None
-        for own in self.state.routes.lookup(name, port):
-            if own.conn_id == self.conn_id:
-                # An agent probing its own tunnel: the channel loops back down its own
-                # connection to its own target, so this grants nothing new.
-                return own
+        own = self.state.routes.route_of(name, port, self.conn_id)
+        if own is not None:
+            # An agent probing its own tunnel (serving or on standby): the channel loops
+            # back down its own connection to its own target, so this grants nothing new.
+            return own
         decision = entry.may_reach(name, port)
         if not decision:
+            if entry.may_publish(name, port) and not self.state.routes.lookup(name, port):
+                # An agent probing its own name, now gone: tell it so (it publishes again).
+                raise ChannelOpenError(OPEN_FAILED, f"{name}:{port} {NOT_PUBLISHED}")
             raise ChannelOpenError(OPEN_PROHIBITED, decision.reason)
         route = self.state.routes.pick(name, port, self.state.next_pick())
         if route is None:
             raise ChannelOpenError(
-                OPEN_FAILED, f"{name}:{port} is not published (no agent serves it)"
+                OPEN_FAILED, f"{name}:{port} {NOT_PUBLISHED}"
             )
         return route
 
     async def _splice(
         self, route: Route[BastionConnection], orig_host: str, orig_port: int
     ) -> Pipe:
+        """Open the agent's channel for ``route`` and splice it to the client's, which
+        asyncssh opens as soon as this returns (no await in between: early data from the
+        home side is held, bounded, for it). On any other outcome the client end
+        ``never_opened``: counted closed, audited, and the agent's channel, if it opens
+        later, closed at once (bastion/routeopen.py)."""
         stats = route.handle.route_stats.setdefault(
             (route.name, route.port), RouteStats(self.state.counters)
         )
         client_end = RoutedPipe(on_close=self._channel_closed)  # RoutedPipe: for the audit log
         agent_end = RoutedPipe(on_close=stats.closed)
+        client_end.link(agent_end)
+        abuse.route_opened(self, route, client_end)
         agent_conn = route.handle.conn
-        try:
-            if agent_conn is None:
-                raise ChannelOpenError(OPEN_FAILED, "agent connection is gone")
-            await agent_conn.create_connection(
-                lambda: agent_end, route.spelling or route.name, route.port, orig_host, orig_port
+        client = self.conn
+        if client is None or client.is_closed():
+            result = OpenResult(CLIENT_LEFT)
+        elif agent_conn is None or agent_conn.is_closed():
+            result = OpenResult(
+                "agent connection lost during open",
+                f"{route.name}:{route.port}: the agent's connection was lost",
             )
-        except ChannelOpenError as exc:
-            self.open_channels -= 1
-            reason = f"{route.name}:{route.port}: the home side refused: {exc.reason}"
+        else:
+            result = await open_agent_end(
+                agent_conn,
+                agent_end,
+                route,
+                (orig_host, orig_port),
+                stats,
+                self.state.config.limits.open_timeout,
+                client,
+            )
+        if not result.outcome:
+            stats.opened(agent_end)
+            self.state.counters["routed_ok"] += 1
+            return client_end
+        client_end.never_opened(result.outcome)  # counted, audited; agent end closed
+        if not result.refusal:  # the client left: nobody to tell
+            self.state.counters["routed_abandoned"] += 1
             event(
                 log,
-                logging.WARNING,
-                "refused open",
+                logging.INFO,
+                "open abandoned",
                 conn=self.conn_id,
                 key=self.entry.label if self.entry else "-",
                 name=route.name,
                 port=route.port,
-                reason=reason,
+                agent_conn=route.conn_id,
+                reason=result.outcome,
             )
-            self.state.counters["routed_target_failed"] += 1
-            self.state.audit.refused(self, "open", reason, dest=f"{route.name}:{route.port}")
-            raise ChannelOpenError(OPEN_FAILED, reason) from None
-        except (OSError, asyncssh.Error) as exc:
-            self.open_channels -= 1
-            reason = f"{route.name}:{route.port}: agent connection failed: {exc}"
-            event(
-                log,
-                logging.WARNING,
-                "refused open",
-                conn=self.conn_id,
-                name=route.name,
-                port=route.port,
-                reason=reason,
-            )
-            self.state.counters["routed_target_failed"] += 1
-            self.state.audit.refused(self, "open", reason, dest=f"{route.name}:{route.port}")
-            raise ChannelOpenError(OPEN_FAILED, reason) from None
-        client_end.link(agent_end)
-        abuse.route_opened(self, route, client_end)
-        stats.opened(agent_end)
-        self.state.counters["routed_ok"] += 1
-        return client_end
+            raise ChannelOpenError(OPEN_FAILED, result.outcome)
+        event(
+            log,
+            logging.WARNING,
+            "refused open",
+            conn=self.conn_id,
+            key=self.entry.label if self.entry else "-",
+            name=route.name,
+            port=route.port,
+            agent_conn=route.conn_id,
+            reason=result.refusal,
+        )
+        self.state.counters["routed_target_failed"] += 1
+        self.state.audit.refused(self, "open", result.refusal, dest=f"{route.name}:{route.port}")
+        raise ChannelOpenError(OPEN_FAILED, result.refusal)
 
     def _channel_closed(self, pipe: Pipe) -> None:
         self.open_channels -= 1

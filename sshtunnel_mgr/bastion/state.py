@@ -46,8 +46,6 @@ class BastionState:
     penalties: SourcePenalties = field(init=False)
     key_usage: KeyUsage[BastionConnection] = field(default_factory=KeyUsage)
     audit: AuditLog = field(default_factory=AuditLog)
-    # Connections per source address that have not logged in yet (max_startups_per_source).
-    startups: Counter[str] = field(default_factory=Counter)
     # Connections that leave before logging in: logged and audited, rate-limited per source.
     preauth_log: LogRate = field(default_factory=LogRate)
     # Wall clock for access decisions (expiry-time); tests replace it.
@@ -104,7 +102,24 @@ class BastionState:
                 )
 
     def withdraw(self, name: str, port: int, conn_id: int) -> None:
-        self.routes = self.routes.withdraw(name, port, conn_id)
+        self._swap(self.routes.withdraw(name, port, conn_id), conn_id)
+
+    def _swap(self, routes: RouteTable[BastionConnection], gone: int) -> None:
+        """Install a new route table; say which standby connections serve again."""
+        before = {(r.name, r.port, r.conn_id) for r in self.routes}
+        self.routes = routes
+        for route in routes:
+            if (route.name, route.port, route.conn_id) not in before:
+                event(
+                    log,
+                    logging.INFO,
+                    "standby serves again",
+                    name=route.name,
+                    port=route.port,
+                    key=route.owner,
+                    conn=route.conn_id,
+                    old_conn=gone,
+                )
 
     def routed_channels(self) -> int:
         """Client channels currently spliced onto an agent."""
@@ -116,7 +131,7 @@ class BastionState:
 
     def drop_connection(self, conn_id: int) -> None:
         self.connections.pop(conn_id, None)
-        self.routes = self.routes.withdraw_connection(conn_id)
+        self._swap(self.routes.withdraw_connection(conn_id), conn_id)
 
     @staticmethod
     def now() -> float:

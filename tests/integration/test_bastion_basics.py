@@ -8,7 +8,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from sshtunnel_mgr.keys.store import load_private_key
+from sshtunnel_mgr.errors import KeyFileError
+from sshtunnel_mgr.keys.store import generate_key, load_private_key
 from tests.harness import (
     Keys,
     access_text,
@@ -22,17 +23,22 @@ from tests.harness import (
 from tests.integration.conftest import logged
 
 
-async def test_host_key_is_generated_ed25519_0600_on_first_start(
+async def test_missing_host_key_is_an_error_and_a_restart_keeps_the_key(
     keys: Keys, tmp_path: Path
 ) -> None:
     access = tmp_path / "access"
     access.write_text(access_text(keys))
     host_key = tmp_path / "state" / "host_key"
     cfg = bastion_config(keys, access).model_copy(update={"host_key": host_key})
+    with pytest.raises(KeyFileError, match="does not exist"):
+        async with running_bastion(cfg):
+            pass
+    assert not host_key.exists()  # never created behind the owner's back
+    host_key.parent.mkdir()
+    generate_key(host_key)
     async with running_bastion(cfg) as bastion:
         assert stat.S_IMODE(host_key.stat().st_mode) == 0o600
         key = load_private_key(host_key)
-        assert key.algorithm == b"ssh-ed25519"
         assert bastion.host_key is not None
         assert bastion.host_key.public_data == key.public_data
     # A restart keeps the same key (clients pinned it).

@@ -97,7 +97,8 @@ def test_same_owner_takeover_replaces_the_old_route_and_returns_it() -> None:
     assert replaced[0].handle == "conn1"
     assert t2.lookup("homebox", 22) == (new,)
     assert t2.lookup("homebox", 22)[0].conn_id == 2
-    assert t2.names_of(1) == []
+    assert t2.names_of(1) == [("homebox", 22)]  # on standby: it still holds the forward
+    assert t2.route_of("homebox", 22, 1) == old
     assert t2.names_of(2) == [("homebox", 22)]
     assert t1.lookup("homebox", 22)[0].conn_id == 1  # old snapshot unchanged
 
@@ -187,14 +188,16 @@ def test_withdraw_connection() -> None:
     assert len(gone.withdraw_connection(99)) == 0
 
 
-def test_withdraw_by_stale_conn_after_takeover_is_a_no_op() -> None:
-    """The old connection's late cancel-tcpip-forward must not drop the new route."""
+def test_withdraw_by_stale_conn_after_takeover_keeps_the_new_route() -> None:
+    """The old connection's late cancel-tcpip-forward must not drop the new route; it
+    only takes the old one off standby."""
     old = route(conn=1)
     new = route(conn=2)
     t, _ = table(old).publish(new)
     after = t.withdraw("homebox", 22, 1)
-    assert after is t
     assert after.lookup("homebox", 22) == (new,)
+    assert after.route_of("homebox", 22, 1) is None
+    assert after.withdraw("homebox", 22, 1) is after
     after_close = t.withdraw_connection(1)
     assert after_close.lookup("homebox", 22) == (new,)
     assert after_close.names_of(2) == [("homebox", 22)]
@@ -213,3 +216,36 @@ def test_names_of() -> None:
     assert sorted(t.names_of(1)) == [("a", 1), ("b", 2)]
     assert t.names_of(2) == [("a", 1)]
     assert t.names_of(3) == []
+
+
+@pytest.mark.parametrize("leave", ["withdraw", "close"])
+def test_when_the_newest_connection_leaves_the_older_one_of_the_same_key_serves_again(
+    leave: str,
+) -> None:
+    """A duplicate agent (same key) takes the name; when it goes, the first one, still
+    connected, serves it again at once."""
+    first, second, third = route(conn=1), route(conn=2), route(conn=3)
+    t = table(first, second, third)
+    assert t.lookup("homebox", 22) == (third,)
+    gone = t.withdraw("homebox", 22, 3) if leave == "withdraw" else t.withdraw_connection(3)
+    assert gone.lookup("homebox", 22) == (second,)  # the newest of the older ones
+    gone = gone.withdraw("homebox", 22, 2) if leave == "withdraw" else gone.withdraw_connection(2)
+    assert gone.lookup("homebox", 22) == (first,)
+    assert gone.withdraw_connection(1).lookup("homebox", 22) == ()
+    assert len(gone.withdraw_connection(1)) == 0
+
+
+def test_standby_is_per_key_and_never_serves_beside_its_own_key() -> None:
+    a1, b, a2 = route(owner=AGENT_A, conn=1), route(owner=AGENT_B, conn=2), route(conn=3)
+    t = table(a1, b, a2)
+    assert [r.conn_id for r in t.lookup("homebox", 22)] == [2, 3]
+    assert [r.conn_id for r in t.withdraw_connection(2).lookup("homebox", 22)] == [3]
+    back = t.withdraw_connection(3)
+    assert sorted(r.conn_id for r in back.lookup("homebox", 22)) == [1, 2]
+    assert sorted(r.conn_id for r in back) == [1, 2]  # iteration shows serving routes only
+
+
+def test_a_republish_on_the_same_connection_leaves_no_standby() -> None:
+    t = table(route(conn=1), route(conn=1))
+    assert t.withdraw_connection(1).lookup("homebox", 22) == ()
+    assert dict(t.standby) == {}
