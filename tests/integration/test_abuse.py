@@ -151,7 +151,9 @@ async def test_failed_logins_put_the_source_in_a_cool_down(
         with pytest.raises((asyncssh.Error, OSError)):
             async with connect(keys, bastion.port):
                 pass
-        reason = "reason=source 127.0.0.1 is cooling down for 300 s after 4 failed authentications"
+        reason = (
+            'reason="source 127.0.0.1 is cooling down for 300 s after 4 failed authentications"'
+        )
         assert logged(caplog, "refused conn=", "from=127.0.0.1", reason)
 
         # Raw socket: not one byte from the bastion.
@@ -325,7 +327,7 @@ async def test_connections_per_key_are_capped(
                 caplog,
                 "refused conn=",
                 keys.client.fingerprint,
-                "reason=key has too many connections (max 2 per key)",
+                'reason="key has too many connections (max 2 per key)"',
             )
             # Other keys are not affected: the agent's own connection is still there.
             assert s.bastion.state.routes.lookup("homebox", 22)
