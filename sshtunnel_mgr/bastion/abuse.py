@@ -55,31 +55,6 @@ def refuse_penalised_source(bc: BastionConnection, conn: asyncssh.SSHServerConne
     return True
 
 
-def refuse_startup_flood(bc: BastionConnection, conn: asyncssh.SSHServerConnection) -> bool:
-    """In ``connection_made``: refuse a source that already has ``max_startups_per_source``
-    connections that have not logged in (each costs a key exchange); count this one."""
-    limit = bc.state.config.limits.max_startups_per_source
-    if limit and bc.state.startups[bc.peer_ip] >= limit:
-        reason = f"too many connections from {bc.peer_ip} not logged in yet (max {limit})"
-        event(log, logging.WARNING, "refused", conn=bc.conn_id, from_=bc.peer_ip, reason=reason)
-        bc.state.counters["startup_refused"] += 1
-        bc.state.audit.refused(bc, "connection", reason)
-        conn.abort()
-        return True
-    bc.state.startups[bc.peer_ip] += 1
-    bc.in_startup = True
-    return False
-
-
-def startup_over(bc: BastionConnection) -> None:
-    """Logged in or gone: no longer counts against its source's startups."""
-    if bc.in_startup:
-        bc.in_startup = False
-        bc.state.startups[bc.peer_ip] -= 1
-        if bc.state.startups[bc.peer_ip] <= 0:
-            del bc.state.startups[bc.peer_ip]
-
-
 def refuse_auth_while_cooling(bc: BastionConnection) -> bool:
     """In ``validate_public_key``: a connection that got in before its source's cool-down
     began may not log in during it (not even with a good key)."""
@@ -114,7 +89,8 @@ def left_before_login(bc: BastionConnection, exc: Exception | None) -> None:
     request (a scanner, a failed key exchange, a login timeout: OpenSSH's ``noauth``) costs
     no penalty; ``max_startups_per_source`` and ``login_timeout`` bound those."""
     state = bc.state
-    reason = handshake_reason(str(exc) if exc is not None else "")
+    # What the bastion's DISCONNECT said (a failed negotiation), else what asyncssh reports.
+    reason = handshake_reason(bc.disconnect_sent or (str(exc) if exc is not None else ""))
     phase = "authentication" if bc.auth_attempted else "key exchange"
     budget = state.preauth_log.hit(bc.peer_ip)
     state.counters["preauth_disconnects"] += 1
