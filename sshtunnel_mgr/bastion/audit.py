@@ -3,7 +3,8 @@
 Events: ``login``, ``publish``, ``unpublish``, ``route`` (a routed channel, written once
 when it ends: who, which name, from where, bytes each way, duration, why it ended),
 ``penalty`` (a source starts a cool-down) and ``refused`` (every refusal, with ``stage``
-auth / penalty / limit / publish / open / session / connection, and its reason).
+auth / penalty / limit / publish / open / session / connection / handshake
+(a connection that left before logging in) / revoked, and its reason).
 Every event has ``ts`` (ISO-8601, UTC) and ``event``; events about a connection carry
 ``conn``, ``from`` and, once it has authenticated, ``key`` (SHA256 fingerprint) and
 ``comment``. Never a secret: only fingerprints, names, addresses, counts and reasons.
@@ -81,16 +82,24 @@ class RoutedPipe(Pipe):
 
     record: RouteRecord | None = None
     ended: str = ""  # "" while open, then "closed" or the error
+    outcome: str = ""  # why its channel never opened ("client left during open", ...)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ended:
             self.ended = f"{exc}" if exc is not None else "closed"
         super().connection_lost(exc)
 
+    def never_opened(self, reason: str) -> None:
+        self.outcome = reason
+        super().never_opened(reason)
 
-def end_reason(client: str, home: str, shutting_down: bool) -> str:
+
+def end_reason(client: str, home: str, shutting_down: bool, outcome: str = "") -> str:
     """Why a routed channel ended, from how each end ended (``home`` is ``""`` when the
-    home end was still open when the client end closed)."""
+    home end was still open when the client end closed). ``outcome`` is why the client's
+    channel never opened (the splice decided it): that is the reason, whatever else."""
+    if outcome:
+        return outcome
     if shutting_down:
         return "bastion shutting down"
     if client not in ("", "closed"):
@@ -266,6 +275,6 @@ class AuditLog:
                 "bytes_to_home": client_end.bytes_in,
                 "bytes_from_home": home_end.bytes_in if home_end is not None else 0,
                 "duration_s": round(time.monotonic() - record.started, 3),
-                "end": end_reason(client_end.ended, home, shutting_down),
+                "end": end_reason(client_end.ended, home, shutting_down, client_end.outcome),
             },
         )
