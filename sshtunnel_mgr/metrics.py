@@ -128,7 +128,7 @@ def bastion_samples(bastion: Any) -> Iterator[Sample]:
         {},
         state.routed_channels(),
     )
-    for outcome in ("ok", "refused", "target_failed"):
+    for outcome in ("ok", "refused", "target_failed", "abandoned"):
         yield (
             "sshtun_bastion_routed_connections",
             "counter",

@@ -3,8 +3,15 @@
 Each channel gets a ``Pipe``; data received on one is written to the other's channel with
 no copy and no task. Backpressure follows the channel windows: when one side's send buffer
 fills (``pause_writing``), the other side stops reading. Data that arrives before the other
-end's channel is open (the home sshd's banner does) is buffered and flushed on attach, so
-nothing is lost between the two channel opens.
+end's channel is open (the home sshd's banner does) is held and flushed on attach, so
+nothing is lost between the two channel opens; once ``PENDING_LIMIT`` bytes are held, that
+channel stops being read until the other end opens, so the rest waits in the SSH window.
+Every byte the bastion holds for a splice is therefore bounded by the two channels'
+windows and send buffers, whatever either peer does.
+
+An end whose channel will never open (the open failed or timed out, or its client left
+while it was being opened) is ended with ``never_opened``: the other end is then closed as
+soon as its channel opens, or at once if it is open already.
 
 Either end may close at any moment, from its own side, while data is still arriving on the
 other. asyncssh's ``write`` raises ``BrokenPipeError`` on a channel that is closing, and an
@@ -24,16 +31,24 @@ from sshtunnel_mgr.logsetup import event
 
 log = logging.getLogger(__name__)
 
+PENDING_LIMIT = 64 * 1024  # bytes held for an end that is not open yet; then stop reading
+
 
 class Pipe(asyncssh.SSHTCPSession[bytes]):
     def __init__(self, on_close: Callable[[Pipe], None] | None = None) -> None:
         self.chan: asyncssh.SSHTCPChannel[bytes] | None = None
         self.peer: Pipe | None = None
         self.bytes_in = 0
+        self.pending_bytes = 0  # held in ``_pending`` for the peer's channel to open
         self._pending: list[bytes] = []
         self._pending_eof = False
         self._closed = False
         self._on_close = on_close
+        # Why this end's channel is not being read: the peer is not open yet and
+        # PENDING_LIMIT is held, or the peer's send buffer is full. Read when neither.
+        self._wait_peer = False
+        self._wait_drain = False
+        self._paused = False
 
     # Wiring --------------------------------------------------------------------------
     def link(self, peer: Pipe) -> None:
@@ -43,14 +58,40 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self.chan = chan
         peer = self.peer
-        if peer is not None and peer._pending:
+        if peer is not None:
             for data in peer._pending:
                 _send(chan, data)
             peer._pending.clear()
-        if peer is not None and peer._pending_eof:
-            _send_eof(chan)
-        if peer is not None and peer._closed:
-            chan.close()  # the other end went away before this one opened
+            peer.pending_bytes = 0
+            if peer._pending_eof:
+                _send_eof(chan)
+            if peer._closed:
+                chan.close()  # the other end went away (or never opened) before this one
+                return
+            peer._wait_peer = False
+            peer._update_reading()  # after the flush: held data goes out first, in order
+        self._update_reading()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused
+
+    def _update_reading(self) -> None:
+        chan = self.chan
+        if chan is None or self._closed:
+            return
+        paused = self._wait_peer or self._wait_drain
+        if paused == self._paused:
+            return
+        self._paused = paused  # first: resume_reading delivers held data re-entrantly
+        if paused:
+            chan.pause_reading()
+        else:
+            chan.resume_reading()
 
     # Data path (hot) -------------------------------------------------------------------
     def data_received(self, data: bytes, datatype: int | None) -> None:
@@ -58,8 +99,14 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
         peer = self.peer
         if peer is not None and peer.chan is not None:
             _send(peer.chan, data)
+        elif peer is not None and peer._closed:
+            pass  # the other end will never take it; this end is being closed
         else:
             self._pending.append(data)
+            self.pending_bytes += len(data)
+            if self.pending_bytes >= PENDING_LIMIT and not self._wait_peer:
+                self._wait_peer = True
+                self._update_reading()
 
     def eof_received(self) -> bool:
         peer = self.peer
@@ -71,13 +118,15 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
 
     def pause_writing(self) -> None:
         peer = self.peer
-        if peer is not None and peer.chan is not None:
-            peer.chan.pause_reading()
+        if peer is not None:
+            peer._wait_drain = True
+            peer._update_reading()
 
     def resume_writing(self) -> None:
         peer = self.peer
-        if peer is not None and peer.chan is not None:
-            peer.chan.resume_reading()
+        if peer is not None:
+            peer._wait_drain = False
+            peer._update_reading()
 
     # Teardown --------------------------------------------------------------------------
     def connection_lost(self, exc: Exception | None) -> None:
@@ -89,6 +138,12 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
             peer.chan.close()
         if self._on_close is not None:
             self._on_close(self)
+
+    def never_opened(self, reason: str) -> None:
+        """This end's channel will never open (its open failed or timed out, or its
+        client left while it was being opened): end the splice as if it had closed, so
+        the other end is closed as soon as it opens (or now, if it is open)."""
+        self.connection_lost(None)
 
     def close(self) -> None:
         if self.chan is not None:
