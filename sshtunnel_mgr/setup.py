@@ -116,6 +116,11 @@ def unit_template(role: str) -> str:
 DEFAULT_DIR = "/etc/sshtun"
 
 
+def example_config() -> str:
+    """The documented example config shipped with the package."""
+    return resources.files("sshtunnel_mgr").joinpath("config.example.toml").read_text()
+
+
 def render_unit(template: str, role: str, binary: str, config_path: Path) -> str:
     """The shipped unit with this installation's binary and config. The agent's key
     credential is read from beside the config (where ``sshtun init`` writes ``agent_key``),

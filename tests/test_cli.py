@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -15,6 +16,8 @@ import pytest
 from sshtunnel_mgr import __version__
 from sshtunnel_mgr.cli.main import main
 from sshtunnel_mgr.errors import EXIT_CONFIG, EXIT_KEYS, EXIT_OK, EXIT_USAGE
+
+UNKNOWN = "unknown key (not one sshtun knows; check the spelling)"
 
 SSH_KEYGEN = shutil.which("ssh-keygen") or (
     "/usr/bin/ssh-keygen" if os.path.exists("/usr/bin/ssh-keygen") else None
@@ -183,7 +186,7 @@ def test_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str], comm
         (
             "bastion",
             BASTION_TOML + "colour = 1\n",
-            "bastion.colour: unknown key (not one sshtun knows; check the spelling)",
+            f"bastion.colour: {UNKNOWN}",
         ),
         (
             "bastion",
@@ -201,9 +204,9 @@ def test_bad_config(
     assert main([command, "-c", str(path)]) == EXIT_CONFIG
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == (
-        f"sshtun: error: {path}: {message}\n  hint: config.example.toml documents every key\n"
-    )
+    assert re.sub(rf"^sshtun: error: {re.escape(str(path))}:\d+: ", "", err) == (
+        f"{message}\n  hint: `sshtun example-config` prints every key, documented\n"
+    ) or (UNKNOWN in message and f"{message}; valid keys here: " in err)
 
 
 def test_invalid_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -271,3 +274,12 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert "refused" in out
     assert "'127.0.0.1' is an IP address, not a name" in out
     assert out.rstrip().endswith("demo ok: the tunnel works.")
+
+
+def test_example_config_prints_the_shipped_documented_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["example-config"]) == 0
+    out = capsys.readouterr().out
+    assert out == (Path(__file__).resolve().parents[1] / "config.example.toml").read_text()
+    assert "[bastion.limits]" in out and "[[agent.tunnels]]" in out

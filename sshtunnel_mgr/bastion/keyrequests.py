@@ -115,8 +115,11 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
         return True  # stay half-open: the answer may still be on its way
 
     def session_started(self) -> None:
-        self._task = asyncio.create_task(self._answer())
-        self._task.add_done_callback(_log_failure)
+        self._task = task = asyncio.create_task(self._answer())
+        tasks = self._conn.state.tasks  # kept, and awaited when the bastion stops
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        task.add_done_callback(_log_failure)
 
     async def _answer(self) -> None:
         answer = await self._run()

@@ -305,6 +305,8 @@ class Bastion:
             except TimeoutError:
                 event(log, logging.WARNING, "stop", note="connections did not close within 5s")
         self._servers.clear()
+        if self.state.tasks:  # key requests: their sessions are closed, so they finish now
+            await asyncio.wait(set(self.state.tasks), timeout=5)
         self.state.audit.close()
 
 

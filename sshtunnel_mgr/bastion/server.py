@@ -366,7 +366,7 @@ class BastionConnection(asyncssh.SSHServer):
             key=self.entry.label if self.entry else "-",
             from_=self.peer_ip,
             request=verb,
-            **({"result": detail} if ok else {"reason": detail}),
+            **{"result" if ok else "reason": detail},  # type: ignore[arg-type]
         )
 
     # Publishing (tcpip-forward from an agent) --------------------------------------------

@@ -48,6 +48,8 @@ class BastionState:
     audit: AuditLog = field(default_factory=AuditLog)
     # Connections that leave before logging in: logged and audited, rate-limited per source.
     preauth_log: LogRate = field(default_factory=LogRate)
+    # Key requests in flight (bastion/keyrequests.py): kept here, awaited by Bastion.stop().
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
     # Wall clock for access decisions (expiry-time); tests replace it.
     wall: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 

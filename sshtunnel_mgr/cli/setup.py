@@ -130,6 +130,12 @@ def install_cmd(
     typer.echo(f"\nsystemctl daemon-reload\nsystemctl enable --now {unit}\nsystemctl status {unit}")
 
 
+def example_config_cmd() -> None:
+    """Print config.example.toml: every key of both roles, documented, with its default."""
+    typer.echo(setup.example_config(), nl=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("init")(init_cmd)
+    app.command("example-config")(example_config_cmd)
     app.add_typer(systemd_app, name="systemd")
