@@ -283,3 +283,13 @@ def test_example_config_prints_the_shipped_documented_file(
     out = capsys.readouterr().out
     assert out == (Path(__file__).resolve().parents[1] / "config.example.toml").read_text()
     assert "[bastion.limits]" in out and "[[agent.tunnels]]" in out
+
+
+def test_help_keeps_bracketed_words_and_offers_completion(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "the [bastion] section" in out  # rich markup used to eat "[bastion]"
+    assert "<bool>" not in out  # flags are flags, not "<bool>" arguments
+    assert "--install-completion" in out

@@ -16,7 +16,8 @@ app = typer.Typer(
     name="sshtun",
     help="sshtun: reach machines behind NAT through an SSH bastion, with no port open at home.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode=None,  # help texts keep their [brackets] (e.g. "the [agent] section")
     pretty_exceptions_enable=False,
 )
 app.add_typer(keys.app, name="keys")
