@@ -73,7 +73,9 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[str]) -> None:
         self._chan = chan
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + self._timeout
+        self._timer = loop.call_later(self._timeout, self._expire)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone.set()
@@ -149,7 +151,7 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
         edit = _edit(verb, rest, entry.fingerprint, config, result)
         try:
             await asyncio.to_thread(
-                edit_trusted, path, edit, timeout=self._timeout, cancel=self._gone
+                edit_trusted, path, edit, timeout=self._lock_wait(), cancel=self._gone
             )
         except (RotationError, ConfigError) as exc:
             conn.log_key_request(verb, exc.message, ok=False)
@@ -167,6 +169,12 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
         # Re-read before answering: the client's next step is to log in with the new key.
         await conn.state.access_changed()
         return {"ok": True, **result}
+
+    def _lock_wait(self) -> float:
+        """How long to wait for the access file's lock: what is left of the timeout, less
+        a margin (a quarter, at most 5 s) to answer why in time."""
+        left = self._deadline - asyncio.get_running_loop().time()
+        return max(0.0, left - min(5.0, left / 4))
 
     def _home_host_key(self, rest: str) -> dict[str, Any]:
         conn = self._conn

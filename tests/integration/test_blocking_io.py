@@ -85,11 +85,13 @@ async def said(proc: asyncio.subprocess.Process, word: bytes) -> None:
 
 
 @contextlib.asynccontextmanager
-async def bastion_with(keys: Keys, tmp_path: Path, **kw: object) -> AsyncIterator[Bastion]:
+async def bastion_with(
+    keys: Keys, tmp_path: Path, limits: dict[str, object] | None = None, **kw: object
+) -> AsyncIterator[Bastion]:
     """A bastion, the home box's real sshd and an sshtun agent publishing homebox:22."""
     access = tmp_path / "access"
     access.write_text(access_text(keys))
-    config = bastion_config(keys, access)
+    config = bastion_config(keys, access, limits=limits)
     bastion = Bastion(config, **kw)  # type: ignore[arg-type]
     await bastion.start()
     try:
@@ -168,3 +170,26 @@ async def test_reloads_read_off_the_event_loop_and_run_one_at_a_time(
         assert finished == ["first", "second"]
         assert all(a["ok"] for a in answers), answers  # type: ignore[index]
         assert agent_links(bastion) == links
+
+
+async def test_a_key_request_gives_up_on_a_lock_that_stays_held_and_says_why(
+    keys: Keys, tmp_path: Path
+) -> None:
+    async with bastion_with(keys, tmp_path, limits={"key_request_timeout": 3.0}) as bastion:
+        access = bastion.config.access_file
+        before = access.read_bytes()
+        successor = keys.extra("successor")
+        async with (
+            helper(HOLD_LOCK, str(access.with_name(f".{access.name}.lock")), BOUND) as holder,
+            connect(keys, bastion.port, load_private_key(keys.agent.path)) as conn,
+        ):
+            await said(holder, b"locked")
+            try:
+                done = await conn.run(f"sshtun-enrol {successor.public_line}", timeout=60)
+            finally:
+                release(holder)
+        answer = json.loads(str(done.stdout))
+        assert done.exit_status == 1 and not answer["ok"]
+        assert "is being edited by another process" in answer["error"]
+        assert answer["error"].endswith("try again")
+        assert access.read_bytes() == before
