@@ -125,7 +125,7 @@ class AuditLog:
         self.write_errors = 0  # records dropped (not written at all), ever
         self._fd: int | None = None
         self._cut_to: int | None = None  # a partial record starts here: cut it first
-        self._dropped = 0  # records dropped since the last log line about it
+        self._dropped = 0  # records dropped since writing last worked
         self._logged_at: float | None = None  # when the last "dropping" line was logged
 
     # File -----------------------------------------------------------------------------

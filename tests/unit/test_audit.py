@@ -223,6 +223,31 @@ def test_key_usage_counts_connections_and_channels_per_key() -> None:
     assert (usage.connections("A"), usage.channels("A")) == (2, 7)
     assert (usage.connections("B"), usage.channels("B")) == (1, 10)
     assert (usage.connections("C"), usage.channels("C")) == (0, 0)
+def test_dropped_records_are_logged_once_a_minute_then_writing_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    clock = [0.0]
+    audit = AuditLog(Path("/dev/full"), now=lambda: NOW, clock=lambda: clock[0])
+    audit._fd = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+    for t in (0.0, 1.0, 59.0, 60.0, 61.0):
+        clock[0] = t
+        audit.login(FakePeer())
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m.split(" dropped=")[1] for m in messages] == ["1 dropped_total=1", "4 dropped_total=4"]
+    assert audit.write_errors == 5
+    audit.close()
+    audit._fd = os.open(tmp_path / "audit.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    audit.login(FakePeer())
+    audit.login(FakePeer())
+    audit.close()
+    assert "audit log writable again" in caplog.records[-1].getMessage()
+    assert caplog.records[-1].getMessage().endswith("dropped=5")
+    assert len(caplog.records) == 3
+    assert [d["event"] for d in lines(tmp_path / "audit.jsonl")] == ["login", "login"]
+
+
     a1.open_channels = 0
     assert usage.channels("A") == 4
     usage.remove("A", a1)
