@@ -232,6 +232,9 @@ class LimitsConfig(_Model):
     open_timeout: Seconds = 20.0
     # Connections one source may have open before logging in (like OpenSSH's MaxStartups,
     # per address): a flood of key exchanges (DHEat) costs the bastion little. 0 = off.
+    # Channel opens one agent connection may leave unanswered per name (clients that gave up
+    # included); beyond that, opens to it are refused until it answers some.
+    max_unanswered_opens: Annotated[int, Field(ge=1, le=100_000, strict=True)] = 256
     max_startups_per_source: Annotated[int, Field(ge=0, le=100_000, strict=True)] = 10
     # Session channels one connection may hold at once (the only session a bastion serves
     # is a key request: sshtun-enrol/-unenrol/-finish/-hostkey), and how long one may take.

@@ -17,7 +17,9 @@ The agent's open is never cancelled. SSH has no way to withdraw a ``CHANNEL_OPEN
 the coroutine waiting for it is cancelled asyncssh leaves the channel that the agent
 confirms later open with no session, holding its data (up to the window) until the
 connection closes. So the open runs to its end in its own task, kept in
-``RouteStats.opening`` until it ends; its outcome is always retrieved.
+``RouteStats.opening`` until it ends; its outcome is always retrieved. An agent that
+leaves ``limits.max_unanswered_opens`` of them unanswered for a name is sent no more, so
+what the bastion keeps for opens nobody waits for is bounded too.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ import asyncssh
 from asyncssh import ChannelOpenError
 
 from sshtunnel_mgr.bastion.splice import Pipe
+from sshtunnel_mgr.config import LimitsConfig
 from sshtunnel_mgr.routing import Route
 
 CLIENT_LEFT = "client left during open"
 TIMED_OUT = "open timed out"
+NOT_ANSWERING = "agent not answering opens"
 
 
 @dataclass
@@ -99,13 +103,21 @@ async def open_agent_end(
     route: Route[Any],
     orig: tuple[str, int],
     stats: RouteStats,
-    timeout: float,
+    limits: LimitsConfig,
     client: asyncssh.SSHServerConnection,
 ) -> OpenResult:
     """Open ``agent_end``'s channel for ``route`` down ``agent_conn`` (in the agent's own
-    spelling of the name) and wait for it, at most ``timeout`` seconds or until the
-    ``client``'s connection closes."""
+    spelling of the name) and wait for it, at most ``limits.open_timeout`` seconds or
+    until the ``client``'s connection closes. An agent that already leaves
+    ``limits.max_unanswered_opens`` opens unanswered for this name is not sent another."""
     dest = f"{route.name}:{route.port}"
+    if len(stats.opening) >= limits.max_unanswered_opens:
+        return OpenResult(
+            NOT_ANSWERING,
+            f"{dest}: the agent has not answered {len(stats.opening)} channel opens; "
+            "try again later",
+        )
+    timeout = limits.open_timeout
     opening = asyncio.ensure_future(
         agent_conn.create_connection(
             lambda: agent_end, route.spelling or route.name, route.port, orig[0], orig[1]

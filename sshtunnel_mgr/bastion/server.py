@@ -534,7 +534,7 @@ class BastionConnection(asyncssh.SSHServer):
                 route,
                 (orig_host, orig_port),
                 stats,
-                self.state.config.limits.open_timeout,
+                self.state.config.limits,
                 client,
             )
         if not result.outcome:

@@ -299,7 +299,8 @@ async def test_an_open_the_agent_does_not_answer_times_out(keys: Keys, tmp_path:
     access = tmp_path / "access"
     access.write_text(access_text(keys, listen=f"{NAME}:{PORT}", open_=f"{NAME}:{PORT}"))
     audit = tmp_path / "audit.jsonl"
-    config = bastion_config(keys, access, audit_log=audit, limits={"open_timeout": 1.0})
+    limits = {"open_timeout": 1.0, "max_unanswered_opens": 1}
+    config = bastion_config(keys, access, audit_log=audit, limits=limits)
     async with (
         streaming_home() as home,
         running_bastion(config) as bastion,
@@ -316,16 +317,25 @@ async def test_an_open_the_agent_does_not_answer_times_out(keys: Keys, tmp_path:
         routes = [r for r in audit_events(audit, "route") if r["end"] != "client closed"]
         assert [r["end"] for r in routes] == ["open timed out"]
         assert any(e["stage"] == "open" for e in audit_events(audit, "refused"))
+        # That open is still unanswered: with max_unanswered_opens = 1 no other is sent.
+        with pytest.raises(asyncssh.ChannelOpenError) as refused:
+            await asyncio.wait_for(conn.open_connection(NAME, PORT), 60)
+        assert refused.value.reason == (
+            f"{NAME}:{PORT}: the agent has not answered 1 channel opens; try again later"
+        )
 
         # The agent answers late: its channel is closed at once, so is the home connection.
         home.open_gate()
         await wait_for(lambda: home.accepted == before + 1 and home.open == 0, timeout=60)
         assert home.sent[-1] < STREAM_CAP
         await wait_for(lambda: splices_left(bastion) == 0, timeout=30)
-        # The client's connection stayed up and the name works on it.
+        # The client's connection stayed up and the name works on it again.
         reader, writer = await conn.open_connection(NAME, PORT)
         assert len(await reader.readexactly(65536)) == 65536
         writer.close()
+        await wait_for(lambda: bastion.state.routed_channels() == 0)
+        ends = [r["end"] for r in audit_events(audit, "route")]
+        assert ends[-3:-1] == ["open timed out", "agent not answering opens"]
 
 
 # The splice itself: data for an end that is not open yet is held, bounded ----------------

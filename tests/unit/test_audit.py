@@ -70,6 +70,22 @@ def test_end_reason(client: str, home: str, shutting_down: bool, reason: str) ->
     assert end_reason(client, home, shutting_down) == reason
 
 
+@pytest.mark.parametrize(
+    ("client", "home", "shutting_down", "outcome"),
+    [
+        ("closed", "", False, "client left during open"),
+        ("closed", "", True, "open timed out"),
+        ("closed", "closed", False, "home side refused: Connection refused"),
+        ("Connection lost", "Connection reset", True, "agent not answering opens"),
+    ],
+)
+def test_a_channel_that_never_opened_ends_with_why(
+    client: str, home: str, shutting_down: bool, outcome: str
+) -> None:
+    """The splice's own outcome wins over how each end closed (bastion/routeopen.py)."""
+    assert end_reason(client, home, shutting_down, outcome) == outcome
+
+
 def test_events_are_json_lines_in_a_0600_file(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     audit = AuditLog(path, now=lambda: NOW).open()
