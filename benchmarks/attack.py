@@ -40,22 +40,19 @@ from typing import Any
 
 from bench_tunnel import (
     LAUNCHED,
-    SSH,
-    SSHD,
-    Keys,
     Procs,
     become_subreaper,
     cancellable,
     cpu_seconds,
     descendants,
     environment,
-    home_sshd,
     log,
     reap_orphans,
 )
 from scene import (
     KINDS,
     PEERS,
+    Login,
     Scene,
     Side,
     aborted_opens,
@@ -69,6 +66,8 @@ from scene import (
     start_sshtun,
     stop_side,
 )
+
+from tests.harness import SSH, SSHD, Keys, home_sshd
 
 MiB = 1024
 FLOOD_PROBE_SOURCE = "127.0.0.60"
@@ -121,8 +120,8 @@ async def link_identity(side: Side) -> Any:
     """What must not change while the link survives: sshtun: the bastion's connection id for
     homebox and the agent's connect count; OpenSSH: the ssh -R process, alive."""
     if side.kind == "openssh":
-        agent = side.agents[0]
-        return agent.pid if agent.returncode is None else None
+        proc = side.agents[0]
+        return proc.pid if proc.returncode is None else None
     assert side.bastion_cfg is not None
     bastion = await sshtun_status(side.bastion_cfg)
     agent = await sshtun_status(side.agent_cfgs[0])
@@ -135,7 +134,7 @@ async def link_identity(side: Side) -> Any:
 
 async def probes(
     side: Side, source: str, every: float, until: Callable[[], bool], timeout: float
-) -> list[tuple[bool, str]]:
+) -> list[Login]:
     """A real ``ssh -J … true`` from ``source`` every ``every`` seconds until ``until()``."""
     tasks = []
     while not until():
@@ -150,27 +149,31 @@ async def wait_until(cond: Callable[[], bool]) -> None:
         await asyncio.sleep(0.1)
 
 
+def median_ok_seconds(logins: Sequence[Login]) -> float | None:
+    times = [x.seconds for x in logins if x.ok]
+    return round(statistics.median(times), 2) if times else None
+
+
 async def flood_phase(side: Side, args: argparse.Namespace) -> dict[str, Any]:
     before = await link_identity(side)
-    ok_before, err = await ssh_true(side, FLOOD_PROBE_SOURCE, timeout=60)
-    if not ok_before:
-        log(f"{side.kind}: a login before the flood failed: {err}")
+    warm = await ssh_true(side, FLOOD_PROBE_SOURCE, timeout=60)
+    quiet = [await ssh_true(side, FLOOD_PROBE_SOURCE, timeout=60) for _ in range(3)]
+    if not warm.ok or not all(x.ok for x in quiet):
+        log(f"{side.kind}: a login before the flood failed: {warm.error}")
     cpu0 = cpu_seconds(side.bastion.pid, side.kind == "openssh")
-    flood = await spawn_pipe(
-        side.scene.procs,
-        [
-            *PEERS,
-            "flood",
-            "--port",
-            str(side.port),
-            "--sources",
-            args.flood_sources,
-            "--per-source",
-            str(args.flood_per_source),
-            "--seconds",
-            str(args.flood_seconds),
-        ],
-    )
+    argv = [
+        *PEERS,
+        "flood",
+        "--port",
+        str(side.port),
+        "--sources",
+        args.flood_sources,
+        "--per-source",
+        str(args.flood_per_source),
+        "--seconds",
+        str(args.flood_seconds),
+    ]
+    flood = await spawn_pipe(side.scene.procs, argv + (["--churn"] if args.flood_churn else []))
     during = await probes(
         side, FLOOD_PROBE_SOURCE, 1.0, lambda: flood.returncode is not None, args.probe_timeout
     )
@@ -190,20 +193,19 @@ async def flood_phase(side: Side, args: argparse.Namespace) -> dict[str, Any]:
     except RuntimeError:
         route_ok = False
     now = await link_identity(side)
-    kept = before is not None and now == before and route_ok
-    failures = sorted({e for ok, e in during + after if not ok})
     return {
-        "kept": kept,
+        "kept": before is not None and now == before and route_ok,
         "link_before": before,
         "link_after": now,
-        "login_before": ok_before,
-        "during_ok": sum(ok for ok, _ in during),
+        "login_quiet_s": median_ok_seconds(quiet),
+        "during_ok": sum(x.ok for x in during),
         "during_total": len(during),
-        "after_ok": sum(ok for ok, _ in after),
+        "during_login_s": median_ok_seconds(during),
+        "after_ok": sum(x.ok for x in after),
         "after_total": len(after),
         "bastion_cpu": round(cpu, 1),
         "flood": stats,
-        "failures": failures[:5],
+        "failures": sorted({x.error for x in during + after if not x.ok})[:5],
     }
 
 
@@ -216,9 +218,9 @@ async def burst_phase(side: Side, args: argparse.Namespace) -> dict[str, Any]:
         results = await asyncio.gather(
             *(ssh_true(side, source, timeout=args.burst_timeout) for _ in range(n))
         )
-        res[f"burst{n}_ok"] = sum(ok for ok, _ in results)
+        res[f"burst{n}_ok"] = sum(x.ok for x in results)
         res[f"burst{n}_seconds"] = round(time.monotonic() - t0, 1)
-        res[f"burst{n}_failures"] = sorted({e for ok, e in results if not ok})[:5]
+        res[f"burst{n}_failures"] = sorted({x.error for x in results if not x.ok})[:5]
     return res
 
 
@@ -295,6 +297,10 @@ def key(name: str) -> Callable[[dict[str, Any]], float | None]:
     return get
 
 
+def const(value: float) -> Callable[[dict[str, Any]], float | None]:
+    return lambda _run: value
+
+
 def rows(args: argparse.Namespace) -> list[Row]:
     n = args.clients
     out = []
@@ -333,6 +339,18 @@ def rows(args: argparse.Namespace) -> list[Row]:
                 0,
                 key("flood.after_total"),
             ),
+            Row(
+                "kex flood: ssh -J login time, quiet (median s)",
+                key("flood.login_quiet_s"),
+                None,
+                2,
+            ),
+            Row(
+                "kex flood: ssh -J login time during the flood (median of ok, s)",
+                key("flood.during_login_s"),
+                "lower",
+                2,
+            ),
             Row("kex flood: bastion CPU during the flood (s)", key("flood.bastion_cpu"), None),
             Row(
                 "kex flood: key exchanges the bastion answered",
@@ -348,7 +366,14 @@ def rows(args: argparse.Namespace) -> list[Row]:
                 key(f"burst.burst{b}_ok"),
                 "higher",
                 0,
-                lambda run, b=b: float(b),
+                const(float(b)),
+            )
+        )
+        out.append(
+            Row(
+                f"burst: {b} parallel ssh -J, time until all ended (s)",
+                key(f"burst.burst{b}_seconds"),
+                None,
             )
         )
     return out
@@ -438,6 +463,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flood-seconds", type=float, help="flood time (default 30; quick 10)")
     p.add_argument("--flood-sources", help="default 127.0.0.2-127.0.0.50 (quick: .2-.21)")
     p.add_argument("--flood-per-source", type=int, help="half key exchanges per source (10; 5)")
+    p.add_argument(
+        "--flood-churn",
+        action="store_true",
+        help="close each half key exchange once the server answered and open another "
+        "(DHEat-style; the default holds it until the server drops it)",
+    )
     p.add_argument("--after-seconds", type=float, help="login probes after the flood (5; 3)")
     p.add_argument("--probe-timeout", type=float, default=30.0, help="per ssh -J login probe")
     p.add_argument("--bursts", help="parallel ssh -J from one address (default 50,20; quick 20)")
@@ -495,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     started = time.time()
     try:
-        runs = asyncio.run(cancellable(run_attack(args)))  # type: ignore[arg-type]
+        runs = asyncio.run(cancellable(run_attack(args)))
     except asyncio.CancelledError:
         print("attack: interrupted; every process it started has been stopped", file=sys.stderr)
         return 130

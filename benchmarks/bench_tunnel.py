@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -1450,7 +1450,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return a
 
 
-async def cancellable(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+T = TypeVar("T")
+
+
+async def cancellable(work: Awaitable[T]) -> T:
     """SIGINT/SIGTERM cancel the run, so that its clean-up stops every child by PID (also
     when started in the background, where SIGINT is otherwise ignored)."""
     task = asyncio.ensure_future(work)

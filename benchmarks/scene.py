@@ -32,22 +32,25 @@ import asyncssh
 from bench_tunnel import (
     HOST_STAR,
     LAUNCHED,
+    Env,
+    Mem,
+    Procs,
+    launch,
+    memory,
+    ref_sshd_config,
+)
+
+from tests.harness import (
     SSH,
     SSHD,
     SSHTUN,
     USER,
-    Env,
     Keys,
-    Mem,
-    Procs,
     agent_config,
     bastion_config,
     bastion_pub,
     free_port,
-    launch,
-    memory,
     pub_of,
-    ref_sshd_config,
     write_toml,
 )
 
@@ -340,11 +343,17 @@ def client_config(side: Side, source: str, connect_timeout: float = 30) -> Path:
     return cfg
 
 
-async def ssh_true(
-    side: Side, source: str, target: str = "home", timeout: float = 60
-) -> tuple[bool, str]:
-    """One real ``ssh -J … true`` from ``source``; (ok, last stderr line)."""
+@dataclass
+class Login:
+    ok: bool
+    seconds: float
+    error: str = ""  # the last line ssh wrote on stderr
+
+
+async def ssh_true(side: Side, source: str, target: str = "home", timeout: float = 60) -> Login:
+    """One real ``ssh -J … true`` from ``source``."""
     assert SSH is not None
+    t0 = time.monotonic()
     proc = await launch(
         SSH,
         "-F",
@@ -361,9 +370,9 @@ async def ssh_true(
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
         await proc.wait()
-        return False, f"timed out after {timeout:.0f}s"
+        return Login(False, time.monotonic() - t0, f"timed out after {timeout:.0f}s")
     lines = err.decode(errors="replace").strip().splitlines()
-    return proc.returncode == 0, (lines[-1] if lines else "")
+    return Login(proc.returncode == 0, time.monotonic() - t0, lines[-1] if lines else "")
 
 
 def asyncssh_client(side: Side, source: str) -> Any:

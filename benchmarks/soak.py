@@ -40,15 +40,11 @@ from typing import Any
 
 from bench_tunnel import (
     LAUNCHED,
-    SSH,
-    SSHD,
-    Keys,
     Procs,
     become_subreaper,
     cancellable,
     descendants,
     environment,
-    home_sshd,
     log,
     reap_orphans,
 )
@@ -64,6 +60,8 @@ from scene import (
     start_sshtun,
     stop_side,
 )
+
+from tests.harness import SSH, SSHD, Keys, home_sshd
 
 CLIENT_SOURCES = [f"127.0.0.{i}" for i in range(40, 45)]
 ABORT_SOURCE = "127.0.0.80"
@@ -114,11 +112,11 @@ async def soak(side: Side, args: argparse.Namespace, tally: Tally) -> None:
             return
 
         async def one(target: str, source: str) -> None:
-            ok, err = await ssh_true(side, source, target, timeout=args.ssh_timeout)
+            login = await ssh_true(side, source, target, timeout=args.ssh_timeout)
             tally.ssh_total += 1
-            tally.ssh_ok += ok
-            if not ok:
-                tally.failures[f"{target}: {err}"] += 1
+            tally.ssh_ok += login.ok
+            if not login.ok:
+                tally.failures[f"{target}: {login.error}"] += 1
 
         task = asyncio.create_task(one(next(target_cycle), next(source_cycle)))
         in_flight.add(task)
@@ -336,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     started = time.time()
     try:
-        tally = asyncio.run(cancellable(run_soak(args)))  # type: ignore[arg-type]
+        tally = asyncio.run(cancellable(run_soak(args)))
     except asyncio.CancelledError:
         print("soak: interrupted; every process it started has been stopped", file=sys.stderr)
         return 130

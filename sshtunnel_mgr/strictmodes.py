@@ -96,8 +96,8 @@ def check(path: Path, st: os.stat_result, owners: Collection[int] | None) -> Non
     found = problem(str(path), st.st_mode, st.st_uid, owners) or directory_problem(path, owners)
     if found is not None:
         raise ConfigError(
-            f"refusing access file {path}: {found.reason}",
-            hint=f"{found.fix} (checked like OpenSSH's StrictModes)",
+            f"refusing access file {path}: {found.reason}; fix: {found.fix}",
+            hint="the access file is checked like OpenSSH's StrictModes",
         )
 
 
