@@ -217,6 +217,43 @@ def check_auth(settings: SshdSettings) -> list[Finding]:
     return findings
 
 
+SHARED_STARTUPS = 50  # a MaxStartups start below this drops parallel tunnel logins
+
+
+def check_shared_source(settings: SshdSettings) -> Finding:
+    """Every routed client reaches this sshd from the agent's local address, so sshd's
+    per-address limits treat all tunnel users as one source: a MaxStartups of 10:30:100,
+    a PerSourceMaxStartups or PerSourcePenalties (OpenSSH 9.8+) then refuse or penalise
+    everyone together (an `ansible -f 20` run already loses forks)."""
+    check = "sshd.tunnel-shared-source"
+    problems, fixes = [], []
+    start_text = settings.get("maxstartups", "10:30:100").split(":")[0]
+    start = int(start_text) if start_text.isascii() and start_text.isdigit() else 0
+    if start < SHARED_STARTUPS:
+        problems.append(
+            f"MaxStartups {settings.get('maxstartups', '10:30:100')} starts dropping logins early"
+        )
+        fixes.append("MaxStartups 100:30:200")
+    per_source = settings.get("persourcemaxstartups", "none")
+    if per_source != "none":
+        problems.append(f"PerSourceMaxStartups {per_source} counts every tunnel user as one")
+        fixes.append("PerSourceMaxStartups none")
+    penalties = settings.get("persourcepenalties", "no")
+    exempt = settings.get("persourcepenaltyexemptlist", "")
+    if penalties not in ("no", "") and not any(
+        net.startswith(("127.", "::1")) for net in exempt.split(",")
+    ):
+        problems.append("PerSourcePenalties would lock every tunnel user out together")
+        fixes.append("PerSourcePenaltyExemptList 127.0.0.1,::1")
+    if not problems:
+        return ok(check, "tunnel users are not limited as one source")
+    return warn(
+        check,
+        "tunnel users all arrive from the agent's local address: " + "; ".join(problems),
+        f"set {', '.join(fixes)} {CONFIG}",
+    )
+
+
 def check_sshd(settings: SshdSettings) -> list[Finding]:
     """Everything about one effective sshd config."""
     return [
@@ -224,6 +261,7 @@ def check_sshd(settings: SshdSettings) -> list[Finding]:
         check_allow_users(settings),
         check_listen(settings),
         check_strict_modes(settings),
+        check_shared_source(settings),
         *check_sshd_algorithms(settings),
     ]
 

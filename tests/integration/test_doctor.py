@@ -78,6 +78,7 @@ MACs hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com
 KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org,diffie-hellman-group16-sha512
 HostKeyAlgorithms ssh-ed25519
 PubkeyAcceptedAlgorithms ssh-ed25519,rsa-sha2-512,rsa-sha2-256
+MaxStartups 100:30:200
 """
 
 WEAK = """\
@@ -149,6 +150,7 @@ def test_weak_sshd_config_every_finding(tmp_path: Path, host_keys: Path) -> None
         "sshd.pubkey-algs": "fail",
         "sshd.host-key": "fail" if dsa else "warn",
         "sshd.host-key-mode": "ok",
+        "sshd.tunnel-shared-source": "warn",  # Debian's default MaxStartups 10:30:100
     }
     assert got == expected
     keys = {
@@ -166,6 +168,7 @@ def test_weak_sshd_config_every_finding(tmp_path: Path, host_keys: Path) -> None
     assert messages["sshd.ciphers"]["fix"] == "Ciphers aes128-ctr"
     assert "hmac-md5" in messages["sshd.macs"]["message"]
     assert "with a tunnel sshd can listen on 127.0.0.1 only" in messages["sshd.listen"]["message"]
+    assert "MaxStartups 100:30:200" in messages["sshd.tunnel-shared-source"]["fix"]
     for f in report["findings"]:
         assert (f["level"] == "ok") == (f["fix"] == ""), f
 
@@ -192,6 +195,7 @@ def test_hardened_sshd_config_is_clean(tmp_path: Path, host_keys: Path) -> None:
         "sshd.pubkey-algs",
         "sshd.host-key",
         "sshd.host-key-mode",
+        "sshd.tunnel-shared-source",
     }
     bad = {c: lv for c, lv in got.items() if set(lv) != {"ok"}}
     assert bad == {}

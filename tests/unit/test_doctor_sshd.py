@@ -38,6 +38,8 @@ kexalgorithms sntrup761x25519-sha512@openssh.com,curve25519-sha256
 hostkeyalgorithms ssh-ed25519,ssh-ed25519-cert-v01@openssh.com
 pubkeyacceptedalgorithms ssh-ed25519,rsa-sha2-512
 hostkey /etc/ssh/ssh_host_ed25519_key
+maxstartups 100:30:200
+persourcemaxstartups none
 """
 
 
@@ -114,6 +116,11 @@ def test_a_hardened_config_is_all_ok() -> None:
         ("hostkeyalgorithms", "ssh-dss", "sshd.host-key-algs", FAIL),
         ("hostkeyalgorithms", "ecdsa-sha2-nistp256", "sshd.host-key-algs", WARN),
         ("pubkeyacceptedalgorithms", "ssh-rsa", "sshd.pubkey-algs", FAIL),
+        # every tunnel user reaches sshd from the agent's local address: one "source"
+        ("maxstartups", "10:30:100", "sshd.tunnel-shared-source", WARN),
+        ("maxstartups", "50:30:100", "sshd.tunnel-shared-source", OK),
+        ("persourcemaxstartups", "10", "sshd.tunnel-shared-source", WARN),
+        ("persourcepenalties", "crash:90 authfail:5", "sshd.tunnel-shared-source", WARN),
     ],
 )
 def test_one_setting(key: str, value: str, check: str, level: Level) -> None:
@@ -186,3 +193,15 @@ def test_defaults_when_sshd_prints_nothing_for_a_keyword() -> None:
     got = {f.check: f.level for f in check_sshd(SshdSettings({}))}
     assert got["sshd.listen"] is WARN  # sshd's default is every address
     assert got["sshd.max-auth-tries"] is WARN  # default 6
+
+
+def test_per_source_penalties_with_loopback_exempt_are_fine_for_the_tunnel() -> None:
+    text = with_line("persourcepenalties", "authfail:5")
+    text += "persourcepenaltyexemptlist 127.0.0.1,::1\n"
+    assert levels(text)["sshd.tunnel-shared-source"] is OK
+    warned = next(
+        f
+        for f in check_sshd(parse_sshd_t(with_line("maxstartups", "10:30:100")))
+        if f.check == "sshd.tunnel-shared-source"
+    )
+    assert "MaxStartups 100:30:200" in warned.fix
