@@ -18,6 +18,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from sshtunnel_mgr.logsetup import event
+
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
 _ATTR = "_send_disconnect"
@@ -28,7 +30,12 @@ def install(conn: object, sent: Callable[[int, str], None]) -> bool:
     place."""
     original: Any = getattr(conn, _ATTR, None)
     if not callable(original):
-        log.debug("asyncssh has no %s: disconnect reasons come from connection_lost", _ATTR)
+        event(
+            log,
+            logging.DEBUG,
+            "disconnect shim skipped",
+            reason=f"asyncssh has no {_ATTR}: disconnect reasons come from connection_lost",
+        )
         return False
 
     def send_disconnect(code: int, reason: str, lang: str) -> None:
