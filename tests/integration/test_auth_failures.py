@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from tests.harness import (
@@ -22,6 +23,7 @@ from tests.harness import (
     write_ssh_config,
 )
 from tests.integration.conftest import logged
+from tests.integration.test_abuse import connect
 
 
 def several_identities(workdir: Path, keys: Keys, port: int, *unknown: Path) -> Path:
@@ -96,3 +98,24 @@ async def test_connections_that_end_without_logging_in_start_the_cool_down(
         # ... and then even the right key is refused before any key exchange.
         result = await run_ssh(good, "-W", "homebox:22", "bastion", stdin=b"")
         assert "kex_exchange_identification" in result.stderr, result.stderr
+
+
+async def test_max_auth_tries_still_ends_a_connection_which_then_counts_once(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    access = tmp_path / "access"
+    access.write_text(access_text(keys))
+    limits = {"max_auth_tries": 6, "max_auth_failures_per_source": 2}
+    async with running_bastion(bastion_config(keys, access, limits=limits)) as bastion:
+        for attempt in (1, 2):
+            strangers = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(9)]
+            with pytest.raises((asyncssh.Error, OSError)):
+                async with connect(keys, bastion.port, *strangers):
+                    pass
+            await wait_for(lambda a=attempt: bastion.state.counters["preauth_disconnects"] == a)
+            # Cut off after six refused keys (max_auth_tries), on this connection only.
+            assert bastion.state.counters["auth_failures"] == 6 * attempt
+            if attempt == 1:  # six refused keys, one failed connection: no cool-down yet
+                assert not logged(caplog, "penalty source=")
+        assert logged(caplog, "too many authentication failures")
+        assert logged(caplog, "penalty source=127.0.0.1 failures=2 seconds=300")
