@@ -70,6 +70,7 @@ from scene import (
 from tests.harness import SSH, SSHD, Keys, home_sshd
 
 MiB = 1024
+MEM_TOLERANCE_MIB = 2.0  # RSS moves this much with no leak (allocator, one-off buffers)
 FLOOD_PROBE_SOURCE = "127.0.0.60"
 AFTER_PROBE_SOURCE = "127.0.0.61"
 ABORT_SOURCE = "127.0.0.80"
@@ -283,6 +284,7 @@ class Row:
     better: str | None  # "lower" | "higher" | None (for explanation only)
     digits: int = 1
     total: Callable[[dict[str, Any]], float | None] | None = None  # shown as "ok/total"
+    tolerance: float = 0.0  # closer than this counts as the same (noise, e.g. allocator)
 
 
 def key(name: str) -> Callable[[dict[str, Any]], float | None]:
@@ -313,6 +315,7 @@ def rows(args: argparse.Namespace) -> list[Row]:
                 f"aborted opens x{n}: RSS growth, peak - start (MiB)",
                 key("aborted.rss_growth"),
                 "lower",
+                tolerance=MEM_TOLERANCE_MIB,
             ),
             Row(f"aborted opens x{n}: PSS at end (MiB)", key("aborted.pss_end"), None),
             Row(
@@ -409,8 +412,8 @@ def cell(row: Row, runs: list[dict[str, Any]]) -> tuple[str, float | None]:
 def verdict(row: Row, ours: float | None, theirs: float | None) -> str:
     if row.better is None or ours is None or theirs is None:
         return ""
-    if abs(ours - theirs) < 1e-9:
-        return "same"
+    if abs(ours - theirs) <= row.tolerance + 1e-9:
+        return "same" if row.tolerance == 0 else f"same (within {row.tolerance:g})"
     return "yes" if (ours < theirs) == (row.better == "lower") else "no"
 
 
