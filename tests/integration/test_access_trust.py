@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -16,12 +17,14 @@ from pathlib import Path
 import pytest
 
 from sshtunnel_mgr.cli.main import main
+from sshtunnel_mgr.keys.store import generate_key
 from tests.harness import (
     SSHTUN,
     Keys,
     access_text,
     agent_config,
     bastion_config,
+    bastion_pub,
     free_port,
     home_sshd,
     process,
@@ -79,6 +82,63 @@ async def test_excluded_address_is_refused_however_spelled(
         assert result.returncode == 255
         assert "Permission denied" in result.stderr
         assert logged(caplog, "not allowed from 127.0.0.1", from_)
+
+
+@pytest.mark.parametrize(
+    ("from_", "allowed"),
+    [
+        ("!0:0:0:0:0:0:0:1,*", False),  # ::1 uncompressed
+        ("!0000::0001,*", False),  # ::1 with leading zeros
+        ("!::2,*", True),  # control
+    ],
+)
+async def test_excluded_ipv6_address_is_refused_however_spelled(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture, from_: str, allowed: bool
+) -> None:
+    """A real ssh client from ::1 (``ssh -W``, the same direct-tcpip as ``-J``)."""
+    access = tmp_path / "access"
+    access.write_text(access_with(keys, f'from="{from_}"'))
+    config = bastion_config(keys, access).model_copy(update={"listen": ["[::1]:0"]})
+    async with running_bastion(config) as bastion:
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[::1]:{bastion.port} {bastion_pub(keys)}\n")
+        cfg = tmp_path / "ssh_config"
+        cfg.write_text(
+            f"Host bastion\n  HostName ::1\n  Port {bastion.port}\n  User sshtun\n"
+            f"  BatchMode yes\n  StrictHostKeyChecking yes\n  UserKnownHostsFile {known}\n"
+            f"  GlobalKnownHostsFile /dev/null\n  IdentitiesOnly yes\n"
+            f"  IdentityFile {keys.client.path}\n  ConnectTimeout 10\n  LogLevel ERROR\n"
+        )
+        result = await run_ssh(cfg, "-W", "homebox:22", "bastion")
+        assert result.returncode == 255
+        if allowed:  # logged in; homebox is simply not published here
+            assert "Permission denied" not in result.stderr
+            assert logged(caplog, "auth ok", "from=::1")
+            return
+        assert "Permission denied" in result.stderr
+        assert logged(caplog, "not allowed from ::1", from_)
+
+
+async def test_doctor_fails_a_directory_others_can_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    generate_key(etc / "host_key")
+    agent = generate_key(tmp_path / "agent_key").public_line
+    (etc / "access").write_text(f'permitlisten="homebox:22" {agent}\n')
+    (etc / "access").chmod(0o600)
+    cfg = etc / "bastion.toml"
+    cfg.write_text('[bastion]\nhost_key = "host_key"\naccess_file = "access"\n')
+    etc.chmod(0o777)
+    assert main(["doctor", "--config", str(cfg), "--json"]) == 7
+    report = json.loads(capsys.readouterr().out)
+    failed = {f["check"]: f for f in report["findings"] if f["level"] == "fail"}
+    assert "bastion.access-dir" in failed
+    assert failed["bastion.access-dir"]["message"].startswith(
+        f"directory {etc} is writable by group and others (mode 0777)"
+    )
+    assert failed["bastion.access-dir"]["fix"] == f"chmod go-w {etc}"
 
 
 @dataclass
