@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -510,11 +511,25 @@ class BastionLink:
         event(log, logging.WARNING, "link down", bastion=self.endpoint.address, error=message)
 
 
+# The bastion holds only a few sessions per connection (max_sessions_per_connection), so
+# an agent sends its key requests on one connection one at a time.
+_KEY_REQUESTS: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _one_at_a_time(
+    conn: asyncssh.SSHClientConnection, command: str
+) -> asyncssh.SSHCompletedProcess:
+    async with _KEY_REQUESTS.setdefault(conn, asyncio.Lock()):
+        return await conn.run(command, check=False)
+
+
 async def run_key_request(
     conn: asyncssh.SSHClientConnection, command: str, timeout: float
 ) -> dict[str, Any]:
     try:
-        result = await asyncio.wait_for(conn.run(command, check=False), timeout)
+        result = await asyncio.wait_for(_one_at_a_time(conn, command), timeout)
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         return {"ok": False, "error": f"request failed: {_describe(exc)}"}
     text = result.stdout if isinstance(result.stdout, str) else ""
