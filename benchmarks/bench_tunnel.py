@@ -367,7 +367,11 @@ async def start_sshtun_bastion(env: Env) -> Side:
         f'permitopen="homebox:22" {env.keys.client.public_line}\n'
     )
     # Like the reference's MaxStartups 1000: 200 idle agents of one key, 16 connecting at once.
-    limits = {"max_connections_per_key": 2000, "max_startups_per_source": 1000}
+    limits = {
+        "max_connections_per_key": 2000,
+        "max_startups_per_source": 1000,
+        "max_startups": "1000:30:2000",
+    }
     config = bastion_config(env.keys, access, port, limits=limits)
     cfg = write_toml(side_dir / "bastion.toml", "bastion", config)
     logfile = side_dir / "bastion.log"

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
@@ -23,9 +23,11 @@ from pydantic import (
     model_validator,
 )
 
+from sshtunnel_mgr import configerrors
 from sshtunnel_mgr.access import KEY_TYPES, decode_key
 from sshtunnel_mgr.errors import ConfigError
 from sshtunnel_mgr.names import InvalidName, normalize_name
+from sshtunnel_mgr.startups import MaxStartups, parse_max_startups
 
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Seconds = Annotated[float, Field(gt=0, le=86400, strict=True)]
@@ -230,16 +232,32 @@ class LimitsConfig(_Model):
     # Seconds the agent has to answer the forwarded-tcpip open for a client's channel;
     # then the client is refused and the agent's channel is closed if it ever opens.
     open_timeout: Seconds = 20.0
-    # Connections one source may have open before logging in (like OpenSSH's MaxStartups,
-    # per address): a flood of key exchanges (DHEat) costs the bastion little. 0 = off.
     # Channel opens one agent connection may leave unanswered per name (clients that gave up
     # included); beyond that, opens to it are refused until it answers some.
     max_unanswered_opens: Annotated[int, Field(ge=1, le=100_000, strict=True)] = 256
+    # Connections one source may have open before logging in (like OpenSSH's MaxStartups,
+    # per address): a flood of key exchanges (DHEat) costs the bastion little. 0 = off.
     max_startups_per_source: Annotated[int, Field(ge=0, le=100_000, strict=True)] = 10
+    # Beyond it a connection waits (no banner, nothing read) for one of its source's slots,
+    # up to login_timeout, in bounded queues; beyond those it is dropped. In total, OpenSSH's
+    # MaxStartups start:rate:full random early drop (bastion/admission.py).
+    startup_queue_per_source: Annotated[int, Field(ge=0, le=100_000, strict=True)] = 100
+    startup_queue_total: Annotated[int, Field(ge=0, le=1_000_000, strict=True)] = 1000
+    max_startups: str = "50:30:200"
     # Session channels one connection may hold at once (the only session a bastion serves
     # is a key request: sshtun-enrol/-unenrol/-finish/-hostkey), and how long one may take.
     max_sessions_per_connection: Annotated[int, Field(ge=1, le=1000, strict=True)] = 4
     key_request_timeout: Seconds = 30.0
+
+    @field_validator("max_startups")
+    @classmethod
+    def _max_startups(cls, value: str) -> str:
+        parse_max_startups(value)  # ValueError: start:rate:full, with what is wrong
+        return value
+
+    @property
+    def max_startups_spec(self) -> MaxStartups:
+        return parse_max_startups(self.max_startups)
 
     @field_validator("penalty_exempt")
     @classmethod
@@ -330,27 +348,6 @@ class Config(_Model):
         return self.bastion
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("function-after", "function-before") or "[" in str(part):
-            continue
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _message(err: Any) -> str:
-    msg = str(err["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        msg = msg.removeprefix(prefix)
-    if err["type"] == "extra_forbidden":
-        return "unknown key (not one sshtun knows; check the spelling)"
-    return msg
-
-
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
     try:
         raw = tomllib.loads(text)
@@ -363,12 +360,10 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     try:
         return Config.model_validate({**raw, "source": source}, context={"base_dir": base_dir})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        more = len(exc.errors()) - 1
-        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        found = configerrors.problems(exc.errors(), text, source, Config)
+        message = found[0] if len(found) == 1 else "\n  ".join([f"{len(found)} problems:", *found])
         raise ConfigError(
-            f"{source}: {_loc(first['loc'])}: {_message(first)}{suffix}",
-            hint="config.example.toml documents every key",
+            message, hint="`sshtun example-config` prints every key, documented"
         ) from None
 
 

@@ -17,6 +17,7 @@ from sshtunnel_mgr import policy, systemd
 from sshtunnel_mgr.access import AccessPolicy, load_access
 from sshtunnel_mgr.admin import AdminServer, default_socket_path
 from sshtunnel_mgr.bastion import authlog
+from sshtunnel_mgr.bastion.listener import Listener
 from sshtunnel_mgr.bastion.server import BastionConnection
 from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.config import BastionConfig
@@ -52,7 +53,8 @@ class Bastion:
         self.state = BastionState(config, access or load_access(config.access_file))
         self.state.access_changed = self.reload_async
         self._reload_lock = asyncio.Lock()  # one reload at a time, reads included
-        self._servers: list[asyncssh.SSHAcceptor] = []
+        self._servers: list[Listener] = []
+        self.listener: Listener | None = None  # set by start()
         self.host_key: asyncssh.SSHKey | None = None
         self.host_keys: list[asyncssh.SSHKey] = []
         self.addresses: list[tuple[str, int]] = []
@@ -119,37 +121,36 @@ class Bastion:
         self.state.audit.reopen(self.config.audit_log)  # JSON lines; off unless configured
         self.host_keys = load_host_keys(self.config.host_key)
         self.host_key = self.host_keys[0]
+        # The bastion accepts on its own sockets and admits each connection (per-source
+        # caps with waiting queues, MaxStartups) before asyncssh sends or reads a byte.
+        options = asyncssh.SSHServerConnectionOptions(
+            server_factory=lambda: BastionConnection(self.state),
+            server_host_keys=self.host_keys,
+            send_server_host_keys=True,
+            login_timeout=self.config.limits.login_timeout,
+            keepalive_interval=self.config.keepalive_interval,
+            keepalive_count_max=self.config.keepalive_count_max,
+            allow_pty=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            password_auth=False,
+            kbdint_auth=False,
+            gss_host=None,
+            server_version="sshtun",
+            **policy.server_options(),
+        )
+        self.listener = Listener(self.state, options)
+        self._servers.append(self.listener)
         for host, port in self.config.listen_addresses:
             try:
-                server = await asyncssh.create_server(
-                    lambda: BastionConnection(self.state),
-                    host,
-                    port,
-                    server_host_keys=self.host_keys,
-                    send_server_host_keys=True,
-                    login_timeout=self.config.limits.login_timeout,
-                    keepalive_interval=self.config.keepalive_interval,
-                    keepalive_count_max=self.config.keepalive_count_max,
-                    allow_pty=False,
-                    agent_forwarding=False,
-                    x11_forwarding=False,
-                    password_auth=False,
-                    kbdint_auth=False,
-                    gss_host=None,
-                    server_version="sshtun",
-                    reuse_address=True,
-                    **policy.server_options(),
-                )
+                self.listener.listen(host, port)
             except OSError as exc:
                 await self.stop()
                 raise ConfigError(
                     f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                     hint="check bastion.listen; is another server on that port?",
                 ) from None
-            self._servers.append(server)
-            for sock in server.sockets:
-                bound = sock.getsockname()
-                self.addresses.append((str(bound[0]), int(bound[1])))
+        self.addresses = self.listener.addresses
         event(
             log,
             logging.INFO,
@@ -304,9 +305,9 @@ class Bastion:
                 await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 5)
             except TimeoutError:
                 event(log, logging.WARNING, "stop", note="connections did not close within 5s")
-        self._servers.clear()
         if self.state.tasks:  # key requests: their sessions are closed, so they finish now
             await asyncio.wait(set(self.state.tasks), timeout=5)
+        self._servers.clear()
         self.state.audit.close()
 
 

@@ -272,20 +272,22 @@ async def test_a_connection_that_does_not_log_in_is_dropped(
 async def test_connections_not_logged_in_are_capped_per_source(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A flood of key exchanges from one address (DHEat) is cut at max_startups_per_source;
-    logged-in connections and other sources are not affected."""
+    """A flood of key exchanges from one address (DHEat) is cut at max_startups_per_source
+    (with no queue to wait in: see test_floods.py for the queue); logged-in connections and
+    other sources are not affected."""
     access = tmp_path / "access"
     access.write_text(access_text(keys))
-    async with running_bastion(
-        bastion_config(keys, access, limits={"max_startups_per_source": 2})
-    ) as bastion:
+    limits = {"max_startups_per_source": 2, "startup_queue_per_source": 0}
+    async with running_bastion(bastion_config(keys, access, limits=limits)) as bastion:
+        assert bastion.listener is not None
+        admission = bastion.listener.admission
         idle = [await asyncio.open_connection("127.0.0.1", bastion.port) for _ in range(2)]
         for reader, _ in idle:
             assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"SSH-2.0-sshtun")
         reader, writer = await asyncio.open_connection("127.0.0.1", bastion.port)
         assert await asyncio.wait_for(reader.read(100), 10) == b""  # hung up, no banner
         writer.close()
-        assert logged(caplog, "refused conn", "not logged in yet (max 2)")
+        assert logged(caplog, "refused connection", "not logged in yet (max 2, and 0 waiting)")
         assert bastion.state.counters["startup_refused"] == 1
         # Another address (127.0.0.2 is loopback too) still gets in, and so does a login
         # from the first once a slot is free.
@@ -295,7 +297,7 @@ async def test_connections_not_logged_in_are_capped_per_source(
         assert (await asyncio.wait_for(o_reader.readline(), 10)).startswith(b"SSH-2.0-sshtun")
         o_writer.close()
         idle[0][1].close()
-        await wait_for(lambda: bastion.state.startups["127.0.0.1"] == 1)
+        await wait_for(lambda: admission.active("127.0.0.1") == 1)
         conn = await asyncssh.connect(
             "127.0.0.1",
             bastion.port,
@@ -305,10 +307,10 @@ async def test_connections_not_logged_in_are_capped_per_source(
             config=None,
             agent_path=None,
         )
-        await wait_for(lambda: bastion.state.startups["127.0.0.1"] == 1)  # logged in: freed
+        await wait_for(lambda: admission.active("127.0.0.1") == 1)  # logged in: freed
         conn.close()
         idle[1][1].close()
-        await wait_for(lambda: not bastion.state.startups)
+        await wait_for(lambda: admission.total_active == 0)
 
 
 # Per-key limits ---------------------------------------------------------------------------
