@@ -165,6 +165,8 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
             reason = f"cannot update the access file {path}: {exc.strerror or exc}"
             conn.log_key_request(verb, reason, ok=False)
             return {"ok": False, "error": reason}
+        if self._timer is not None:
+            self._timer.cancel()  # done: the session is no longer cut off, it gets the answer
         conn.log_key_request(verb, json.dumps(result, sort_keys=True), ok=True, result=result)
         # Re-read before answering: the client's next step is to log in with the new key.
         await conn.state.access_changed()
