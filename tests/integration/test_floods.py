@@ -21,6 +21,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from sshtunnel_mgr.bastion import Bastion
 from sshtunnel_mgr.keys.store import load_private_key
 from tests.harness import (
     SSHTUN,
@@ -240,3 +241,47 @@ async def test_beyond_the_queue_bounds_a_flood_is_dropped_unread(
         for _, writer in [a_waiting[2], *b_started, b_waiting, a_dropped, b_dropped]:
             writer.close()
         await wait_for(lambda: admission.total_active == 0 and admission.total_waiting == 0)
+
+
+async def test_own_listeners_serve_ipv4_and_ipv6_and_stop_closes_waiting_connections(
+    keys: Keys, tmp_path: Path
+) -> None:
+    access = tmp_path / "access"
+    access.write_text(access_text(keys))
+    config = bastion_config(keys, access, limits={"max_startups_per_source": 1})
+    config = config.model_copy(update={"listen": ["127.0.0.1:0", "[::1]:0"]})
+    bastion = Bastion(config)
+    await bastion.start()
+    stopped = False
+    try:
+        assert [h for h, _ in bastion.addresses] == ["127.0.0.1", "::1"]
+        for host, port in bastion.addresses:
+            async with asyncssh.connect(
+                host,
+                port,
+                username="alice",
+                client_keys=[load_private_key(keys.client.path)],
+                known_hosts=([asyncssh.import_public_key(bastion_pub(keys))], [], []),
+                config=None,
+                agent_path=None,
+            ) as conn:
+                assert conn.get_extra_info("username") == "alice"
+        assert bastion.listener is not None
+        admission = bastion.listener.admission
+        host, port = bastion.addresses[1]
+        started = await asyncio.open_connection(host, port)
+        assert (await asyncio.wait_for(started[0].readline(), 10)).startswith(b"SSH-2.0-sshtun")
+        waiting = await asyncio.open_connection(host, port)
+        await wait_for(lambda: admission.waiting("::1") == 1)
+        await bastion.stop()
+        stopped = True
+        # Stopped: the waiting connection is closed without a byte; nothing listens.
+        assert await asyncio.wait_for(waiting[0].read(), 10) == b""
+        assert admission.total_waiting == 0
+        with pytest.raises(OSError):
+            await asyncio.open_connection(host, port)
+        for _, writer in (started, waiting):
+            writer.close()
+    finally:
+        if not stopped:
+            await bastion.stop()
