@@ -285,3 +285,30 @@ async def test_own_listeners_serve_ipv4_and_ipv6_and_stop_closes_waiting_connect
     finally:
         if not stopped:
             await bastion.stop()
+
+
+async def test_a_connection_waits_at_most_login_timeout(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One may start per source. The started one holds its slot (login_timeout 60 s when
+    it arrived); after a reload to login_timeout 0.5 s, a new connection of the same source
+    waits at most that long, then is closed without a byte."""
+    access = tmp_path / "access"
+    access.write_text(access_text(keys))
+    config = bastion_config(keys, access, limits={"max_startups_per_source": 1})
+    async with running_bastion(config) as bastion:
+        assert bastion.listener is not None
+        admission = bastion.listener.admission
+        started = await asyncio.open_connection("127.0.0.1", bastion.port)
+        assert (await asyncio.wait_for(started[0].readline(), 10)).startswith(b"SSH-2.0-sshtun")
+        limits = config.limits.model_copy(update={"login_timeout": 0.5})
+        assert bastion.reload(config.model_copy(update={"limits": limits}))["ok"]
+        waiting = await asyncio.open_connection("127.0.0.1", bastion.port)
+        await wait_for(lambda: bastion.state.counters["startup_queued"] == 1)
+        assert await asyncio.wait_for(waiting[0].read(), 30) == b""
+        assert bastion.state.counters["startup_wait_expired"] == 1
+        assert admission.waiting("127.0.0.1") == 0
+        assert admission.active("127.0.0.1") == 1
+        assert logged(caplog, "refused connection", "waited login_timeout for a slot")
+        for _, writer in (started, waiting):
+            writer.close()
