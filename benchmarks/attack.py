@@ -448,7 +448,10 @@ def details(runs: list[dict[str, dict[str, Any]]]) -> list[str]:
                 if r.get(k):
                     out.append(f"{kind} run {i + 1}: {k} e.g. {r[k][:3]}")
             if r.get("aborted.capped"):
-                out.append(f"{kind} run {i + 1}: aborted opens stopped at the RSS cap")
+                out.append(
+                    f"{kind} run {i + 1}: RSS sampling stopped at the cap after "
+                    f"{r.get('aborted.seconds')} s of aborted opens"
+                )
     return out
 
 
