@@ -24,6 +24,7 @@ from sshtunnel_mgr import policy
 from sshtunnel_mgr.asyncutil import wait_either
 from sshtunnel_mgr.backoff import Backoff
 from sshtunnel_mgr.config import AgentConfig, BastionEndpoint, TunnelConfig
+from sshtunnel_mgr.crashpoints import crashpoint
 from sshtunnel_mgr.errors import ConfigError, HostKeyError, PermissionRefused
 from sshtunnel_mgr.fsutil import edit_atomic
 from sshtunnel_mgr.keys.store import key_fingerprint, public_line
@@ -99,6 +100,7 @@ class BastionLink:
         self._known_hosts = known_hosts_arg(endpoint)
         self._handover = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._drains: set[asyncio.Task[None]] = set()  # connections handed over from
         self._lost_reason = ""  # why the current connection ended, from asyncssh
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -114,9 +116,9 @@ class BastionLink:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-        for old in self._draining:
+        for old in list(self._draining):
             old.close()
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._drains]:
             task.cancel()
         self.status.state = "stopped"
 
@@ -411,12 +413,17 @@ class BastionLink:
             return {"ok": False, "error": f"no live connection to {self.endpoint.address}"}
         return await run_key_request(conn, command, timeout)
 
-    async def hand_over(self, key: asyncssh.SSHKey, drain_timeout: float) -> dict[str, Any]:
+    async def hand_over(
+        self, key: asyncssh.SSHKey, drain_timeout: float | None
+    ) -> dict[str, Any]:
         """Move this link to ``key`` with no moment in which its names are unserved:
         connect with the new key and publish every tunnel (the bastion then serves each
         name from both connections), make that the link's connection, withdraw the names
-        from the old one, let its routed sessions finish (up to ``drain_timeout``), close
-        it. If the new connection fails, the old one is left exactly as it was."""
+        from the old one, and leave it to drain in the background: it closes once its
+        routed sessions have ended (or after ``drain_timeout`` seconds, when one is set).
+        The answer does not wait for that: the session that asked may be one of them
+        (``keys rotate`` run over ``ssh homebox``). If the new connection fails, the old
+        one is left exactly as it was."""
         old = self.conn
         if old is None or self.status.state != "up":
             return {"ok": False, "error": f"no live connection to {self.endpoint.address}"}
@@ -447,11 +454,40 @@ class BastionLink:
             bastion=self.endpoint.address,
             names=",".join(listeners),
         )
+        crashpoint("agent:handover-published")
         for listener in old_listeners.values():
             listener.close()  # cancel-tcpip-forward: new sessions go to the new connection
-        drained = await _drain(old, drain_timeout)
+        sessions = open_channels(old)
+        self._draining.add(old)
+        task = asyncio.create_task(self._retire_connection(old, drain_timeout))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+        return {"ok": True, "names": sorted(listeners), "sessions": sessions}
+
+    async def _retire_connection(
+        self, old: asyncssh.SSHClientConnection, timeout: float | None
+    ) -> None:
+        drained = await _drain(old, timeout)
+        if not drained and not old.is_closed():
+            event(
+                log,
+                logging.WARNING,
+                "drain limit reached",
+                bastion=self.endpoint.address,
+                sessions=open_channels(old),
+                limit=f"{timeout:g}s",
+            )
         old.close()
-        return {"ok": True, "names": sorted(listeners), "drained": drained}
+        self._draining.discard(old)
+
+    async def wait_drained(self) -> None:
+        """Until every connection this link handed over from has drained and closed."""
+        while self._drains:
+            await asyncio.gather(*list(self._drains), return_exceptions=True)
+
+    def draining_sessions(self) -> int:
+        """Routed sessions still open on connections this link is retiring."""
+        return sum(open_channels(c) for c in self._draining if not c.is_closed())
 
     async def probe(self, timeout: float) -> bool:
         """Prove each published name works end to end: open it through the bastion, which
@@ -547,19 +583,27 @@ async def run_key_request(
     return answer
 
 
-async def _drain(conn: asyncssh.SSHClientConnection, timeout: float) -> bool:
+def open_channels(conn: asyncssh.SSHClientConnection) -> int:
+    """How many channels (routed sessions) ``conn`` carries. asyncssh keeps them in
+    ``_channels``; without that internal, 0."""
+    channels = getattr(conn, "_channels", None)
+    return len(channels) if isinstance(channels, dict) else 0
+
+
+async def _drain(conn: asyncssh.SSHClientConnection, timeout: float | None) -> bool:
     """Wait until a retiring connection carries no more channels (its routed sessions
-    ended), up to ``timeout``. asyncssh keeps a connection's open channels in
-    ``_channels``; without that internal, wait a short moment only."""
+    ended) or closes, up to ``timeout`` (None: as long as that takes). asyncssh keeps a
+    connection's open channels in ``_channels``; without that internal, wait a short
+    moment only."""
     channels = getattr(conn, "_channels", None)
     if not isinstance(channels, dict):
-        await asyncio.sleep(min(timeout, 1.0))
+        await asyncio.sleep(min(timeout or 1.0, 1.0))
         return False
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while channels and loop.time() < deadline and not conn.is_closed():
-        await asyncio.sleep(0.1)
-    return not channels
+    deadline = None if timeout is None else loop.time() + timeout
+    while channels and not conn.is_closed() and (deadline is None or loop.time() < deadline):
+        await asyncio.sleep(0.2)
+    return not channels or conn.is_closed()
 
 
 def _describe(exc: BaseException) -> str:

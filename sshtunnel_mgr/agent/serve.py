@@ -16,10 +16,11 @@ import asyncssh
 from sshtunnel_mgr import systemd
 from sshtunnel_mgr.admin import AdminServer, default_socket_path
 from sshtunnel_mgr.agent.link import BastionLink
+from sshtunnel_mgr.agent.rotation import Rotator
 from sshtunnel_mgr.asyncutil import wait_either
 from sshtunnel_mgr.config import AgentConfig
 from sshtunnel_mgr.errors import SshtunError
-from sshtunnel_mgr.keys.store import key_fingerprint, load_private_key, public_line
+from sshtunnel_mgr.keys.store import load_private_key
 from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.metrics import MetricsServer, agent_samples
 
@@ -41,6 +42,7 @@ class Agent:
             BastionLink(config, ep, self.key, on_published=self._published)
             for ep in config.bastions
         ]
+        self.rotator = Rotator(self)
 
     def _published(self, link: BastionLink) -> None:
         systemd.notify(f"STATUS={self.status_line()}")
@@ -65,6 +67,7 @@ class Agent:
             "healthy": self.healthy,
             "now": time.time(),
             "links": [dataclasses.asdict(link.status) for link in self.links],
+            "rotation": self.rotator.snapshot(),
         }
 
     async def reload(self, config: AgentConfig) -> dict[str, Any]:
@@ -94,78 +97,6 @@ class Agent:
         )
         return {"ok": True, "withdrawn": withdrawn, "published": published, "notes": notes}
 
-    async def rotate(
-        self, new_key: asyncssh.SSHKey, comment: str, drain: float, stop_after: str | None = None
-    ) -> dict[str, Any]:
-        """Rotate the agent's key on every bastion, make before break, in three phases so
-        that no failure leaves a bastion where the old key no longer works:
-        enrol the new key everywhere (old key gets an expiry); hand every link over to
-        the new key; only then ask each bastion to retire the old key. A rerun picks up
-        wherever an interrupted one stopped (each step is idempotent)."""
-        new_fp = key_fingerprint(new_key)
-        pub = public_line(new_key, comment)
-        report: dict[str, Any] = {"ok": False, "key": new_fp, "old_key": key_fingerprint(self.key)}
-        steps: list[dict[str, Any]] = []
-        report["steps"] = steps
-
-        def failed(step: str, link: BastionLink, error: str) -> dict[str, Any]:
-            event(
-                log,
-                logging.ERROR,
-                "rotate failed",
-                step=step,
-                bastion=link.endpoint.address,
-                error=error,
-            )
-            report.update(failed_step=step, bastion=link.endpoint.address, error=error)
-            return report
-
-        pending = [link for link in self.links if key_fingerprint(link.key) != new_fp]
-        for link in pending:
-            answer = await link.key_request(f"sshtun-enrol {pub}")
-            if not answer.get("ok"):
-                return failed("enrol", link, str(answer.get("error")))
-            steps.append({"step": "enrol", "bastion": link.endpoint.address, **answer})
-            event(
-                log, logging.INFO, "rotate enrolled", bastion=link.endpoint.address, new_key=new_fp
-            )
-        if stop_after == "enrol":
-            report.update(ok=True, complete=False, stopped_after="enrol")
-            return report
-        for link in pending:
-            answer = await link.hand_over(new_key, drain)
-            if not answer.get("ok"):
-                return failed("switch", link, str(answer.get("error")))
-            steps.append({"step": "switch", "bastion": link.endpoint.address, **answer})
-        if stop_after == "switch":
-            report.update(ok=True, complete=False, stopped_after="switch")
-            return report
-        for link in self.links:
-            answer = await link.key_request("sshtun-finish")
-            if not answer.get("ok"):
-                return failed("finish", link, str(answer.get("error")))
-            steps.append({"step": "finish", "bastion": link.endpoint.address, **answer})
-        self.key = new_key
-        event(log, logging.INFO, "rotate done", key=new_fp, bastions=len(self.links))
-        report.update(ok=True, complete=True)
-        return report
-
-    async def rotate_undo(self, drain: float) -> dict[str, Any]:
-        """Go back to the agent's original key before a rotation finished: hand switched
-        links back, then remove the successor and restore the old key's expiry."""
-        steps: list[dict[str, Any]] = []
-        for link in self.links:
-            if key_fingerprint(link.key) != key_fingerprint(self.key):
-                answer = await link.hand_over(self.key, drain)
-                if not answer.get("ok"):
-                    return {"ok": False, "error": answer.get("error"), "steps": steps}
-                steps.append({"step": "switch back", "bastion": link.endpoint.address})
-            answer = await link.key_request("sshtun-unenrol")
-            if not answer.get("ok"):
-                return {"ok": False, "error": answer.get("error"), "steps": steps}
-            steps.append({"step": "unenrol", "bastion": link.endpoint.address, **answer})
-        return {"ok": True, "steps": steps}
-
     async def handle_admin(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd") == "status":
             return self.snapshot()
@@ -176,14 +107,15 @@ class Agent:
                 new_key = asyncssh.import_private_key(str(request["key_data"]))
             except (KeyError, asyncssh.KeyImportError, ValueError) as exc:
                 return {"ok": False, "error": f"the new key was not readable: {exc}"}
-            return await self.rotate(
+            return await self.rotator.rotate(
                 new_key,
                 str(request.get("comment", "")),
-                float(request.get("drain", 30)),
+                _drain_limit(request),
                 request.get("stop_after"),
+                retire=request.get("retire") is True,
             )
         if request.get("cmd") == "rotate-undo":
-            return await self.rotate_undo(float(request.get("drain", 30)))
+            return await self.rotator.undo(_drain_limit(request))
         if request.get("cmd") == "reload" and self._reloader is not None:
             return await self._reloader()
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
@@ -247,9 +179,16 @@ class Agent:
             raise group_exc.exceptions[0] from None
         finally:
             systemd.notify("STOPPING=1")
+            self.rotator.stop()
             await admin.stop()
             if metrics is not None:
                 await metrics.stop()
+
+
+def _drain_limit(request: dict[str, Any]) -> float | None:
+    """``drain`` in a rotate request: seconds, or absent/null to wait for every session."""
+    value = request.get("drain")
+    return None if value is None else float(value)
 
 
 async def serve(

@@ -13,15 +13,15 @@ import typer
 
 from sshtunnel_mgr.access import AccessEntry, load_access, parse_access, remove_key
 from sshtunnel_mgr.admin import default_socket_path, query
+from sshtunnel_mgr.cli.rotate import rotate_agent_key
 from sshtunnel_mgr.config import BastionConfig, load_config
 from sshtunnel_mgr.errors import (
     ConfigError,
     KeyFileError,
-    RotationError,
     SshtunError,
     UnsafeAdminSocket,
 )
-from sshtunnel_mgr.keys import hostkeys, rotation
+from sshtunnel_mgr.keys import hostkeys
 from sshtunnel_mgr.keys.inventory import KeyFacts, facts_from_entry, facts_from_public, find_keys
 from sshtunnel_mgr.keys.secrets import store_passphrase
 from sshtunnel_mgr.keys.store import generate_key, load_private_key
@@ -245,36 +245,6 @@ def revoke_cmd(
     typer.echo(f"bastion reloaded: {closed} live connection(s) of that key closed")
 
 
-def _describe_step(step: dict[str, Any]) -> str:
-    if step["step"] == "enrol":
-        return f"new key enrolled; old key expires {step.get('old_key_expires')}"
-    if step["step"] == "switch":
-        names = ",".join(step.get("names", []))
-        cut = "" if step.get("drained") else "; old sessions cut after the drain time"
-        return f"tunnels moved to the new key ({names}){cut}"
-    return "old key retired" if step.get("retired") else "nothing left to retire"
-
-
-def _explain_failure(answer: dict[str, Any], key: Path, nxt: Path) -> SshtunError:
-    step = answer.get("failed_step")
-    where = answer.get("bastion", "")
-    done = ", ".join(f"{s['step']} on {s['bastion']}" for s in answer.get("steps", []))
-    what = {
-        "enrol": "the bastion did not enrol the new key",
-        "switch": "the agent could not move its tunnels to the new key",
-        "finish": "the bastion did not retire the old key",
-    }.get(str(step), "the rotation failed")
-    message = f"{what} ({where}): {answer.get('error')}"
-    if done:
-        message += f"; done before that: {done}"
-    hint = (
-        f"the old key {key} keeps working (until its expiry, if one was set); the new key "
-        f"is kept at {nxt}. Rerun `sshtun keys rotate` to finish, or "
-        "`sshtun keys rotate --undo` to go back"
-    )
-    return RotationError(message, hint=hint)
-
-
 def _rotate_host_key(config: Path, finish: bool) -> None:
     bastion = load_config(config).require_bastion()
     path = bastion.host_key
@@ -307,17 +277,27 @@ def rotate_cmd(
         ),
     ] = None,
     drain: Annotated[
-        float,
+        float | None,
         typer.Option(
-            help="Seconds routed sessions may take to finish on the old "
-            "connection before it closes."
+            help="Cut routed sessions still open on an old connection after this many "
+            "seconds (default: wait for them to end)."
         ),
-    ] = 30.0,
+    ] = None,
     stop_after: Annotated[
         str | None,
         typer.Option(help="Stop after a step (enrol or switch) and resume with a rerun."),
     ] = None,
-    undo: Annotated[bool, typer.Option("--undo", help="Abandon an unfinished rotation.")] = False,
+    undo: Annotated[
+        bool, typer.Option("--undo", help="Abandon a rotation whose key file is not swapped yet.")
+    ] = False,
+    wait: Annotated[
+        bool | None,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Wait until every bastion has retired the old key, showing the sessions "
+            "still open (default: wait, unless run in an SSH session).",
+        ),
+    ] = None,
     host_key: Annotated[
         bool,
         typer.Option(
@@ -330,57 +310,12 @@ def rotate_cmd(
         bool, typer.Option("--finish", help="With --host-key: switch to the new host key.")
     ] = False,
 ) -> None:
-    """Replace the agent's key with no moment in which its names are unreachable: a new
-    key beside the old one, enrolled on each bastion over the live connection, a new
-    connection that takes the names over, then the old key retired and its file replaced."""
+    """Replace the agent's key with no moment in which its names are unreachable and no
+    moment in which a crash locks you out: the new key is enrolled beside the old one, the
+    agent's new connections take the names, the key file is swapped, and only then is the
+    old key retired (on each bastion once its old connection has drained). Rerun to
+    resume an interrupted rotation; it works with the agent stopped too."""
     if host_key or finish:
         _rotate_host_key(config, finish)
         return
-    agent = load_config(config).require_agent()
-    key_path = key or agent.key
-    socket = agent.admin_socket or default_socket_path("agent")
-    if stop_after not in (None, "enrol", "switch"):
-        raise RotationError("--stop-after must be enrol or switch")
-    if undo:
-        answer = asyncio.run(query(socket, {"cmd": "rotate-undo", "drain": drain}, drain + 60))
-        if not answer.get("ok"):
-            raise RotationError(f"undo failed: {answer.get('error')}")
-        rotation.discard(key_path)
-        typer.echo(f"rotation undone: the bastions know only {key_path} again")
-        return
-    if "$CREDENTIALS_DIRECTORY" in str(key_path) or not key_path.exists():
-        raise RotationError(
-            f"the agent key {key_path} is not here",
-            hint="under systemd the agent reads it from $CREDENTIALS_DIRECTORY; pass the "
-            "LoadCredential= source with --key (e.g. --key /etc/sshtun/agent_key)",
-        )
-    nxt, created = rotation.prepare(key_path)
-    typer.echo(f"{'wrote' if created else 'reusing'} the new key {nxt}")
-    request: dict[str, object] = {
-        "cmd": "rotate",
-        "key_data": load_private_key(nxt).export_private_key("openssh").decode(),
-        "comment": rotation.comment_of(nxt),
-        "drain": drain,
-    }
-    if stop_after:
-        request["stop_after"] = stop_after
-    try:
-        answer = asyncio.run(query(socket, request, timeout=drain + 120))
-    except UnsafeAdminSocket:
-        raise  # nothing was sent: the new key stays here
-    except SshtunError as exc:
-        raise RotationError(
-            f"the agent is not reachable ({exc.message})",
-            hint="rotation runs through the running agent's live connections: start it "
-            f"(sshtun up --config {config}) and rerun; the new key waits at {nxt}",
-        ) from None
-    if not answer.get("ok"):
-        raise _explain_failure(answer, key_path, nxt)
-    for step in answer.get("steps", []):
-        detail = _describe_step(step)
-        typer.echo(f"  {step['bastion']}: {step['step']}: {detail}")
-    if not answer.get("complete"):
-        typer.echo(f"stopped after {stop_after}; rerun `sshtun keys rotate` to finish")
-        return
-    rotation.finalize(key_path)
-    typer.echo(f"rotated: {key_path} is now {answer.get('key')} (was {answer.get('old_key')})")
+    rotate_agent_key(config, key, drain, stop_after, undo, wait)

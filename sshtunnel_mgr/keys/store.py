@@ -101,13 +101,21 @@ def load_private_key(path: Path, passphrase: str | None = None) -> asyncssh.SSHK
             if passphrase is not None or "assphrase" not in str(exc):
                 raise
         stored = load_passphrase(path)
-        if stored is None:
+        # A key rotation that stopped half-way through its swap: KEY is already the new
+        # key, whose passphrase is still stored for KEY.next (keys/rotation.py swap).
+        successor = load_passphrase(Path(str(path) + ".next"))
+        if stored is None and successor is None:
             raise KeyFileError(
                 f"key {path} is encrypted and no passphrase is stored for it",
                 hint=f"store it with `sshtun keys passphrase {path}` (OS keyring, or "
                 f"{path}.passphrase mode 0600 where there is none)",
             )
-        return asyncssh.read_private_key(str(path), stored)
+        try:
+            return asyncssh.read_private_key(str(path), stored or successor)
+        except asyncssh.KeyImportError:
+            if stored is None or successor is None:
+                raise
+            return asyncssh.read_private_key(str(path), successor)
     except FileNotFoundError:
         raise KeyFileError(
             f"key file {path} does not exist", hint=f"create one with: sshtun keys gen {path}"

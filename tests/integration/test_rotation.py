@@ -274,12 +274,22 @@ async def test_refused_enrolment_says_what_happened_and_the_old_key_keeps_workin
         assert logged(caplog, "refused key request", "sshtun-enrol")
 
 
-async def test_agent_not_running_is_a_clear_error(keys: Keys, tmp_path: Path) -> None:
+async def test_with_the_agent_stopped_the_cli_rotates_over_its_own_connection(
+    keys: Keys, tmp_path: Path
+) -> None:
     async with scene(keys, tmp_path) as s:
+        old_copy = tmp_path / "old_agent_key"
+        old_copy.write_bytes(s.key.read_bytes())
+        old_copy.chmod(0o600)
         result = await s.rotate()
-        assert result.returncode == EXIT_KEYS
-        assert "the agent is not reachable" in result.stderr
-        assert "start it" in result.stderr
+        assert result.returncode == 0, result.stderr
+        out = result.stdout.decode()
+        assert "the agent is not running" in out and "own connection" in out
+        assert "rotated:" in out
+        assert not await s.logs_in(old_copy)
+        assert await s.logs_in(s.key)
+        async with s.agent():  # started afterwards: the new key file logs in and publishes
+            assert (await s.reach()).stdout == b"through\n"
 
 
 async def test_only_rotation_requests_run_in_a_session(keys: Keys, tmp_path: Path) -> None:

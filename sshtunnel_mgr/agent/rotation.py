@@ -1,0 +1,197 @@
+"""The agent's half of ``sshtun keys rotate``: enrol the new key on every bastion, move
+every link to it (make before break), and, once the CLI has swapped the key file, retire
+the old key on each bastion when that bastion's old connection has drained.
+
+The order keeps a working login whatever is killed when (see keys/rotation.py): the old
+key is retired only on the CLI's word that ``KEY`` already holds the new key (``retire``),
+and on a bastion only after the routed sessions on its old connection have ended (or the
+``drain`` limit passed), so the session the command runs in is never cut. Each step is
+idempotent: a rerun picks up wherever an interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from sshtunnel_mgr.crashpoints import crashpoint
+from sshtunnel_mgr.keys.store import key_fingerprint, public_line
+from sshtunnel_mgr.logsetup import event
+
+if TYPE_CHECKING:
+    from sshtunnel_mgr.agent.link import BastionLink
+    from sshtunnel_mgr.agent.serve import Agent
+
+log = logging.getLogger("sshtunnel_mgr.agent")
+
+
+class Rotator:
+    """Runs one rotation at a time for ``agent`` and reports how the retiring goes."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._lock = asyncio.Lock()
+        self._retire_task: asyncio.Task[None] | None = None
+        self._retiring_key = ""
+        self._progress: dict[str, dict[str, Any]] = {}
+
+    async def rotate(
+        self,
+        new_key: asyncssh.SSHKey,
+        comment: str,
+        drain: float | None,
+        stop_after: str | None = None,
+        retire: bool = False,
+    ) -> dict[str, Any]:
+        """Enrol ``new_key`` everywhere (the old key gets an expiry), then hand every link
+        over to it; with ``retire`` (the key file is swapped), start retiring the old key
+        in the background and answer at once."""
+        async with self._lock:
+            return await self._rotate(new_key, comment, drain, stop_after, retire)
+
+    async def _rotate(
+        self,
+        new_key: asyncssh.SSHKey,
+        comment: str,
+        drain: float | None,
+        stop_after: str | None,
+        retire: bool,
+    ) -> dict[str, Any]:
+        agent = self._agent
+        new_fp = key_fingerprint(new_key)
+        pub = public_line(new_key, comment)
+        report: dict[str, Any] = {"ok": False, "key": new_fp, "old_key": key_fingerprint(agent.key)}
+        steps: list[dict[str, Any]] = []
+        report["steps"] = steps
+
+        def failed(step: str, link: BastionLink, error: str) -> dict[str, Any]:
+            event(
+                log,
+                logging.ERROR,
+                "rotate failed",
+                step=step,
+                bastion=link.endpoint.address,
+                error=error,
+            )
+            report.update(failed_step=step, bastion=link.endpoint.address, error=error)
+            return report
+
+        pending = [link for link in agent.links if key_fingerprint(link.key) != new_fp]
+        for link in pending:
+            answer = await link.key_request(f"sshtun-enrol {pub}")
+            if not answer.get("ok"):
+                return failed("enrol", link, str(answer.get("error")))
+            steps.append({"step": "enrol", "bastion": link.endpoint.address, **answer})
+            event(
+                log, logging.INFO, "rotate enrolled", bastion=link.endpoint.address, new_key=new_fp
+            )
+            crashpoint("agent:enrolled")
+        if stop_after == "enrol":
+            report.update(ok=True, complete=False, stopped_after="enrol")
+            return report
+        for link in pending:
+            answer = await link.hand_over(new_key, drain)
+            if not answer.get("ok"):
+                return failed("switch", link, str(answer.get("error")))
+            steps.append({"step": "switch", "bastion": link.endpoint.address, **answer})
+        crashpoint("agent:switched")
+        if stop_after == "switch" or not retire:
+            report.update(ok=True, complete=False, stopped_after="switch")
+            return report
+        # The CLI says KEY now holds the new key: a restart would use it too.
+        agent.key = new_key
+        self._start_retiring(new_fp)
+        report.update(ok=True, complete=False, retiring=self.snapshot())
+        return report
+
+    def _start_retiring(self, new_fp: str) -> None:
+        if self._retire_task is not None and not self._retire_task.done():
+            if self._retiring_key == new_fp:
+                return  # already on it
+            self._retire_task.cancel()
+        self._retiring_key = new_fp
+        self._progress = {
+            link.endpoint.address: {"bastion": link.endpoint.address, "state": "draining"}
+            for link in self._agent.links
+        }
+        task = asyncio.create_task(self._retire_all())
+        task.add_done_callback(_log_failure)
+        self._retire_task = task
+
+    async def _retire_all(self) -> None:
+        await asyncio.gather(*(self._retire(link) for link in self._agent.links))
+        states = [p["state"] for p in self._progress.values()]
+        event(log, logging.INFO, "rotate done", key=self._retiring_key, retired=states)
+
+    async def _retire(self, link: BastionLink) -> None:
+        """Retire the old key on one bastion once its old connection has drained."""
+        progress = self._progress[link.endpoint.address]
+        await link.wait_drained()
+        progress["state"] = "retiring"
+        crashpoint("agent:retire-before-finish")
+        answer = await link.key_request("sshtun-finish")
+        if not answer.get("ok"):
+            progress.update(state="failed", error=str(answer.get("error")))
+            event(
+                log,
+                logging.ERROR,
+                "rotate failed",
+                step="finish",
+                bastion=link.endpoint.address,
+                error=answer.get("error"),
+            )
+            return
+        crashpoint("agent:retired")
+        progress.update(state="retired", retired=answer.get("retired"))
+        event(
+            log,
+            logging.INFO,
+            "old key retired",
+            bastion=link.endpoint.address,
+            retired=answer.get("retired") or "-",
+        )
+
+    def stop(self) -> None:
+        """The agent is stopping: a retiring left unfinished is the next run's to finish."""
+        if self._retire_task is not None:
+            self._retire_task.cancel()
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """How the retiring of the old key goes, per bastion (None: no rotation here)."""
+        if not self._retiring_key:
+            return None
+        links = []
+        for link in self._agent.links:
+            progress = dict(self._progress.get(link.endpoint.address, {}))
+            progress["sessions"] = link.draining_sessions()
+            links.append(progress)
+        done = all(p.get("state") == "retired" for p in links)
+        return {"key": self._retiring_key, "done": done, "links": links}
+
+    async def undo(self, drain: float | None) -> dict[str, Any]:
+        """Go back to the agent's original key before the key file was swapped: hand
+        switched links back, wait for the new key's connection to drain, then remove the
+        successor and restore the old key's expiry."""
+        async with self._lock:
+            agent = self._agent
+            steps: list[dict[str, Any]] = []
+            for link in agent.links:
+                if key_fingerprint(link.key) != key_fingerprint(agent.key):
+                    answer = await link.hand_over(agent.key, drain)
+                    if not answer.get("ok"):
+                        return {"ok": False, "error": answer.get("error"), "steps": steps}
+                    steps.append({"step": "switch back", "bastion": link.endpoint.address})
+                    await link.wait_drained()
+                answer = await link.key_request("sshtun-unenrol")
+                if not answer.get("ok"):
+                    return {"ok": False, "error": answer.get("error"), "steps": steps}
+                steps.append({"step": "unenrol", "bastion": link.endpoint.address, **answer})
+            return {"ok": True, "steps": steps}
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        event(log, logging.ERROR, "rotate failed", error=repr(exc))
