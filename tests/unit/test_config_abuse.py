@@ -3,6 +3,7 @@ and bastion.audit_log. TOML texts in, values or exact errors out."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ access_file = "access"
 {extra}
 """
 NOT_INT = "Input should be a valid integer"
-HINT = "config.example.toml documents every key"
+HINT = "`sshtun example-config` prints every key, documented"
 
 
 def limits(text: str) -> str:
@@ -122,7 +123,9 @@ def test_limit_values(text: str, attr: str, expected: object) -> None:
 def test_invalid_limits(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(limits(text), "b.toml")
-    assert info.value.message.startswith(f"b.toml: bastion.limits.{message}")
+    assert re.sub(r"^b\.toml:\d+: ", "b.toml: ", info.value.message).startswith(
+        f"b.toml: bastion.limits.{message}"
+    )
     assert info.value.hint == HINT
 
 
@@ -150,4 +153,6 @@ def test_audit_log_paths_are_resolved_against_the_file(value: str, expected: Pat
 def test_invalid_audit_log(value: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(BASTION.format(extra=f"audit_log = {value}"), "b.toml")
-    assert info.value.message.startswith(f"b.toml: {message}")
+    assert re.sub(r"^b\.toml:\d+: ", "b.toml: ", info.value.message).startswith(
+        f"b.toml: {message}"
+    )
