@@ -499,7 +499,7 @@ class BastionLink:
         for label in list(self.status.published):
             name, _, port = label.rpartition(":")
             try:
-                _, writer = await asyncio.wait_for(conn.open_connection(name, int(port)), timeout)
+                writer = await _open_uncancelled(conn, name, int(port), timeout)
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 self.status.probe_ok = False
                 self.status.probe_error = f"{label}: {_describe(exc)}"
@@ -559,6 +559,25 @@ async def _one_at_a_time(
 ) -> asyncssh.SSHCompletedProcess:
     async with _KEY_REQUESTS.setdefault(conn, asyncio.Lock()):
         return await conn.run(command, check=False)
+
+
+async def _open_uncancelled(
+    conn: asyncssh.SSHClientConnection, name: str, port: int, timeout: float
+) -> asyncssh.SSHWriter[Any]:
+    """Open a channel, giving up after ``timeout`` without cancelling the open: SSH cannot
+    withdraw an open, and a cancelled wait leaves a channel the bastion confirms later open
+    with no reader. A late answer is closed as soon as it arrives."""
+    opening = asyncio.ensure_future(conn.open_connection(name, port))
+    done, _ = await asyncio.wait({opening}, timeout=timeout)
+    if opening in done:
+        return opening.result()[1]
+
+    def close_late(task: asyncio.Future[tuple[Any, asyncssh.SSHWriter[Any]]]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            task.result()[1].close()
+
+    opening.add_done_callback(close_late)
+    raise TimeoutError(f"no answer to the channel open within {timeout:g} s")
 
 
 async def run_key_request(
