@@ -11,6 +11,9 @@ is ever finished, nothing leaves loopback.
     python -m tests.kexflood --port P --sources 127.0.0.2-127.0.0.50 --per-source 10 \
         --max-seconds 10 --max-connections 5000
 
+With ``--min-seconds S`` it floods until its stdin is closed, for at least S seconds (and
+never more than ``--max-seconds``): a test stops it once it has seen what it waits for.
+
 Prints one JSON line of counts at the end: ``replies`` (server key-exchange replies, i.e.
 expensive work done), ``refused`` (closed before the banner), ``other``.
 """
@@ -154,14 +157,27 @@ async def flood(
     seconds: float,
     limit: int,
     interval: float,
+    min_seconds: float | None = None,
 ) -> Counter[str]:
+    """Until ``seconds`` or ``limit`` connections; with ``min_seconds``, also until stdin is
+    closed (the caller says stop) once ``min_seconds`` have passed."""
     counts: Counter[str] = Counter()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     budget = [limit]
+    released = asyncio.Event()
+    watcher = None
+    if min_seconds is not None:
+        watcher = asyncio.create_task(_until_stdin_closes(released))
+        min_deadline = loop.time() + min_seconds
+
+    def going() -> bool:
+        if budget[0] <= 0 or loop.time() >= deadline:
+            return False
+        return not (released.is_set() and loop.time() >= min_deadline)
 
     async def worker(source: str) -> None:
-        while budget[0] > 0 and loop.time() < deadline:
+        while going():
             budget[0] -= 1
             started = loop.time()
             try:
@@ -174,7 +190,18 @@ async def flood(
             await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
     await asyncio.gather(*(worker(s) for s in sources for _ in range(per_source)))
+    if watcher is not None:
+        watcher.cancel()
     return counts
+
+
+async def _until_stdin_closes(released: asyncio.Event) -> None:
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while await reader.read(4096):
+        pass
+    released.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=10.0)
     parser.add_argument("--max-connections", type=int, default=5000)
     parser.add_argument("--interval", type=float, default=0.5, help="per worker, seconds")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=None,
+        help="run until stdin is closed, at least this long (and at most --max-seconds)",
+    )
     args = parser.parse_args(argv)
     sources = sources_of(args.sources)
     if len(sources) * args.per_source > 5000 or args.max_seconds > 600:
@@ -200,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             args.max_seconds,
             args.max_connections,
             args.interval,
+            args.min_seconds,
         )
     )
     print(json.dumps(dict(counts), sort_keys=True), flush=True)

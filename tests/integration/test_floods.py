@@ -54,6 +54,26 @@ def bind_client(cfg: Path, source: str, connect_timeout: int = 10) -> Path:
 
 
 @contextlib.asynccontextmanager
+async def flooding(argv: list[str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``tests/kexflood.py`` as its own process (its stdin kept open: closing it says stop);
+    killed by its PID if it is still running when the block ends."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(KEXFLOOD),
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+@contextlib.asynccontextmanager
 async def drained(proc: asyncio.subprocess.Process) -> AsyncIterator[list[str]]:
     """Keep reading a child's stderr (a full pipe would stall it); its lines, for failures."""
     lines: list[str] = []
@@ -102,31 +122,24 @@ async def test_a_key_exchange_flood_does_not_starve_an_established_tunnel(
             ok = await run_ssh(cfg, "homebox", "echo before")
             assert ok.stdout == b"before\n", ok.stderr
 
+            # 49 addresses x 10 workers; the flood runs until told to stop (stdin closed),
+            # at least 6 s (several agent keepalive periods), at most 60 s.
             argv = ["--port", str(bastion.port), "--sources", "127.0.0.2-127.0.0.50"]
-            argv += [
-                "--per-source",
-                "10",
-                "--max-seconds",
-                "8",
-                "--max-connections",
-                "30000",
-                "--interval",
-                "0.1",
-            ]
-            async with process(sys.executable, str(KEXFLOOD), *argv) as flood:
-                assert flood.stdout is not None
+            argv += ["--per-source", "10", "--interval", "0.1", "--max-connections", "60000"]
+            argv += ["--min-seconds", "6", "--max-seconds", "60"]
+            async with flooding(argv) as flood:
+                assert flood.stdout is not None and flood.stdin is not None
                 assert await asyncio.wait_for(flood.stdout.readline(), 30) == b"started\n"
                 # The flood is on: many connections not logged in at the bastion.
                 await wait_for(lambda: len(bastion.state.connections) >= 40, 30)
                 during = await run_ssh(cfg, "homebox", "echo during", timeout=60)
-                still_flooding = flood.returncode is None
-                counts = json.loads(await asyncio.wait_for(flood.stdout.readline(), 60))
+                flood.stdin.close()  # stop (after 6 s at least)
+                counts = json.loads(await asyncio.wait_for(flood.stdout.readline(), 90))
                 await flood.wait()
             after = await run_ssh(cfg, "homebox", "echo after", timeout=60)
             print("flood:", counts, "bastion:", dict(bastion.state.counters))
 
             assert during.stdout == b"during\n", during.stderr
-            assert still_flooding
             assert after.stdout == b"after\n", after.stderr
             assert counts.get("replies", 0) >= 49  # the bastion did answer key exchanges
             # The agent's link never dropped: the same connection still holds the name.
