@@ -165,6 +165,28 @@ def bastion_samples(bastion: Any) -> Iterator[Sample]:
             {"reason": reason},
             counters[key],
         )
+    listener = getattr(bastion, "listener", None)
+    if listener is not None:
+        for kind, value in (
+            ("started", listener.admission.total_active),
+            ("waiting", listener.admission.total_waiting),
+        ):
+            yield (
+                "sshtun_bastion_startups",
+                "gauge",
+                "Connections not logged in yet: in their key exchange, or waiting for a slot",
+                {"state": kind},
+                value,
+            )
+    for outcome in ("queued", "refused", "evicted", "wait_expired"):
+        yield (
+            "sshtun_bastion_startup_events",
+            "counter",
+            "Connections that waited for a slot, were dropped before their key exchange, "
+            "were evicted at max_startups, or waited too long",
+            {"outcome": outcome},
+            counters[f"startup_{outcome}"],
+        )
     live_to = live_from = 0
     for conn in state.connections.values():
         for stats in conn.route_stats.values():

@@ -23,6 +23,7 @@ import pytest
 
 from sshtunnel_mgr.bastion import Bastion
 from sshtunnel_mgr.keys.store import load_private_key
+from sshtunnel_mgr.metrics import bastion_samples
 from tests.harness import (
     SSHTUN,
     Keys,
@@ -182,6 +183,11 @@ async def test_a_burst_of_parallel_ssh_from_one_address_all_get_through(
         assert counters["startup_refused"] == 0
         assert bastion.listener is not None
         assert bastion.listener.admission.total_waiting == 0
+        samples = {
+            (name, tuple(labels.items())): v for name, _, _, labels, v in bastion_samples(bastion)
+        }
+        assert samples[("sshtun_bastion_startup_events", (("outcome", "queued"),))] > 0
+        assert samples[("sshtun_bastion_startups", (("state", "waiting"),))] == 0
 
 
 async def test_beyond_the_queue_bounds_a_flood_is_dropped_unread(
