@@ -113,10 +113,11 @@ class Listener:
     def close(self) -> None:
         """Stop accepting; connections still waiting for a slot are closed unread."""
         self._closed = True
-        for task in self._accepting:
+        for task, sock in zip(self._accepting, self.sockets, strict=True):
+            # Closed once its accept loop has let go of it (the loop unregisters the fd
+            # first, so the number cannot be reused under a pending registration).
+            task.add_done_callback(functools.partial(_close_after, sock))
             task.cancel()
-        for sock in self.sockets:
-            sock.close()
         for arrival in self.admission.waiting_items():
             self.admission.abandon(arrival)
             self._close_waiting(arrival)
@@ -275,6 +276,10 @@ class Listener:
             self._close_waiting(nxt)
         else:
             self._start(nxt)
+
+
+def _close_after(sock: socket.socket, _task: asyncio.Task[None]) -> None:
+    sock.close()
 
 
 def _abort(sock: socket.socket) -> None:
