@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,7 @@ from scene import (
     start_sshtun,
     stop_side,
 )
+from sidebyside import Row, const, key, table
 
 from tests.harness import SSH, SSHD, Keys, home_sshd
 
@@ -277,32 +277,6 @@ async def run_attack(args: argparse.Namespace) -> list[dict[str, dict[str, Any]]
 
 
 # The report -----------------------------------------------------------------------------------
-@dataclass
-class Row:
-    label: str
-    get: Callable[[dict[str, Any]], float | None]
-    better: str | None  # "lower" | "higher" | None (for explanation only)
-    digits: int = 1
-    total: Callable[[dict[str, Any]], float | None] | None = None  # shown as "ok/total"
-    tolerance: float = 0.0  # closer than this counts as the same (noise, e.g. allocator)
-
-
-def key(name: str) -> Callable[[dict[str, Any]], float | None]:
-    def get(run: dict[str, Any]) -> float | None:
-        value = run
-        for part in name.split("/"):
-            if not isinstance(value, dict) or part not in value:
-                return None
-            value = value[part]
-        return float(value) if isinstance(value, int | float) else None
-
-    return get
-
-
-def const(value: float) -> Callable[[dict[str, Any]], float | None]:
-    return lambda _run: value
-
-
 def rows(args: argparse.Namespace) -> list[Row]:
     n = args.clients
     out = []
@@ -380,53 +354,6 @@ def rows(args: argparse.Namespace) -> list[Row]:
             )
         )
     return out
-
-
-def spread(values: list[float], digits: int) -> str:
-    if not values:
-        return "-"
-    med = statistics.median(values)
-    text = f"{med:.{digits}f}"
-    if len(values) > 1:
-        text += f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
-    return text
-
-
-def cell(row: Row, runs: list[dict[str, Any]]) -> tuple[str, float | None]:
-    values = [v for v in (row.get(r) for r in runs) if v is not None]
-    if not values:
-        return "-", None
-    text = spread(values, row.digits)
-    if row.total is not None:
-        totals = [t for t in (row.total(r) for r in runs) if t is not None]
-        if totals:
-            text = text.replace(" (", f"/{statistics.median(totals):.0f} (", 1)
-            if "/" not in text:
-                text += f"/{statistics.median(totals):.0f}"
-            # Compare shares, not counts: the totals of the two sides may differ.
-            shares = [v / t for v, t in zip(values, totals, strict=False) if t]
-            return text, statistics.median(shares) if shares else None
-    return text, statistics.median(values)
-
-
-def verdict(row: Row, ours: float | None, theirs: float | None) -> str:
-    if row.better is None or ours is None or theirs is None:
-        return ""
-    if abs(ours - theirs) <= row.tolerance + 1e-9:
-        return "same" if row.tolerance == 0 else f"same (within {row.tolerance:g})"
-    return "yes" if (ours < theirs) == (row.better == "lower") else "no"
-
-
-def report(args: argparse.Namespace, runs: list[dict[str, dict[str, Any]]]) -> str:
-    lines = [
-        "| measure | sshtun | OpenSSH sshd | sshtun better? |",
-        "|---|---|---|---|",
-    ]
-    for row in rows(args):
-        ours, o_med = cell(row, [r["sshtun"] for r in runs])
-        theirs, t_med = cell(row, [r["openssh"] for r in runs])
-        lines.append(f"| {row.label} | {ours} | {theirs} | {verdict(row, o_med, t_med)} |")
-    return "\n".join(lines)
 
 
 def details(runs: list[dict[str, dict[str, Any]]]) -> list[str]:
@@ -557,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "both bastions with their default limits"
     )
     print()
-    print(report(args, runs))
+    print(table(rows(args), runs))
     print()
     for line in details(runs):
         print(line)
