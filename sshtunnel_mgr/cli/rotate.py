@@ -75,7 +75,8 @@ def rotate_agent_key(
         if switched is None:
             typer.echo(f"stopped after {stop_after}; rerun `sshtun keys rotate` to finish")
             return
-        rotation.swap(key_path)
+    rotation.swap(key_path)  # idempotent: completes a swap that was cut short too
+    if state.step != "swapped":
         state = state.at("swapped")
         rotation.save_state(key_path, state)
         typer.echo(f"swapped: {key_path} now holds the new key {state.new}")

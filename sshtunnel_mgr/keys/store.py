@@ -112,7 +112,7 @@ def load_private_key(path: Path, passphrase: str | None = None) -> asyncssh.SSHK
             )
         try:
             return asyncssh.read_private_key(str(path), stored or successor)
-        except asyncssh.KeyImportError:
+        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError):
             if stored is None or successor is None:
                 raise
             return asyncssh.read_private_key(str(path), successor)
