@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+import sshtunnel_mgr
 from sshtunnel_mgr.access import load_access
 from sshtunnel_mgr.bastion import Bastion
 from sshtunnel_mgr.errors import EXIT_KEYS
@@ -177,6 +179,43 @@ async def test_rotation_under_load_no_connection_fails_and_the_stream_survives(
         assert logged(caplog, "key request", "sshtun-enrol")
         assert logged(caplog, "handover", "homebox:22")
         assert logged(caplog, "revoked", old_fp) is False  # drained and closed, not cut
+
+
+async def test_rotation_run_over_ssh_homebox_is_not_cut_and_retires_when_it_ends(
+    keys: Keys, tmp_path: Path
+) -> None:
+    """The natural way: the owner reaches the home box with ssh -J and runs the rotation
+    there, in a routed session on the old key's connection. The command finishes (key file
+    swapped, new connection serving) without cutting its own session; the agent retires
+    the old key once that session has ended; a restart from disk uses the new key."""
+    root = Path(sshtunnel_mgr.__file__).resolve().parent.parent
+    command = (
+        f"PYTHONPATH={root} {sys.executable} -m sshtunnel_mgr keys rotate "
+        f"--config {tmp_path / 'agent.toml'}"
+    )
+    async with scene(keys, tmp_path) as s:
+        old_copy = tmp_path / "old_agent_key"
+        old_copy.write_bytes(s.key.read_bytes())
+        old_copy.chmod(0o600)
+        async with s.agent():
+            result = await run_ssh(s.client_cfg, "homebox", command, timeout=120)
+            assert result.returncode == 0, result.stderr
+            out = result.stdout.decode()
+            assert f"swapped: {s.key} now holds the new key" in out
+            assert "1 routed session(s) still open on the old connection" in out
+            assert "the agent retires the old key" in out
+            new_fp = facts_from_public(s.key).fingerprint
+            assert new_fp != keys.agent.fingerprint
+
+            def retired() -> bool:
+                entries = load_access(s.access).entries
+                return [e.fingerprint for e in entries if e.permit_listen] == [new_fp]
+
+            await wait_for(retired, timeout=60)  # the session above has ended
+            assert not await s.logs_in(old_copy)
+            assert (await s.reach()).stdout == b"through\n"
+        async with s.agent():  # restarted from disk
+            assert (await s.reach()).stdout == b"through\n"
 
 
 async def test_old_key_is_refused_after_rotation(keys: Keys, tmp_path: Path) -> None:
