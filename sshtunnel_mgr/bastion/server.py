@@ -28,6 +28,7 @@ from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.names import InvalidName, normalize_name
 from sshtunnel_mgr.protocol import NOT_PUBLISHED
 from sshtunnel_mgr.routing import Route
+from sshtunnel_mgr.sshcompat import kexguess
 from sshtunnel_mgr.sshtuning import tune_connection
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
@@ -128,6 +129,7 @@ class BastionConnection(asyncssh.SSHServer):
         self.tuning = tune_connection(conn)  # cheaper packets, same wire (sshtuning.py)
         sigpolicy.install(conn, self.signature_refused)  # no ssh-rsa (SHA-1) signatures
         disconnects.install(conn, self._disconnect_sent)  # for left_before_login's reason
+        kexguess.install(conn)  # guessed first kex packets judged by RFC 4253 (Dropbear)
         event(
             log,
             logging.DEBUG,
