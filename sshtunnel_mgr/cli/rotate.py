@@ -203,7 +203,7 @@ class _Steps:
                 )
             waiting = False
             for link in rot["links"]:
-                text, drains = _progress(link)
+                text, drains = progress(link)
                 waiting = waiting or drains
                 if shown.get(link["bastion"]) != text:
                     shown[link["bastion"]] = text
@@ -244,7 +244,7 @@ class _Steps:
         typer.echo(f"rotation undone: the bastions know only {self.key} again")
 
 
-def _progress(link: dict[str, Any]) -> tuple[str, bool]:
+def progress(link: dict[str, Any]) -> tuple[str, bool]:
     """(what to show for one bastion, whether it waits for open sessions)."""
     state, sessions = link.get("state"), int(link.get("sessions") or 0)
     if state == "retired":

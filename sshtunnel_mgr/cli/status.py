@@ -11,8 +11,10 @@ from typing import Annotated, Any
 import typer
 
 from sshtunnel_mgr.admin import default_socket_path, query
+from sshtunnel_mgr.cli.rotate import progress
 from sshtunnel_mgr.config import Config, load_config
 from sshtunnel_mgr.errors import ConfigError, SshtunError
+from sshtunnel_mgr.keys import rotation
 from sshtunnel_mgr.logsetup import escape_line
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The sshtun TOML config file.")]
@@ -112,9 +114,41 @@ def format_status(answer: dict[str, Any], now: float | None = None) -> str:
             [link["bastion"], state, detail, names, f"refused {refused}" if refused else "", error]
         )
     health = "healthy" if answer.get("healthy") else "not healthy"
-    return f"agent ({health})\n" + _table(
+    text = f"agent ({health})\n" + _table(
         ["BASTION", "STATE", "SINCE", "NAMES", "REFUSED", "LAST ERROR"], rows
     )
+    return text + format_retiring(answer.get("rotation"))
+
+
+def format_retiring(rotation: dict[str, Any] | None) -> str:
+    """The agent's part of a key rotation: how the old key's retiring goes, per bastion."""
+    if not rotation or rotation.get("done"):
+        return ""
+    lines = [f"\nkey rotation to {rotation['key']}: retiring the old key"]
+    for link in rotation["links"]:
+        lines.append(f"  {link['bastion']}: {progress(link)[0]}")
+    return "\n".join(lines)
+
+
+def format_rotation_record(described: str, finish: str, can_undo: bool) -> str:
+    """A half-finished rotation recorded beside the agent key (pure)."""
+    text = f"key rotation not finished: {described}\n  finish it: {finish}"
+    return text + (f"\n  or go back: {finish} --undo" if can_undo else "")
+
+
+def _rotation_record(config: Config, path: Path) -> str:
+    """What the rotation record beside the agent's key says, or "" when there is none."""
+    assert config.agent is not None
+    key = config.agent.key
+    try:
+        state = rotation.load_state(key)
+        if state is None:
+            return ""
+        where = rotation.phase(state, rotation.file_fingerprint(key))
+    except SshtunError as exc:
+        return f"key rotation record: {exc.message}"
+    finish = rotation.finish_command(path, None)
+    return format_rotation_record(rotation.describe(state), finish, where == "before-swap")
 
 
 def status_cmd(
@@ -125,10 +159,20 @@ def status_cmd(
     """Show what the running agent or bastion is doing (read over its admin socket)."""
     cfg = load_config(config)
     chosen = pick_role(cfg, role)
-    answer = asyncio.run(query(socket_for(cfg, chosen), {"cmd": "status"}))
+    record = _rotation_record(cfg, config) if chosen == "agent" else ""
+    try:
+        answer = asyncio.run(query(socket_for(cfg, chosen), {"cmd": "status"}))
+    except SshtunError:
+        if record:  # the agent is down: what is on disk matters all the more
+            typer.echo(record, err=True)
+        raise
     if not answer.get("ok"):
         raise SshtunError(f"status failed: {answer.get('error', 'unknown error')}")
-    typer.echo(json.dumps(answer, indent=2, sort_keys=True) if as_json else format_status(answer))
+    if as_json:
+        answer["rotation_record"] = record or None
+        typer.echo(json.dumps(answer, indent=2, sort_keys=True))
+        return
+    typer.echo(format_status(answer) + (f"\n{record}" if record else ""))
 
 
 def register(app: typer.Typer) -> None:

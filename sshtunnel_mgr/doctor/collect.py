@@ -18,7 +18,8 @@ from sshtunnel_mgr.config import AgentConfig, BastionConfig
 from sshtunnel_mgr.doctor import accesscheck, files, keycheck, sshd
 from sshtunnel_mgr.doctor.algorithms import check_policy
 from sshtunnel_mgr.doctor.findings import Finding, Level, fail, ok, warn
-from sshtunnel_mgr.errors import ConfigError
+from sshtunnel_mgr.errors import ConfigError, SshtunError
+from sshtunnel_mgr.keys import rotation
 from sshtunnel_mgr.keys.inventory import key_bits
 
 SSHD_TIMEOUT = 30.0
@@ -235,6 +236,7 @@ def agent_section(agent: AgentConfig, config_path: Path | None, now: datetime) -
     facts = agent_key_facts(agent.key, now)
     section.add(keycheck.check_key_strength(facts))
     section.add(keycheck.check_key_age(facts))
+    section.add(rotation_finding(agent.key, config_path))
     for endpoint in agent.bastions:
         if endpoint.host_key is not None:
             section.add(keycheck.check_pin_inline(endpoint.address, endpoint.host_key))
@@ -257,6 +259,18 @@ def agent_section(agent: AgentConfig, config_path: Path | None, now: datetime) -
             files.check_config_file(stat_path(path), "agent.known-hosts-mode", "known_hosts")
         )
     return section
+
+
+def rotation_finding(key: Path, config_path: Path | None) -> Finding:
+    """A half-finished ``sshtun keys rotate``, read from its record beside the key."""
+    try:
+        state = rotation.load_state(key)
+        where = rotation.phase(state, rotation.file_fingerprint(key)) if state else ""
+    except SshtunError as exc:
+        return fail("agent.key-rotation", exc.message, exc.hint or "see sshtun keys rotate")
+    command = rotation.finish_command(config_path or Path("AGENT.toml"), None)
+    described = rotation.describe(state) if state else None
+    return keycheck.check_rotation(described, command, where == "before-swap")
 
 
 def _tunnel_sshd_port(agent: AgentConfig | None) -> int | None:

@@ -216,3 +216,14 @@ def check_pin_known_hosts(
     good = [f for f in rated if f.level is Level.OK]
     findings.extend(good or rated)
     return findings
+
+
+def check_rotation(described: str | None, finish: str, can_undo: bool) -> Finding:
+    """A key rotation left half-finished (its record beside the agent key, ``described``
+    by keys/rotation.py): the key file works, but the old key stays enrolled (with an
+    expiry) until the rotation is finished."""
+    check = "agent.key-rotation"
+    if described is None:
+        return ok(check, "no key rotation is under way")
+    fix = f"finish it: {finish}" + (f" (or go back: {finish} --undo)" if can_undo else "")
+    return warn(check, f"a key rotation is half-finished: {described}", fix)

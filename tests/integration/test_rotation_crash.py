@@ -126,13 +126,13 @@ class World:
         return child(*SSHTUN, "up", "--config", str(self.agent_toml), env=crash_env(point))
 
     async def rotate(self, *args: str, point: str | None = None) -> Result:
+        return await self.cli(
+            "keys", "rotate", "--config", str(self.agent_toml), "--wait", *args, point=point
+        )
+
+    async def cli(self, *args: str, point: str | None = None) -> Result:
         proc = await asyncio.create_subprocess_exec(
             *SSHTUN,
-            "keys",
-            "rotate",
-            "--config",
-            str(self.agent_toml),
-            "--wait",
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -317,3 +317,30 @@ async def test_an_encrypted_key_killed_mid_swap_loads_and_finishes(
         assert_finished(w)
         assert not Path(str(w.key) + ".next.passphrase").exists()
         await w.works_from_disk()
+
+
+@pytest.mark.parametrize("point", ["cli:switched", "cli:swapped"])
+async def test_status_and_doctor_show_a_half_finished_rotation_and_its_command(
+    keys: Keys, tmp_path: Path, point: str
+) -> None:
+    async with world(keys, tmp_path) as w:
+        await crash(w, point)
+        finish = f"sshtun keys rotate --config {w.agent_toml}"
+        undo = point == "cli:switched"  # before the swap it can still be undone
+        stopped = await w.cli("status", "--config", str(w.agent_toml))
+        assert stopped.returncode != 0  # the agent is down, and the record says more
+        assert "key rotation not finished" in stopped.stderr and finish in stopped.stderr
+        async with w.bastion() as bastion:
+            await bastion.wait_line("listening on")
+            async with w.agent() as agent:
+                await agent.wait_line("name=homebox:22")
+                status = await w.cli("status", "--config", str(w.agent_toml))
+                assert status.returncode == 0, status.stderr
+                out = status.stdout.decode()
+                assert "key rotation not finished" in out and f"finish it: {finish}" in out
+                assert ("--undo" in out) is undo
+                assert ("holds the new key" in out) is not undo
+        doctor = await w.cli("doctor", "--role", "agent", "--config", str(w.agent_toml))
+        out = doctor.stdout.decode()
+        assert "a key rotation is half-finished" in out, out + doctor.stderr
+        assert finish in out
