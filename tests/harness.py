@@ -29,6 +29,8 @@ from sshtunnel_mgr.keys.store import KeyInfo, generate_key
 SSH = shutil.which("ssh")
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
 REQUIRE_OPENSSH = os.environ.get("SSHTUN_REQUIRE_OPENSSH") == "1"
+DBCLIENT = shutil.which("dbclient")  # Dropbear's client (Debian: dropbear-bin)
+DROPBEARCONVERT = shutil.which("dropbearconvert")
 USER = getpass.getuser()
 
 
@@ -37,6 +39,18 @@ def require_openssh(*, server: bool = False) -> None:
     missing = [n for n, p in (("ssh", SSH), ("sshd", SSHD if server else "x")) if not p]
     if missing:
         msg = f"OpenSSH {'/'.join(missing)} not installed"
+        if REQUIRE_OPENSSH:
+            pytest.fail(msg + " but SSHTUN_REQUIRE_OPENSSH=1")
+        pytest.skip(msg)
+
+
+def require_dropbear() -> None:
+    """Skip when Dropbear's client is missing, except under SSHTUN_REQUIRE_OPENSSH=1 (CI
+    installs dropbear-bin beside OpenSSH): then fail."""
+    tools = (("dbclient", DBCLIENT), ("dropbearconvert", DROPBEARCONVERT))
+    missing = [n for n, p in tools if not p]
+    if missing:
+        msg = f"Dropbear {'/'.join(missing)} not installed (dropbear-bin)"
         if REQUIRE_OPENSSH:
             pytest.fail(msg + " but SSHTUN_REQUIRE_OPENSSH=1")
         pytest.skip(msg)
