@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from sshtunnel_mgr.errors import EXIT_KEYS
 from sshtunnel_mgr.keys.inventory import facts_from_public
 from sshtunnel_mgr.keys.store import KeyInfo, load_private_key
 from tests.harness import (
+    SSH,
     SSHTUN,
     HomeSshd,
     Keys,
@@ -34,6 +35,7 @@ from tests.harness import (
     free_port,
     home_sshd,
     pub_of,
+    read_until,
     run_ssh,
     running_agent,
     running_bastion,
@@ -216,6 +218,88 @@ async def test_rotation_run_over_ssh_homebox_is_not_cut_and_retires_when_it_ends
             assert (await s.reach()).stdout == b"through\n"
         async with s.agent():  # restarted from disk
             assert (await s.reach()).stdout == b"through\n"
+
+
+@asynccontextmanager
+async def held_session(s: Scene) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A real ssh -J session to the home sshd (``cat``), proven routed before it is used."""
+    assert SSH is not None
+    proc = await asyncio.create_subprocess_exec(
+        SSH,
+        "-F",
+        str(s.client_cfg),
+        "homebox",
+        "cat",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"ping\n")
+        assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ping\n"
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def start_rotate(s: Scene, *args: str) -> Awaitable[asyncio.subprocess.Process]:
+    return asyncio.create_subprocess_exec(
+        *SSHTUN,
+        "keys",
+        "rotate",
+        "--config",
+        str(s.agent_toml),
+        "--wait",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def agent_keys_enrolled(s: Scene) -> list[str]:
+    return [e.fingerprint for e in load_access(s.access).entries if e.permit_listen]
+
+
+async def test_rotation_waits_for_routed_sessions_and_shows_them(
+    keys: Keys, tmp_path: Path
+) -> None:
+    async with scene(keys, tmp_path) as s, s.agent(), held_session(s) as held:
+        assert held.stdin is not None and held.stdout is not None
+        rotate = await start_rotate(s)
+        try:
+            shown = await read_until(rotate.stdout, "1 routed session(s) still open", 60)
+            assert any("swapped:" in line for line in shown)
+            # The new connection serves; the old key stays until the session ends.
+            assert (await s.reach()).stdout == b"through\n"
+            assert keys.agent.fingerprint in agent_keys_enrolled(s)
+            held.stdin.write(b"bye\n")
+            held.stdin.close()
+            assert await asyncio.wait_for(held.stdout.read(), 60) == b"bye\n"
+            assert await asyncio.wait_for(held.wait(), 60) == 0  # never cut
+            out, err = await asyncio.wait_for(rotate.communicate(), 60)
+        finally:
+            if rotate.returncode is None:
+                rotate.kill()
+                await rotate.wait()
+        assert rotate.returncode == 0, err.decode()
+        assert "old key retired" in out.decode() and "rotated:" in out.decode()
+        assert agent_keys_enrolled(s) == [facts_from_public(s.key).fingerprint]
+
+
+async def test_rotation_with_a_drain_limit_cuts_what_is_left_then_retires(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with scene(keys, tmp_path) as s, s.agent(), held_session(s) as held:
+        rotate = await start_rotate(s, "--drain", "2")
+        out, err = await asyncio.wait_for(rotate.communicate(), 120)
+        assert rotate.returncode == 0, err.decode()
+        assert "rotated:" in out.decode()
+        assert await asyncio.wait_for(held.wait(), 60) != 0  # cut at the limit
+        assert logged(caplog, "drain limit reached", "sessions=1")
+        assert agent_keys_enrolled(s) == [facts_from_public(s.key).fingerprint]
 
 
 async def test_old_key_is_refused_after_rotation(keys: Keys, tmp_path: Path) -> None:
