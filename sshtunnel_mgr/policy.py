@@ -15,9 +15,10 @@ KEX_ALGS = (
     "curve25519-sha256@libssh.org",
 )
 # What the bastion offers, curve25519 first: Dropbear sends a guessed first key-exchange
-# packet for its own first choice (curve25519-sha256), and asyncssh aborts when the guess
-# differs from the server's first algorithm. The client's order still decides: an OpenSSH
-# that has ML-KEM gets it.
+# packet for its own first choice (curve25519-sha256), which is then right and used (no
+# resend). Any order works (sshcompat/kexguess.py judges a guess by RFC 4253 §7;
+# stock asyncssh cut Dropbear off when this first entry was not its guess). The client's
+# order still decides: an OpenSSH that has ML-KEM gets it.
 SERVER_KEX_ALGS = (
     "curve25519-sha256",
     "curve25519-sha256@libssh.org",
