@@ -45,10 +45,18 @@ async def key_request(
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         return {"ok": False, "error": f"cannot connect: {exc or type(exc).__name__}"}
     try:
+        if not command:
+            return {"ok": True}
         return await run_key_request(conn, command, 30)
     finally:
         conn.close()
         await asyncio.wait_for(conn.wait_closed(), 10)
+
+
+async def accepts(config: AgentConfig, endpoint: BastionEndpoint, key: asyncssh.SSHKey) -> bool:
+    """Whether ``endpoint`` lets ``key`` log in (a login and nothing else)."""
+    answer = await key_request(config, endpoint, key, "")
+    return not str(answer.get("error", "")).startswith("the key was refused")
 
 
 async def on_every_bastion(

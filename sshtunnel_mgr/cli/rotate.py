@@ -165,7 +165,19 @@ class _Steps:
             return None if stop_after == "switch" else True
         new = load_private_key(nxt)
         line = public_line(new, rotation.comment_of(nxt))
-        self._direct(load_private_key(self.key), f"sshtun-enrol {line}", "enrol", nxt)
+        old = load_private_key(self.key)
+        for ep in self.agent.bastions:
+            answer = asyncio.run(keydirect.key_request(self.agent, ep, old, f"sshtun-enrol {line}"))
+            if _refused(answer) and asyncio.run(keydirect.accepts(self.agent, ep, new)):
+                # The old key's grace ran out before the rotation was finished: the new
+                # key, enrolled then, is what this bastion accepts now; go on with it.
+                typer.echo(f"  {ep.address}: the old key is refused (expired?); the new one works")
+                continue
+            if not answer.get("ok"):
+                raise _explain_failure(
+                    {**answer, "failed_step": "enrol", "bastion": ep.address}, self.key, nxt
+                )
+            typer.echo(f"  {ep.address}: enrol: {_describe_step({'step': 'enrol', **answer})}")
         return None if stop_after else True
 
     def _direct(self, key: asyncssh.SSHKey, command: str, step: str, nxt: Path) -> None:
@@ -242,6 +254,10 @@ class _Steps:
         rotation.clear_state(self.key)
         rotation.discard(self.key)
         typer.echo(f"rotation undone: the bastions know only {self.key} again")
+
+
+def _refused(answer: dict[str, Any]) -> bool:
+    return not answer.get("ok") and str(answer.get("error")).startswith("the key was refused")
 
 
 def progress(link: dict[str, Any]) -> tuple[str, bool]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import asyncssh
 import pytest
 
 from sshtunnel_mgr.access import load_access
+from sshtunnel_mgr.errors import EXIT_PERMISSION
 from sshtunnel_mgr.keys.inventory import facts_from_public
 from sshtunnel_mgr.keys.secrets import store_passphrase
 from sshtunnel_mgr.keys.store import generate_key, load_private_key
@@ -344,3 +346,30 @@ async def test_status_and_doctor_show_a_half_finished_rotation_and_its_command(
         out = doctor.stdout.decode()
         assert "a key rotation is half-finished" in out, out + doctor.stderr
         assert finish in out
+
+
+async def test_after_the_old_keys_grace_ran_out_the_rerun_finishes_with_the_new_key(
+    keys: Keys, tmp_path: Path
+) -> None:
+    async with world(keys, tmp_path) as w:
+        async with w.bastion() as bastion:
+            await bastion.wait_line("listening on")
+            async with w.agent() as agent:
+                await agent.wait_line("name=homebox:22")
+                stopped = await w.rotate("--stop-after", "enrol")
+                assert stopped.returncode == 0, stopped.stderr
+        # rotation_grace passes (time moved on in the file the bastion wrote): the old
+        # key's expiry-time is in the past.
+        text = w.access.read_text()
+        assert text.count("expiry-time=") == 1
+        w.access.write_text(re.sub(r'expiry-time="\d{14}Z"', 'expiry-time="20200101000000Z"', text))
+        async with w.bastion() as bastion:
+            await bastion.wait_line("listening on")
+            async with w.agent() as agent:  # the old key file alone would lock the owner out
+                await wait_for(lambda: agent.proc.returncode is not None, 60)
+                assert agent.proc.returncode == EXIT_PERMISSION
+            done = await w.rotate()
+            assert done.returncode == 0, done.stderr
+            assert "the old key is refused (expired?); the new one works" in done.stdout.decode()
+        assert_finished(w)
+        await w.works_from_disk()
