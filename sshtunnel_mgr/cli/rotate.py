@@ -75,6 +75,7 @@ def rotate_agent_key(
         if switched is None:
             typer.echo(f"stopped after {stop_after}; rerun `sshtun keys rotate` to finish")
             return
+        state = rotation.load_state(key_path) or state  # with what the enrolment recorded
     rotation.swap(key_path)  # idempotent: completes a swap that was cut short too
     if state.step != "swapped":
         state = state.at("swapped")
@@ -158,6 +159,8 @@ class _Steps:
                 raise _explain_failure(answer, self.key, nxt)
             for step in answer.get("steps", []):
                 typer.echo(f"  {step['bastion']}: {step['step']}: {_describe_step(step)}")
+                state = state.expiring(str(step.get("old_key_expires") or ""))
+            rotation.save_state(self.key, state)
             if stop_after == "enrol":
                 return None
             rotation.save_state(self.key, state.at("switched"))
@@ -178,6 +181,8 @@ class _Steps:
                     {**answer, "failed_step": "enrol", "bastion": ep.address}, self.key, nxt
                 )
             typer.echo(f"  {ep.address}: enrol: {_describe_step({'step': 'enrol', **answer})}")
+            state = state.expiring(str(answer.get("old_key_expires") or ""))
+            rotation.save_state(self.key, state)
         return None if stop_after else True
 
     def _direct(self, key: asyncssh.SSHKey, command: str, step: str, nxt: Path) -> None:

@@ -23,7 +23,7 @@ import contextlib
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sshtunnel_mgr.access import fingerprint
@@ -58,9 +58,15 @@ class RotationState:
     old: str  # fingerprint of the key being replaced
     new: str  # fingerprint of its successor
     step: str  # one of STEPS
+    old_expires: str = ""  # when the bastions stop accepting the old key (ISO 8601)
 
     def at(self, step: str) -> RotationState:
-        return RotationState(self.old, self.new, step)
+        return replace(self, step=step)
+
+    def expiring(self, when: str) -> RotationState:
+        """With the earliest expiry a bastion gave the old key."""
+        earliest = min(x for x in (self.old_expires, when) if x) if when else self.old_expires
+        return replace(self, old_expires=earliest)
 
 
 def load_state(key: Path) -> RotationState | None:
@@ -68,7 +74,9 @@ def load_state(key: Path) -> RotationState | None:
     path = state_path(key)
     try:
         data = json.loads(path.read_text())
-        state = RotationState(str(data["old"]), str(data["new"]), str(data["step"]))
+        state = RotationState(
+            str(data["old"]), str(data["new"]), str(data["step"]), str(data.get("old_expires", ""))
+        )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -133,10 +141,11 @@ def finish_command(config: Path, key: Path | None) -> str:
 
 
 def describe(state: RotationState) -> str:
+    expires = f" (the old key expires {state.old_expires})" if state.old_expires else ""
     return {
-        "enrol": f"the new key {state.new} is being enrolled beside {state.old}",
+        "enrol": f"the new key {state.new} is being enrolled beside {state.old}{expires}",
         "switched": f"the agent moved to the new key {state.new}; the key file still "
-        f"holds the old key {state.old}",
+        f"holds the old key {state.old}{expires}",
         "swapped": f"the key file holds the new key {state.new}; the old key "
         f"{state.old} is still enrolled until it is retired",
     }[state.step]

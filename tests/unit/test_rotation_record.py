@@ -96,3 +96,13 @@ def test_status_and_doctor_texts() -> None:
     assert check_rotation(None, finish, False).level is Level.OK
     half = check_rotation("described", finish, True)
     assert half.level is Level.WARN and finish in half.fix and "--undo" in half.fix
+
+
+def test_the_record_keeps_the_earliest_expiry_of_the_old_key(tmp_path: Path) -> None:
+    state = RotationState(OLD, NEW, "enrol").expiring("2026-12-03T08:00:00+00:00")
+    state = state.expiring("2026-12-02T09:00:00+00:00").expiring("")
+    assert state.old_expires == "2026-12-02T09:00:00+00:00"
+    assert "the old key expires 2026-12-02T09:00:00+00:00" in rotation.describe(state)
+    key = tmp_path / "agent_key"
+    rotation.save_state(key, state.at("switched"))
+    assert rotation.load_state(key) == state.at("switched")
