@@ -161,7 +161,7 @@ class BastionLink:
                     logging.ERROR,
                     "no tunnel could be published",
                     bastion=self.endpoint.address,
-                    retry_in=f"{self.backoff.cap:.0f}s",
+                    retry_in=f"{self.backoff.cap:g}s",
                 )
                 conn.close()
                 return self.backoff.cap

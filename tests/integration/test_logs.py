@@ -19,6 +19,7 @@ from tests.harness import (
     SSHTUN,
     Keys,
     access_text,
+    agent_config,
     bastion_config,
     bastion_pub,
     free_port,
@@ -390,3 +391,81 @@ async def test_a_hostile_home_side_refusal_cannot_forge_a_log_line(
         full = f"homebox:22: the home side refused: {reason}"
         assert [e for e in refused if e["reason"] == full], (reason, refused)
         assert [r for r in records if r["event"] == "refused" and r["reason"] == full]
+
+
+class _HostileBastion(asyncssh.SSHServer):
+    """A bastion the agent trusts (its pinned host key) that hangs up with a hostile reason."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        self.reasons = reasons
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return True
+
+    def server_requested(self, listen_host: str, listen_port: int) -> asyncssh.SSHListener:
+        """Accept the forward (the link comes up), then hang up with the next reason."""
+        reason = self.reasons[0] if len(self.reasons) == 1 else self.reasons.pop(0)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, self.conn.disconnect, asyncssh.DISC_PROTOCOL_ERROR, reason)
+        return _NoSocket(listen_port)
+
+
+class _NoSocket(asyncssh.SSHListener):
+    """An accepted remote forward that opens nothing."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self._port = port
+
+    def get_port(self) -> int:
+        return self._port
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
+
+
+async def test_a_hostile_bastion_reason_cannot_forge_an_agent_log_line(
+    keys: Keys, tmp_path: Path
+) -> None:
+    """The other direction: what a bastion says (a disconnect reason) in the agent's log."""
+    reasons = [v for v in HOSTILE.values() if isinstance(v, str)]
+    server = await asyncssh.create_server(
+        lambda: _HostileBastion(reasons),
+        "127.0.0.1",
+        0,
+        server_host_keys=[str(keys.bastion_host_path)],
+    )
+    try:
+        port = server.sockets[0].getsockname()[1]
+        backoff = {"base": 0.1, "cap": 0.5}
+        config = agent_config(keys, port, [("homebox", 22, "127.0.0.1:9")], backoff=backoff)
+        afile = write_toml(tmp_path / "agent.toml", "agent", config)
+        argv = [*SSHTUN, "-v", "--log-format", "text", "up", "--config", str(afile)]
+        async with process(*argv) as agent:
+            lines: list[str] = []
+            for _ in range(len(HOSTILE) + 1):  # each reason at least once
+                lines += await read_until(agent.stderr, "link down", timeout=30)
+            agent.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(agent.wait(), 30)
+            assert agent.stderr is not None
+            lines += (await agent.stderr.read()).decode().splitlines(keepends=True)
+    finally:
+        server.close()
+    events = [parse_text_line(line.removesuffix("\n")) for line in lines]
+    assert_nothing_forged(events, [])
+    downs = [str(e["error"]) for e in events if e["event"] == "link down"]
+    for reason in HOSTILE.values():
+        if isinstance(reason, str):
+            assert [d for d in downs if reason in d], (reason, downs)
