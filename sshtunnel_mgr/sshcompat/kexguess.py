@@ -93,8 +93,9 @@ def _log_override(peer: KexInit, mine: KexInit, ignore: bool, we_are_server: boo
     event(
         log,
         logging.DEBUG,
-        "kex guess judged by rfc 4253",
+        "kex guess decision changed",
         guess="wrong: packet dropped" if ignore else "right: packet used",
+        rule="RFC 4253 section 7 (asyncssh alone decided otherwise)",
         client_kex=client.kex_algs[0] if client.kex_algs else "",
         server_kex=server.kex_algs[0] if server.kex_algs else "",
         client_host_key=client.host_key_algs[0] if client.host_key_algs else "",
