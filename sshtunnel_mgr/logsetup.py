@@ -42,6 +42,8 @@ _PLAIN = re.compile(r"[A-Za-z0-9._:/@+,\-\[\]*%#~()]+")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_]")
 FOREIGN = "log"  # the event name of a record that did not come from ``event``
+# A longer text value is cut (a peer may send a 30 KB destination; the log stays bounded).
+MAX_VALUE = 1024
 
 
 def render_value(value: object) -> str:
@@ -71,6 +73,12 @@ def _as_text(value: object) -> str:
             raw = text.encode("utf-8", "backslashreplace")
         return raw.decode("utf-8", "backslashreplace")
     return text
+
+
+def _clip(value: object) -> object:
+    if isinstance(value, str | bytes | bytearray) and len(value) > MAX_VALUE:
+        return f"{_as_text(value[:MAX_VALUE])}...(+{len(value) - MAX_VALUE} more)"
+    return value
 
 
 def _json_value(value: object) -> object:
@@ -108,7 +116,7 @@ def event(
     A trailing underscore is dropped from a field name: ``from_=`` logs ``from=``.
     ``exc_info`` adds a traceback (an exception, or True for the one being handled)."""
     if logger.isEnabledFor(level):
-        fields = {_field_name(key.removesuffix("_")): value for key, value in fields.items()}
+        fields = {_field_name(k.removesuffix("_")): _clip(v) for k, v in fields.items()}
         logger.log(
             level,
             "%s",

@@ -151,3 +151,12 @@ def test_an_event_can_carry_a_traceback() -> None:
     assert record["event"] == "task failed" and record["task"] == "serve"
     assert record["exc"].endswith("RuntimeError: bug\nINFO x: auth ok key=SHA256:FORGED")
     assert "exc_info" not in record
+
+
+def test_a_long_value_is_cut() -> None:
+    logger, stream = _capture(JsonFormatter())
+    event(logger, logging.INFO, "refused open", dest="a" * 30000 + ":22", raw=b"\xff" * 2000)
+    [record] = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert record["dest"] == "a" * 1024 + "...(+28979 more)"
+    assert record["raw"] == "\\xff" * 1024 + "...(+976 more)"
+    assert len(stream.getvalue()) < 12000
