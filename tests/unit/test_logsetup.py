@@ -159,4 +159,4 @@ def test_a_long_value_is_cut() -> None:
     [record] = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert record["dest"] == "a" * 1024 + "...(+28979 more)"
     assert record["raw"] == "\\xff" * 1024 + "...(+976 more)"
-    assert len(stream.getvalue()) < 12000
+    assert len(stream.getvalue()) < 16000  # uncut: over 80000
