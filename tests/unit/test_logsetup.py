@@ -160,3 +160,11 @@ def test_a_long_value_is_cut() -> None:
     assert record["dest"] == "a" * 1024 + "...(+28979 more)"
     assert record["raw"] == "\\xff" * 1024 + "...(+976 more)"
     assert len(stream.getvalue()) < 16000  # uncut: over 80000
+
+
+def test_a_field_cannot_replace_the_record_s_own_keys() -> None:
+    logger, stream = _capture(JsonFormatter())
+    event(logger, logging.INFO, "x", event="auth ok", level="debug", msg="m", conn=1)
+    [record] = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert (record["event"], record["level"], record["conn"]) == ("x", "info", 1)
+    assert (record["event_"], record["level_"], record["msg_"]) == ("auth ok", "debug", "m")
