@@ -140,9 +140,8 @@ class JsonFormatter(logging.Formatter):
             "event": getattr(record, EVENT, None) or FOREIGN,
         }
         for key, value in fields.items():  # a field never hides ts, level, event, msg, ...
-            data[key if key not in data and key not in ("msg", "exc") else f"{key}_"] = _json_value(
-                value
-            )
+            name = f"{key}_" if key in data or key in ("msg", "exc") else key
+            data[name] = _json_value(value)
         data["msg"] = _as_text(message)
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
