@@ -18,7 +18,9 @@ tell a field from a value. A record that did not come from ``event`` (asyncssh's
 rendered as ``log msg="…"`` and a traceback's lines are indented with ``  | ``: no record can
 make a line that reads as one of our events. Text that is not valid Unicode (bytes, or a
 ``str`` with lone surrogates from ``surrogateescape``) is shown with ``\\xNN`` escapes, in
-the text and the JSON form alike.
+the text and the JSON form alike; a text value longer than ``MAX_VALUE`` is cut. In JSON, a
+field named like one of the record's own keys (``event``, ``level``, ...) is kept as
+``event_``. ``tests/unit/test_log_calls.py`` checks that nothing else in the package logs.
 """
 
 from __future__ import annotations
