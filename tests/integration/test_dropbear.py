@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import subprocess
 from collections.abc import AsyncIterator, Sequence
@@ -229,3 +230,36 @@ async def test_dbclient_connects_whatever_the_bastions_kex_order_because_of_the_
                 assert b"Disconnect received" in err, err  # dbclient 2022.83 then exits 0
                 assert logged(caplog, "left before login", "Key exchange not in progress")
                 assert not logged(caplog, "route", "name=homebox")
+
+
+async def test_dbclient_rekeys_mid_stream_with_a_guess_each_time(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dbclient answers every key re-exchange the bastion starts with its KEXINIT plus a
+    guess, too. ML-KEM first and a 64 KiB rekey limit on the bastion: a 1 MB download
+    through the multihop crosses many re-exchanges, each guess dropped, no byte lost."""
+    require_dropbear()
+    caplog.set_level(logging.DEBUG, logger="sshtunnel_mgr.sshcompat")
+    monkeypatch.setattr(policy, "SERVER_KEX_ALGS", MLKEM_FIRST)
+    stock_options = policy.server_options
+    monkeypatch.setattr(
+        policy, "server_options", lambda: {**stock_options(), "rekey_bytes": 64 * 1024}
+    )
+    access = tmp_path / "access"
+    access.write_text(access_text(keys))
+    client_key = dropbear_key(keys.client, tmp_path / "client.dropbear")
+    async with (
+        home_sshd(keys, tmp_path / "home") as home,
+        running_bastion(bastion_config(keys, access)) as bastion,
+        running_agent(agent_config(keys, bastion.port, routes_to_home(home.port))),
+    ):
+        env = dropbear_home(tmp_path / "db", keys)
+        hops = f"sshtun@127.0.0.1/{bastion.port},{USER}@homebox/22"
+        size = 1_000_000
+        result = await run_dbclient(
+            "-T", "-i", str(client_key), hops, f"head -c {size} /dev/zero", env=env
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"\0" * size
+        dropped = [r for r in caplog.records if "kex guess decision changed" in r.getMessage()]
+        assert len(dropped) >= 2, "the first exchange and at least one re-exchange"
