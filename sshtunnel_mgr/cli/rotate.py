@@ -84,6 +84,7 @@ def rotate_agent_key(
         crashpoint("cli:swapped")
     if not steps.retire(state, _should_wait(wait)):
         return
+    crashpoint("cli:retired")
     rotation.clear_state(key_path)
     typer.echo(f"rotated: {key_path} is now {state.new} (was {state.old})")
 
@@ -108,6 +109,7 @@ class _Steps:
         self.socket = socket
         self.drain = drain
         self.finish = finish
+        self.said_stopped = False
 
     # The agent, if it runs ---------------------------------------------------------------
     def agent_running(self) -> bool:
@@ -119,10 +121,12 @@ class _Steps:
             raise
         except SshtunError as exc:
             if exc.message.startswith(("no admin socket", "cannot reach the admin socket")):
-                typer.echo(
-                    f"the agent is not running ({exc.message}): the key requests go over "
-                    "this command's own connection to each bastion"
-                )
+                if not self.said_stopped:
+                    self.said_stopped = True
+                    typer.echo(
+                        f"the agent is not running ({exc.message}): the key requests go "
+                        "over this command's own connection to each bastion"
+                    )
                 return False
             raise RotationError(f"the agent did not answer: {exc.message}") from None
         return True

@@ -136,19 +136,25 @@ def format_rotation_record(described: str, finish: str, can_undo: bool) -> str:
     return text + (f"\n  or go back: {finish} --undo" if can_undo else "")
 
 
-def _rotation_record(config: Config, path: Path) -> str:
-    """What the rotation record beside the agent's key says, or "" when there is none."""
+def _rotation_record(config: Config, path: Path) -> tuple[str, str]:
+    """What the rotation record beside the agent's key says ("" when there is none), and
+    the new key it names."""
     assert config.agent is not None
     key = config.agent.key
     try:
         state = rotation.load_state(key)
         if state is None:
-            return ""
+            return "", ""
         where = rotation.phase(state, rotation.file_fingerprint(key))
     except SshtunError as exc:
-        return f"key rotation record: {exc.message}"
+        return f"key rotation record: {exc.message}", ""
     finish = rotation.finish_command(path, None)
-    return format_rotation_record(rotation.describe(state), finish, where == "before-swap")
+    text = format_rotation_record(rotation.describe(state), finish, where == "before-swap")
+    return text, state.new
+
+
+def retired_note(finish: str) -> str:
+    return f"key rotation done on every bastion; `{finish}` clears its record"
 
 
 def status_cmd(
@@ -159,7 +165,7 @@ def status_cmd(
     """Show what the running agent or bastion is doing (read over its admin socket)."""
     cfg = load_config(config)
     chosen = pick_role(cfg, role)
-    record = _rotation_record(cfg, config) if chosen == "agent" else ""
+    record, new_key = _rotation_record(cfg, config) if chosen == "agent" else ("", "")
     try:
         answer = asyncio.run(query(socket_for(cfg, chosen), {"cmd": "status"}))
     except SshtunError:
@@ -168,6 +174,9 @@ def status_cmd(
         raise
     if not answer.get("ok"):
         raise SshtunError(f"status failed: {answer.get('error', 'unknown error')}")
+    retiring = answer.get("rotation") or {}
+    if record and retiring.get("key") == new_key and retiring.get("done"):
+        record = retired_note(rotation.finish_command(config, None))
     if as_json:
         answer["rotation_record"] = record or None
         typer.echo(json.dumps(answer, indent=2, sort_keys=True))

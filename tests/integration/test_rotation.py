@@ -216,8 +216,23 @@ async def test_rotation_run_over_ssh_homebox_is_not_cut_and_retires_when_it_ends
             await wait_for(retired, timeout=60)  # the session above has ended
             assert not await s.logs_in(old_copy)
             assert (await s.reach()).stdout == b"through\n"
+            status = await sshtun("status", "--config", str(s.agent_toml))
+            assert "key rotation done on every bastion" in status.stdout.decode()
+            rerun = await s.rotate()  # clears the record
+            assert rerun.returncode == 0, rerun.stderr
+            assert "rotated:" in rerun.stdout.decode()
+            assert not Path(str(s.key) + ".rotation").exists()
         async with s.agent():  # restarted from disk
             assert (await s.reach()).stdout == b"through\n"
+
+
+async def sshtun(*args: str) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        *SSHTUN, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out, err.decode())
 
 
 @asynccontextmanager

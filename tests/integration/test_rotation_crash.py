@@ -53,6 +53,7 @@ CLI_POINTS = [
     "cli:swap-renamed",
     "cli:swapped",
     "cli:retire-requested",
+    "cli:retired",
 ]
 AGENT_POINTS = [
     "agent:enrolled",
@@ -371,5 +372,25 @@ async def test_after_the_old_keys_grace_ran_out_the_rerun_finishes_with_the_new_
             done = await w.rotate()
             assert done.returncode == 0, done.stderr
             assert "the old key is refused (expired?); the new one works" in done.stdout.decode()
+        assert_finished(w)
+        await w.works_from_disk()
+
+
+@pytest.mark.parametrize(
+    "point", ["cli:prepared", "cli:recorded", "cli:swap-renamed", "cli:swapped", "cli:retired"]
+)
+async def test_with_the_agent_stopped_killed_at_any_step_a_rerun_completes(
+    keys: Keys, tmp_path: Path, point: str
+) -> None:
+    async with world(keys, tmp_path) as w:
+        async with w.bastion() as bastion:
+            await bastion.wait_line("listening on")
+            killed = await w.rotate(point=point)
+            assert killed.returncode == -signal.SIGKILL, killed.stderr
+        await w.works_from_disk()
+        async with w.bastion() as bastion:
+            await bastion.wait_line("listening on")
+            done = await w.rotate()
+            assert done.returncode == 0, done.stderr
         assert_finished(w)
         await w.works_from_disk()
