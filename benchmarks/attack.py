@@ -55,6 +55,7 @@ from scene import (
     Scene,
     Side,
     aborted_opens,
+    audit_refusals,
     established,
     route_ready,
     spawn_pipe,
@@ -260,6 +261,8 @@ async def run_attack(args: argparse.Namespace) -> list[dict[str, dict[str, Any]]
                         finally:
                             await stop_side(side)
                             reap_orphans()
+                        if side.kind == "sshtun":
+                            found["refusals"] = audit_refusals(side)
                         run[kind].update({f"{phase}.{k}": v for k, v in found.items()})
                         found.pop("series", None)
                         log(f"  {kind} {phase}: {json.dumps(found, default=str)}")
@@ -374,6 +377,14 @@ def details(runs: list[dict[str, dict[str, Any]]]) -> list[str]:
             for k in ("flood.failures", *(x for x in r if x.endswith("_failures"))):
                 if r.get(k):
                     out.append(f"{kind} run {i + 1}: {k} e.g. {r[k][:3]}")
+            for phase in PHASES:
+                if r.get(f"{phase}.refusals"):
+                    out.append(
+                        f"{kind} run {i + 1}: {phase}: the bastion refused (audit log) "
+                        + "; ".join(
+                            f"{n}x {why}" for why, n in list(r[f"{phase}.refusals"].items())[:5]
+                        )
+                    )
             if r.get("aborted.capped"):
                 out.append(
                     f"{kind} run {i + 1}: RSS sampling stopped at the cap after "

@@ -19,10 +19,12 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,6 +444,30 @@ async def aborted_opens(
         return True
 
     return sum(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def audit_refusals(side: Side) -> dict[str, int]:
+    """What the sshtun bastion refused, by stage and reason, from its JSON-lines audit log
+    (readiness checks left out), and how many sources it cooled down."""
+    path = side.dir / "audit.jsonl"
+    found: Counter[str] = Counter()
+    if side.kind != "sshtun" or not path.exists():
+        return {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            found["unparsable audit line"] += 1
+            continue
+        if str(record.get("from", "")).startswith(CHECK_SOURCE + ":"):
+            continue
+        if record.get("event") == "refused":
+            # "63 connections not logged in yet" and the like: one line for every count.
+            reason = re.sub(r"\b\d+ (connections|channels)", r"N \1", str(record.get("reason")))
+            found[f"{record.get('stage', '?')}: {reason}"] += 1
+        elif record.get("event") == "penalty":
+            found["source cooled down (penalty)"] += 1
+    return dict(found.most_common())
 
 
 async def sshtun_status(cfg: Path, timeout: float = 30) -> dict[str, Any] | None:
