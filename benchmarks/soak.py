@@ -143,6 +143,7 @@ async def soak(side: Side, args: argparse.Namespace, tally: Tally) -> None:
             "rss_mib": round(mem.rss_kib / 1024, 1),
             "fds": side.fds(),
             "home_open": established(side.scene.stream_port),
+            "agents_up": sum(a.returncode is None for a in side.agents),
             "ssh_ok": tally.ssh_ok,
             "ssh_total": tally.ssh_total,
             "restarts": tally.restarts,
@@ -215,6 +216,10 @@ def summarize(tally: Tally, minutes: float) -> dict[str, Any]:
     return out
 
 
+def agent_count(args: argparse.Namespace) -> int:
+    return args.agents + (1 if args.stock_agent else 0)
+
+
 def print_report(
     tally: Tally, summary: dict[str, Any], args: argparse.Namespace, env: dict[str, Any]
 ) -> None:
@@ -233,11 +238,15 @@ def print_report(
         f"{args.sample:g} s"
     )
     print()
-    print("| t (s) | RSS (MiB) | FDs | home conns open | ssh -J ok/total | restarts | reloads |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| t (s) | RSS (MiB) | FDs | home conns open | agent processes up | ssh -J ok/total "
+        "| restarts | reloads |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in tally.samples:
         print(
             f"| {r['t']:.0f} | {r['rss_mib']:.1f} | {r['fds']:.0f} | {r['home_open']:.0f} | "
+            f"{r['agents_up']:.0f}/{agent_count(args)} | "
             f"{r['ssh_ok']:.0f}/{r['ssh_total']:.0f} | {r['restarts']:.0f} | {r['reloads']:.0f} |"
         )
     print()
