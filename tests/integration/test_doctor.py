@@ -246,6 +246,7 @@ def test_agent_files_key_and_pin(tmp_path: Path, host_keys: Path) -> None:
         "agent.key-mode": ["ok"],
         "agent.key-strength": ["ok"],
         "agent.key-age": ["ok"],
+        "agent.key-rotation": ["ok"],
         "agent.bastion-pinned": ["ok"],
         "agent.known-hosts-mode": ["ok"],
     }
@@ -266,6 +267,7 @@ def test_agent_files_key_and_pin(tmp_path: Path, host_keys: Path) -> None:
         "agent.key-mode": "fail",
         "agent.key-strength": "fail",
         "agent.key-age": "warn",
+        "agent.key-rotation": "ok",
         "agent.bastion-pinned": "fail",  # the entry is for another port
         "agent.known-hosts-syntax": "warn",
         "agent.known-hosts-mode": "fail",
