@@ -9,7 +9,8 @@ No shell, no subsystem, no pty, no other command. An authenticated key may run e
 ``sshtun-unenrol``
     Undo that: remove this key's successor and restore this key's expiry.
 ``sshtun-finish``
-    Asked by a successor once it serves every name: remove its predecessor (the key named
+    Asked by a successor once the agent's key file holds it and the predecessor's
+    connection has drained (``sshtun keys rotate``): remove its predecessor (the key named
     by its ``sshtun-rotated-from``; that key's remaining sessions close) and drop the mark.
     A no-op when there is none, so a rerun is safe.
 
