@@ -151,6 +151,20 @@ def bastion_samples(bastion: Any) -> Iterator[Sample]:
         counters["publish_refused"],
     )
     yield (
+        "sshtun_bastion_sessions_refused",
+        "counter",
+        "Session channels refused (max_sessions_per_connection)",
+        {},
+        counters["sessions_refused"],
+    )
+    yield (
+        "sshtun_bastion_audit_records_dropped",
+        "counter",
+        "Audit log records not written (the disk was full or the file unwritable)",
+        {},
+        state.audit.write_errors,
+    )
+    yield (
         "sshtun_bastion_penalties",
         "counter",
         "Source cool-downs started after failed authentications",

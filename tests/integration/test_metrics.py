@@ -76,6 +76,8 @@ async def test_bastion_and_agent_metrics(keys: Keys, tmp_path: Path) -> None:
             assert m['sshtun_bastion_routed_connections_total{outcome="refused"}'] == 1
             assert m["sshtun_bastion_auth_failures_total"] >= 1
             assert m["sshtun_bastion_penalties_total"] == 0  # one failure: no cool-down
+            assert m["sshtun_bastion_sessions_refused_total"] == 0
+            assert m["sshtun_bastion_audit_records_dropped_total"] == 0
             assert m['sshtun_bastion_refused_connections_total{reason="penalty"}'] == 0
             assert m['sshtun_bastion_refused_connections_total{reason="key_limit"}'] == 0
             assert m['sshtun_bastion_bytes_total{direction="from_home"}'] > 50000
