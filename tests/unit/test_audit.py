@@ -223,22 +223,6 @@ def test_a_failing_write_is_counted_not_raised(tmp_path: Path) -> None:
     assert audit.write_errors == 2
 
 
-# Per-key limits ------------------------------------------------------------------------
-@dataclass(eq=False)
-class Conn:
-    open_channels: int = 0
-
-
-def test_key_usage_counts_connections_and_channels_per_key() -> None:
-    usage: KeyUsage[Conn] = KeyUsage()
-    a1, a2, b1 = Conn(3), Conn(4), Conn(10)
-    usage.add("A", a1)
-    usage.add("A", a2)
-    usage.add("A", a2)  # twice is once
-    usage.add("B", b1)
-    assert (usage.connections("A"), usage.channels("A")) == (2, 7)
-    assert (usage.connections("B"), usage.channels("B")) == (1, 10)
-    assert (usage.connections("C"), usage.channels("C")) == (0, 0)
 def test_dropped_records_are_logged_once_a_minute_then_writing_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -264,6 +248,22 @@ def test_dropped_records_are_logged_once_a_minute_then_writing_again(
     assert [d["event"] for d in lines(tmp_path / "audit.jsonl")] == ["login", "login"]
 
 
+# Per-key limits ------------------------------------------------------------------------
+@dataclass(eq=False)
+class Conn:
+    open_channels: int = 0
+
+
+def test_key_usage_counts_connections_and_channels_per_key() -> None:
+    usage: KeyUsage[Conn] = KeyUsage()
+    a1, a2, b1 = Conn(3), Conn(4), Conn(10)
+    usage.add("A", a1)
+    usage.add("A", a2)
+    usage.add("A", a2)  # twice is once
+    usage.add("B", b1)
+    assert (usage.connections("A"), usage.channels("A")) == (2, 7)
+    assert (usage.connections("B"), usage.channels("B")) == (1, 10)
+    assert (usage.connections("C"), usage.channels("C")) == (0, 0)
     a1.open_channels = 0
     assert usage.channels("A") == 4
     usage.remove("A", a1)
