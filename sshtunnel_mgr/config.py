@@ -227,7 +227,7 @@ class LimitsConfig(_Model):
     max_auth_failures_per_source: Annotated[int, Field(ge=0, le=10000, strict=True)] = 10
     penalty_seconds: Seconds = 300.0
     penalty_exempt: list[str] = Field(default_factory=list)
-    max_connections_per_key: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 32
+    max_connections_per_key: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 128
     max_channels_per_key: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 256
     # Seconds the agent has to answer the forwarded-tcpip open for a client's channel;
     # then the client is refused and the agent's channel is closed if it ever opens.

@@ -414,9 +414,7 @@ class BastionLink:
             return {"ok": False, "error": f"no live connection to {self.endpoint.address}"}
         return await run_key_request(conn, command, timeout)
 
-    async def hand_over(
-        self, key: asyncssh.SSHKey, drain_timeout: float | None
-    ) -> dict[str, Any]:
+    async def hand_over(self, key: asyncssh.SSHKey, drain_timeout: float | None) -> dict[str, Any]:
         """Move this link to ``key`` with no moment in which its names are unserved:
         connect with the new key and publish every tunnel (the bastion then serves each
         name from both connections), make that the link's connection, withdraw the names

@@ -500,9 +500,7 @@ class BastionConnection(asyncssh.SSHServer):
             raise ChannelOpenError(OPEN_PROHIBITED, decision.reason)
         route = self.state.routes.pick(name, port, self.state.next_pick())
         if route is None:
-            raise ChannelOpenError(
-                OPEN_FAILED, f"{name}:{port} {NOT_PUBLISHED}"
-            )
+            raise ChannelOpenError(OPEN_FAILED, f"{name}:{port} {NOT_PUBLISHED}")
         return route
 
     async def _splice(

@@ -35,7 +35,7 @@ def test_defaults() -> None:
         lim.penalty_exempt,
         lim.max_connections_per_key,
         lim.max_channels_per_key,
-    ) == (10, 300.0, [], 32, 256)
+    ) == (10, 300.0, [], 128, 256)
     assert lim == LimitsConfig()
 
 
