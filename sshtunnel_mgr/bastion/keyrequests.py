@@ -1,6 +1,8 @@
 """The one thing a session on the bastion may do: manage the requesting key's own rotation.
 
-No shell, no subsystem, no pty, no other command. An authenticated key may run exactly:
+No shell, no subsystem, no pty, no other command: a shell or another command (a plain
+``ssh bastion``, or ``ssh -L … bastion`` without ``-N``) gets one line on stderr saying
+what to do instead, and exit status 1. An authenticated key may run exactly:
 
 ``sshtun-enrol <type> <base64> [comment]``
     Enrol a successor key with exactly this key's permissions and expiry, marked
@@ -59,6 +61,11 @@ log = logging.getLogger("sshtunnel_mgr.bastion")
 
 COMMANDS = ("sshtun-enrol", "sshtun-unenrol", "sshtun-finish", "sshtun-hostkey")
 MAX_COMMAND = 4096
+ONLY_ROUTES = (
+    "sshtun: this bastion only routes; there is no shell or command here. Use "
+    "`ssh -J BASTION HOST` to reach a published host, or add -N to keep -L/-R/-D "
+    "forwards open without a command."
+)
 
 
 class KeyRequestSession(asyncssh.SSHServerSession[str]):
@@ -71,6 +78,7 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
         self._task: asyncio.Task[None] | None = None
         self._gone = threading.Event()  # set when the session ends: stop waiting for the lock
         self._expired = False
+        self._explain = False  # a shell or a foreign command: explain, exit 1
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[str]) -> None:
         self._chan = chan
@@ -97,15 +105,21 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
 
     def exec_requested(self, command: str) -> bool:
         verb = command.split(None, 1)[0] if command.strip() else ""
-        if self._command or verb not in COMMANDS or len(command) > MAX_COMMAND:
+        if self._command or self._explain:
+            return False  # one request per session
+        if verb not in COMMANDS or len(command) > MAX_COMMAND:
             self._conn.log_refused_session(f"command {command[:60]!r} is not offered here")
-            return False
+            self._explain = True  # answered on stderr with exit 1, not a bare failure
+            return True
         self._command = command
         return True
 
     def shell_requested(self) -> bool:
+        if self._command or self._explain:
+            return False
         self._conn.log_refused_session("no shell here")
-        return False
+        self._explain = True
+        return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
         self._conn.log_refused_session(f"no subsystem {subsystem[:40]!r} here")
@@ -118,6 +132,13 @@ class KeyRequestSession(asyncssh.SSHServerSession[str]):
         return True  # stay half-open: the answer may still be on its way
 
     def session_started(self) -> None:
+        if self._explain:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._chan is not None:
+                self._chan.write_stderr(ONLY_ROUTES + "\r\n")
+                self._chan.exit(1)
+            return
         self._task = task = asyncio.create_task(self._answer())
         tasks = self._conn.state.tasks  # kept, and awaited when the bastion stops
         tasks.add(task)

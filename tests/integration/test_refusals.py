@@ -23,6 +23,7 @@ from tests.harness import (
     agent_config,
     bastion_config,
     bastion_pub,
+    free_port,
     home_sshd,
     process,
     require_openssh,
@@ -372,6 +373,22 @@ async def test_no_shell_exec_or_subsystem_on_the_bastion(
             result = await run_ssh(s.cfg, *args)
             assert result.returncode != 0
         assert logged(caplog, "refused session", "no shell, exec or subsystem here")
+
+
+async def test_a_shell_or_ssh_l_without_n_is_told_what_to_do(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Plain `ssh bastion`, `ssh bastion cmd` and `ssh -L … bastion` (no -N) get one line
+    saying this bastion only routes, and exit status 1 (OpenSSH used to say only "shell
+    request failed on channel 0")."""
+    async with scene(keys, tmp_path, access_text(keys)) as s:
+        forward = f"127.0.0.1:{free_port()}:homebox:22"
+        for args in (["bastion"], ["bastion", "id"], ["-L", forward, "bastion"]):
+            result = await run_ssh(s.cfg, *args)
+            assert result.returncode == 1, (args, result.stderr)
+            assert "this bastion only routes" in result.stderr, (args, result.stderr)
+            assert "request failed" not in result.stderr
+        assert logged(caplog, "refused session", "no shell here")
 
 
 async def test_channels_per_connection_are_capped(
