@@ -222,23 +222,52 @@ def split_options(text: str) -> tuple[list[tuple[str, str | None]], str]:
     raise ValueError("options must be followed by a key")
 
 
+# How many SSH strings (or mpints) follow the type name in each key type's public blob.
+_KEY_FIELDS = {
+    "ssh-ed25519": 1,  # the 32-byte key
+    "ssh-rsa": 2,  # e, n
+    "ecdsa-sha2-nistp256": 2,  # curve name, point
+    "ecdsa-sha2-nistp384": 2,
+    "ecdsa-sha2-nistp521": 2,
+    "sk-ssh-ed25519@openssh.com": 2,  # key, application
+    "sk-ecdsa-sha2-nistp256@openssh.com": 3,  # curve name, point, application
+}
+
+
+def _ssh_strings(blob: bytes) -> list[bytes]:
+    """Split an SSH wire blob into its length-prefixed strings; ValueError if it does not
+    split exactly (a truncated or padded key)."""
+    out, at = [], 0
+    while at < len(blob):
+        if at + 4 > len(blob):
+            raise ValueError("key data is truncated")
+        (size,) = struct.unpack(">I", blob[at : at + 4])
+        if at + 4 + size > len(blob):
+            raise ValueError("key data is truncated")
+        out.append(blob[at + 4 : at + 4 + size])
+        at += 4 + size
+    return out
+
+
 def decode_key(key_type: str, b64: str) -> bytes:
+    """The public key blob of an access line, checked whole: its type name matches and it
+    holds exactly the fields that key type has (a truncated key is refused, not read as a
+    smaller key)."""
     try:
         blob = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("key data is not valid base64") from None
-    if len(blob) < 4:
-        raise ValueError("key data is truncated")
-    (tlen,) = struct.unpack(">I", blob[:4])
-    embedded = blob[4 : 4 + tlen]
-    if embedded.decode("ascii", "replace") != key_type:
-        raise ValueError(
-            f"key data is a {embedded.decode('ascii', 'replace')!r} key, not {key_type!r}"
-        )
-    if key_type == "ssh-ed25519" and len(blob) != 4 + 11 + 4 + 32:
+    fields = _ssh_strings(blob)
+    embedded = fields[0].decode("ascii", "replace") if fields else ""
+    if embedded != key_type:
+        raise ValueError(f"key data is a {embedded!r} key, not {key_type!r}")
+    want = _KEY_FIELDS.get(key_type)
+    if want is not None and len(fields) - 1 != want:
+        raise ValueError(f"key data is not a complete {key_type} key (truncated?)")
+    if key_type.endswith("ed25519") and len(fields[1]) != 32:
         raise ValueError("key data is not a complete ed25519 key (truncated?)")
-    if len(blob) <= 4 + tlen:
-        raise ValueError("key data is truncated")
+    if key_type == "ssh-rsa" and not fields[2].lstrip(b"\0"):
+        raise ValueError("key data is not a complete ssh-rsa key (no modulus)")
     return blob
 
 

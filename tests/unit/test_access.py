@@ -18,6 +18,7 @@ from sshtunnel_mgr.access import (
     AccessEntry,
     AccessPolicy,
     Decision,
+    decode_key,
     fingerprint,
     load_access,
     match_from,
@@ -792,3 +793,19 @@ def test_load_access_not_utf8(tmp_path: Path) -> None:
         load_access(path)
     assert info.value.message.startswith(f"cannot read access file {path}: ")
     assert "utf-8" in info.value.message
+
+
+def test_a_truncated_rsa_key_is_refused_not_read_as_a_smaller_key() -> None:
+    """A copy-paste that lost the end of an RSA key used to load as "ssh-rsa 1016"."""
+    import asyncssh
+
+    line = asyncssh.generate_private_key("ssh-rsa", key_size=3072).export_public_key()
+    key_type, b64 = line.decode().split()[:2]
+    whole = base64.b64decode(b64)
+    cut = base64.b64encode(whole[: len(whole) - 258]).decode()  # a few lines short
+    assert decode_key(key_type, b64) == whole
+    with pytest.raises(ValueError, match="truncated"):
+        decode_key(key_type, cut)
+    padded = base64.b64encode(whole + b"\0\0\0\0").decode()  # an extra empty field
+    with pytest.raises(ValueError, match="not a complete ssh-rsa key"):
+        decode_key(key_type, padded)
