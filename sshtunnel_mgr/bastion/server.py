@@ -542,31 +542,21 @@ class BastionConnection(asyncssh.SSHServer):
             self.state.counters["routed_ok"] += 1
             return client_end
         client_end.never_opened(result.outcome)  # counted, audited; agent end closed
-        if not result.refusal:  # the client left: nobody to tell
-            self.state.counters["routed_abandoned"] += 1
-            event(
-                log,
-                logging.INFO,
-                "open abandoned",
-                conn=self.conn_id,
-                key=self.entry.label if self.entry else "-",
-                name=route.name,
-                port=route.port,
-                agent_conn=route.conn_id,
-                reason=result.outcome,
-            )
-            raise ChannelOpenError(OPEN_FAILED, result.outcome)
+        left = not result.refusal  # the client left: nobody to tell
         event(
             log,
-            logging.WARNING,
-            "refused open",
+            logging.INFO if left else logging.WARNING,
+            "open abandoned" if left else "refused open",
             conn=self.conn_id,
             key=self.entry.label if self.entry else "-",
             name=route.name,
             port=route.port,
             agent_conn=route.conn_id,
-            reason=result.refusal,
+            reason=result.outcome if left else result.refusal,
         )
+        if left:
+            self.state.counters["routed_abandoned"] += 1
+            raise ChannelOpenError(OPEN_FAILED, result.outcome)
         self.state.counters["routed_target_failed"] += 1
         self.state.audit.refused(self, "open", result.refusal, dest=f"{route.name}:{route.port}")
         raise ChannelOpenError(OPEN_FAILED, result.refusal)
