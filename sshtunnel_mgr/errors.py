@@ -17,6 +17,9 @@ EXIT_KEYS = 6
 EXIT_CHECKS_FAILED = 7
 # A local socket or directory is not safe to trust (another user's, a symlink, too open).
 EXIT_UNSAFE = 8
+# `sshtun ssh-config` could not pin every hop (bastion down, a name not routed): what it
+# could pin is written, the rest is named with its fix.
+EXIT_UNPINNED = 9
 
 
 class SshtunError(Exception):
@@ -64,3 +67,9 @@ class UnsafeAdminSocket(SshtunError):
     """The admin socket, its directory or the process serving it cannot be trusted."""
 
     exit_code = EXIT_UNSAFE
+
+
+class UnpinnedHop(SshtunError):
+    """A hop of ``ssh -J`` whose host key could not be read and verified."""
+
+    exit_code = EXIT_UNPINNED
