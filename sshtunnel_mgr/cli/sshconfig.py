@@ -72,7 +72,17 @@ def ssh_config_cmd(
     user: Annotated[str | None, typer.Option(help="Login name on the home boxes.")] = None,
     identity: Annotated[Path | None, typer.Option(help="Your private key.")] = None,
 ) -> None:
-    """Host blocks (ProxyJump through the bastion) and pinned host keys for each hop."""
+    """Host blocks (ProxyJump through the bastion) and pinned host keys for each hop.
+
+    \b
+    On the laptop (the key or fingerprint comes from the bastion's admin):
+      sshtun ssh-config --bastion HOST:PORT --bastion-key SHA256:... \\
+          --output ~/.ssh/config homebox
+    On the bastion (prints the above command and the lines to hand out):
+      sshtun ssh-config --config /etc/sshtun/bastion.toml --address HOST:PORT
+
+    Exit 9 names each hop it could not pin; exit 4 if the bastion shows another key.
+    """
     if (bastion is None) == (config is None):
         raise typer.BadParameter("give --bastion (on the laptop) or --config (on the bastion)")
     if config is not None and address is None:

@@ -184,6 +184,18 @@ async def test_unpublished_name_wrong_key_and_known_hosts_to_stdout(
         assert code == EXIT_HOSTKEY and f"not {keys.home_host.fingerprint}" in err
         assert out == "" and list((laptop / ".ssh").iterdir()) == []
 
+        # A key the bastion does not know: its hop is pinned, the next one named.
+        stranger = keys.extra("stranger")
+        code, out, err = await _sshtun(
+            capsys, "--bastion", at, "--bastion-key", keys.bastion_host.fingerprint,
+            "--identity", str(stranger.path), "homebox",
+        )  # fmt: skip
+        assert code == EXIT_UNPINNED and "homebox:22: the bastion refused your key" in err
+        assert "add your public key to its access file" in err
+        known = laptop / ".ssh" / "sshtun_known_hosts"
+        assert known.read_text() == f"[127.0.0.1]:{bastion.port} {pub_of(keys.bastion_host)}\n"
+        known.unlink()
+
         # No key at all: never trusted on first use.
         code, out, err = await _sshtun(capsys, "--bastion", at, *ident, "homebox")
         assert code == EXIT_UNPINNED and "never trusted on first use" in err
