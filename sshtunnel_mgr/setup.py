@@ -83,16 +83,23 @@ ACCESS_HEADER = """\
 """
 
 
-def plan_bastion_init(directory: Path, listen: str, state_dir: Path) -> list[Action]:
-    config = {
-        "bastion": {
-            "listen": [listen],
-            "host_key": str(state_dir / "host_key"),
-            # In the state directory: the bastion itself rewrites it when an agent rotates
-            # its key (sshtun keys rotate), and under systemd only that one is writable.
-            "access_file": str(state_dir / "access"),
-        }
+SYSTEMD_STATE_DIR = Path("/var/lib/sshtun")  # the bastion unit's StateDirectory=
+SYSTEMD_AUDIT_LOG = Path("/var/log/sshtun/audit.log")  # in its LogsDirectory=
+
+
+def plan_bastion_init(
+    directory: Path, listen: str, state_dir: Path, audit_log: Path | None = None
+) -> list[Action]:
+    bastion: dict[str, object] = {
+        "listen": [listen],
+        "host_key": str(state_dir / "host_key"),
+        # In the state directory: the bastion itself rewrites it when an agent rotates
+        # its key (sshtun keys rotate), and under systemd only that one is writable.
+        "access_file": str(state_dir / "access"),
     }
+    if audit_log is not None:
+        bastion["audit_log"] = str(audit_log)
+    config = {"bastion": bastion}
     return [
         Action("mkdir", directory, 0o755),
         Action("mkdir", state_dir, 0o700, comment="the host key and access file live here"),
@@ -127,10 +134,12 @@ def render_unit(template: str, role: str, binary: str, config_path: Path) -> str
     so a config outside /etc/sshtun does not leave the unit pointing at a missing key."""
     unit = template.replace(UNIT_BINARY, binary)
     unit = unit.replace(f"{DEFAULT_DIR}/{role}.toml", str(config_path))
-    return unit.replace(
-        f"LoadCredential=agent_key:{DEFAULT_DIR}/agent_key",
-        f"LoadCredential=agent_key:{credential_source(config_path)}",
-    )
+    key = credential_source(config_path)
+    credentials = f"LoadCredential=agent_key:{key}"
+    passphrase = key.with_name(key.name + ".passphrase")
+    if passphrase.exists():  # a missing credential file would fail the unit's start
+        credentials += f"\nLoadCredential=agent_key.passphrase:{passphrase}"
+    return unit.replace(f"LoadCredential=agent_key:{DEFAULT_DIR}/agent_key", credentials)
 
 
 def credential_source(config_path: Path) -> Path:

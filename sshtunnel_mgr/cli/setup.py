@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from sshtunnel_mgr import setup
+from sshtunnel_mgr import setup, unitlayout
 from sshtunnel_mgr.config import load_config
 from sshtunnel_mgr.errors import ConfigError
 
@@ -61,7 +61,10 @@ def init_cmd(
     systemd: Annotated[
         bool,
         typer.Option(
-            "--systemd", help="agent: read the key from systemd's $CREDENTIALS_DIRECTORY."
+            "--systemd",
+            help="The layout the shipped unit runs: agent: the key from systemd's "
+            "$CREDENTIALS_DIRECTORY; bastion: host key and access file in /var/lib/sshtun, "
+            "audit log in /var/log/sshtun.",
         ),
     ] = False,
     dry_run: DryRun = False,
@@ -90,13 +93,23 @@ def init_cmd(
             else:
                 typer.echo(f"\nThen run: sshtun up --config {config_path}")
     elif role == "bastion":
-        actions = setup.plan_bastion_init(directory, listen, state_dir or directory)
+        state = state_dir or (setup.SYSTEMD_STATE_DIR if systemd else directory)
+        audit = setup.SYSTEMD_AUDIT_LOG if systemd else None
+        actions = setup.plan_bastion_init(directory, listen, state, audit)
         _run(actions, dry_run)
         if not dry_run:
-            host_pub = ((state_dir or directory) / "host_key.pub").read_text().split()[:2]
+            host_pub = (state / "host_key.pub").read_text().split()[:2]
             typer.echo("\nAgents and clients pin this host key:")
             typer.echo(" ".join(host_pub))
-            typer.echo(f"\nThen run: sshtun bastion --config {directory / 'bastion.toml'}")
+            config_path = (directory / "bastion.toml").absolute()
+            if systemd:
+                typer.echo(
+                    f"\nThen install and start the service:\n"
+                    f"sshtun systemd install --role bastion --config {config_path}\n"
+                    "systemctl daemon-reload && systemctl enable --now sshtun-bastion.service"
+                )
+            else:
+                typer.echo(f"\nThen run: sshtun bastion --config {config_path}")
     else:
         raise ConfigError(f"--role must be agent or bastion, not {role!r}")
 
@@ -118,6 +131,7 @@ def install_cmd(
         raise ConfigError(f"--role must be agent or bastion, not {role!r}")
     binary = shutil.which("sshtun") or str(Path(sys.argv[0]).resolve())
     cfg = (config or Path(f"/etc/sshtun/{role}.toml")).absolute()
+    _check_layout(role, cfg)
     actions = setup.plan_systemd_install(role, setup.unit_template(role), binary, cfg, unit_dir)
     _run(actions, dry_run)
     unit = setup.UNIT_NAMES[role]
@@ -128,6 +142,25 @@ def install_cmd(
             f'"$CREDENTIALS_DIRECTORY/agent_key" in {cfg} (sshtun init --systemd does).'
         )
     typer.echo(f"\nsystemctl daemon-reload\nsystemctl enable --now {unit}\nsystemctl status {unit}")
+
+
+def _check_layout(role: str, cfg: Path) -> None:
+    """Refuse a config the sandboxed unit could not run (none yet: say what to run)."""
+    if not cfg.exists():
+        typer.echo(f"note: {cfg} does not exist yet: sshtun init --role {role} --systemd")
+        return
+    loaded = load_config(cfg)
+    found = unitlayout.readable_problems(cfg)
+    if role == "bastion":
+        found += unitlayout.bastion_problems(loaded.require_bastion())
+    else:
+        source = setup.credential_source(cfg)
+        found += unitlayout.agent_problems(loaded.require_agent(), source, source.exists())
+    if found:
+        raise ConfigError(
+            f"the {setup.UNIT_NAMES[role]} unit cannot run {cfg}: " + "; ".join(found),
+            hint=f"`sshtun init --role {role} --systemd` writes the layout the unit runs",
+        )
 
 
 def example_config_cmd() -> None:
