@@ -39,7 +39,20 @@ def begin(host_key: Path) -> tuple[Path, bool]:
     if nxt.exists():
         return nxt, False
     generate_key(nxt, comment="sshtun-bastion")
+    _same_owner(host_key, nxt)
     return nxt, True
+
+
+def _same_owner(current: Path, new: Path) -> None:
+    """Root adding a key beside one the bastion's own user owns (systemd's dynamic user
+    owns its state directory): the new files get that owner, or its reload cannot read
+    them (Permission denied, measured under the shipped unit)."""
+    st = os.stat(current)
+    if os.geteuid() != 0 or st.st_uid == 0:
+        return
+    for path in (new, Path(str(new) + ".pub")):
+        if path.exists():
+            os.chown(path, st.st_uid, st.st_gid)
 
 
 def finish(host_key: Path) -> None:

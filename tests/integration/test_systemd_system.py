@@ -6,8 +6,8 @@ bastion and the agent, start both; the agent's key is not in the access file yet
 agent exits 5 and ``systemctl status`` says why; the admin adds the printed access lines,
 reloads the bastion, restarts the agent; a real ``ssh -J`` through the bastion reaches a
 throwaway OpenSSH sshd behind the agent; ``sshtun keys revoke`` takes the client's key away
-live (same bastion process). The sandbox applies: dynamic users, read-only /etc, private
-/tmp, /root hidden.
+live and a host key rotation is served live (same bastion process). The sandbox applies:
+dynamic users, read-only /etc, private /tmp, /root hidden.
 """
 
 from __future__ import annotations
@@ -215,6 +215,21 @@ def test_units_run_the_init_layout_route_ssh_j_and_revoke_live(tmp_path: Path) -
             refused = ssh_j(machine, cfg)
             assert refused.returncode != 0 and "reached-home" not in refused.stdout
             assert "Permission denied" in refused.stderr, refused.stderr
+            # A host key rotation by root, served live: the new key file in the state
+            # directory gets the service's owner, or the reload could not read it.
+            out = machine.ok(
+                "sshtun", "keys", "rotate", "--host-key", "--config", "/etc/sshtun/bastion.toml"
+            )
+            assert out.count("SHA256:") >= 2, out  # the bastion now serves both
+            machine.ok(
+                "sshtun",
+                "keys",
+                "rotate",
+                "--host-key",
+                "--finish",
+                "--config",
+                "/etc/sshtun/bastion.toml",
+            )
             assert machine.show(BASTION, "MainPID") == bastion_pid
             assert machine.show(BASTION, "NRestarts") == "0"
 
