@@ -102,13 +102,12 @@ class Result:
 class Machine:
     pid: int  # systemd (PID 1 inside), as the host sees it
 
-    def run(self, *argv: str, net_only: bool = False, stdin: str | None = None) -> Result:
-        """A command inside the machine (net_only: only its network, the host's files)."""
-        spaces = ["-n"] if net_only else ["-m", "-p", "-n"]
-        env = {**os.environ, "PATH": PATH} if not net_only else dict(os.environ)
+    def run(self, *argv: str, stdin: str | None = None) -> Result:
+        """A command as root inside the machine (its files, processes and network)."""
+        env = {**os.environ, "PATH": PATH}
         env.pop("XDG_RUNTIME_DIR", None)  # the CLI finds the units' runtime directories
         proc = subprocess.run(
-            ["nsenter", "-t", str(self.pid), *spaces, "--", *argv],
+            ["nsenter", "-t", str(self.pid), "-m", "-p", "-n", "--", *argv],
             input=stdin,
             capture_output=True,
             text=True,

@@ -182,7 +182,7 @@ def test_units_run_the_init_layout_route_ssh_j_and_revoke_live(tmp_path: Path) -
             )
             status = machine.systemctl("status", AGENT).stdout
             assert "status=5" in status, status
-            assert "refused" in status.lower() or "denied" in status.lower(), status
+            assert "refused key" in status and "permitlisten" in status, status  # + hint
             assert machine.show(AGENT, "NRestarts") == "0"  # RestartPreventExitStatus=5
 
             # The admin adds the printed line and the client's, then reloads.
