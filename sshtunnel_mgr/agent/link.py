@@ -32,7 +32,7 @@ from sshtunnel_mgr.knownhosts import host_pattern, update_known_hosts
 from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.protocol import DRAIN_NOTICE, NOT_PUBLISHED
 from sshtunnel_mgr.sshcompat import kexguess
-from sshtunnel_mgr.sshtuning import tune_connection
+from sshtunnel_mgr.sshcompat.sendpath import tune_connection
 
 log = logging.getLogger("sshtunnel_mgr.agent")
 
@@ -647,7 +647,7 @@ class _LinkClient(asyncssh.SSHClient):
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
         self._link._lost_reason = ""
-        tune_connection(conn)  # cheaper packets, same wire (sshtuning.py)
+        tune_connection(conn)  # cheaper packets, same wire (sshcompat/sendpath.py)
         kexguess.install(conn)  # a guessing server judged by RFC 4253 (sshcompat)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr import systemd
+from sshtunnel_mgr import sshcompat, systemd
 from sshtunnel_mgr.admin import AdminServer, default_socket_path
 from sshtunnel_mgr.agent.link import BastionLink
 from sshtunnel_mgr.agent.rotation import Rotator
@@ -68,6 +68,7 @@ class Agent:
             "now": time.time(),
             "links": [dataclasses.asdict(link.status) for link in self.links],
             "rotation": self.rotator.snapshot(),
+            "asyncssh": sshcompat.summary("agent"),  # release, active shims, stepped aside
         }
 
     async def reload(self, config: AgentConfig) -> dict[str, Any]:
@@ -161,6 +162,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every link until ``stop``; a fatal error on one link stops them all."""
+        sshcompat.announce(log, "agent")  # one line: which asyncssh shims are active
         admin = AdminServer(
             self.config.admin_socket or default_socket_path("agent"), self.handle_admin
         )

@@ -29,6 +29,7 @@ from sshtunnel_mgr.bastion.admission import Admission, StartupLimits, Verdict
 from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.config import LimitsConfig
 from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.sshcompat import hostkeys
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
@@ -260,7 +261,7 @@ class Listener:
             # the host key list (hostkeys-00) that create_server's connections get after
             # login: send it here, or clients with UpdateHostKeys miss a host key rotation.
             if not conn.is_closed():
-                conn.send_server_host_keys()
+                hostkeys.send_after_login(conn)  # sshcompat: an undocumented asyncssh method
 
     def _served(self, arrival: Arrival, task: asyncio.Task[None]) -> None:
         """Logged in, gone or cancelled (even before it ran): its slot is free, and the

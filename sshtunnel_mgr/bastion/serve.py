@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr import policy, systemd
+from sshtunnel_mgr import policy, sshcompat, systemd
 from sshtunnel_mgr.access import AccessPolicy, load_access
 from sshtunnel_mgr.admin import AdminServer, default_socket_path
-from sshtunnel_mgr.bastion import authlog
 from sshtunnel_mgr.bastion.listener import Listener
 from sshtunnel_mgr.bastion.server import BastionConnection
 from sshtunnel_mgr.bastion.state import BastionState
@@ -27,6 +25,7 @@ from sshtunnel_mgr.keys.store import key_fingerprint
 from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.metrics import MetricsServer, bastion_samples
 from sshtunnel_mgr.protocol import DRAIN_NOTICE
+from sshtunnel_mgr.sshcompat import authlog, hostkeys
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
@@ -117,7 +116,8 @@ class Bastion:
         return self.addresses[0][1]
 
     async def start(self) -> None:
-        authlog.install()
+        authlog.install()  # log refused password/kbd-int attempts (sshcompat)
+        sshcompat.announce(log, "bastion")  # one line: which asyncssh shims are active
         self.state.audit.reopen(self.config.audit_log)  # JSON lines; off unless configured
         self.host_keys = load_host_keys(self.config.host_key)
         self.host_key = self.host_keys[0]
@@ -192,6 +192,7 @@ class Bastion:
             "connections": len(self.state.connections),
             "access_keys": len(self.state.access.entries),
             "names": names,
+            "asyncssh": sshcompat.summary("bastion"),  # release, active shims, stepped aside
         }
 
     def reload(self, config: BastionConfig) -> dict[str, Any]:
@@ -216,7 +217,7 @@ class Bastion:
                 server.update(server_host_keys=host_keys, send_server_host_keys=True)
             self.host_keys, self.host_key = host_keys, host_keys[0]
             told = sum(
-                _announce_host_keys(c.conn, host_keys)
+                hostkeys.announce(c.conn, host_keys)
                 for c in self.state.connections.values()
                 if c.conn is not None and c.entry is not None
             )
@@ -309,19 +310,6 @@ class Bastion:
             await asyncio.wait(set(self.state.tasks), timeout=5)
         self._servers.clear()
         self.state.audit.close()
-
-
-def _announce_host_keys(conn: asyncssh.SSHServerConnection, keys: list[asyncssh.SSHKey]) -> bool:
-    """Send a live connection the new host key list (hostkeys-00), so agents and clients
-    with UpdateHostKeys follow a rotation without reconnecting. asyncssh sends the list only
-    at login, from a per-connection copy of its options; if that internal is not there,
-    the connection learns at its next login instead."""
-    if not isinstance(getattr(conn, "_all_server_host_keys", None), dict):
-        return False
-    pairs = asyncssh.load_keypairs(keys)
-    conn._all_server_host_keys = OrderedDict((kp.public_data, kp) for kp in pairs)
-    conn.send_server_host_keys()
-    return True
 
 
 async def serve(

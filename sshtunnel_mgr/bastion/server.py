@@ -7,18 +7,16 @@ an address of its own choosing, resolves a name, or opens a listening socket per
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable
 from typing import Any
 
 import asyncssh
-import asyncssh.packet
 from asyncssh import ChannelOpenError
 
 from sshtunnel_mgr import policy
 from sshtunnel_mgr.access import AccessEntry, fingerprint
-from sshtunnel_mgr.bastion import abuse, disconnects, expiry, sigpolicy
+from sshtunnel_mgr.bastion import abuse, expiry
 from sshtunnel_mgr.bastion.audit import RoutedPipe
 from sshtunnel_mgr.bastion.keyrequests import KeyRequestSession
 from sshtunnel_mgr.bastion.routeopen import CLIENT_LEFT, OpenResult, RouteStats, open_agent_end
@@ -28,8 +26,8 @@ from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.names import InvalidName, normalize_name
 from sshtunnel_mgr.protocol import NOT_PUBLISHED
 from sshtunnel_mgr.routing import Route
-from sshtunnel_mgr.sshcompat import kexguess
-from sshtunnel_mgr.sshtuning import tune_connection
+from sshtunnel_mgr.sshcompat import disconnects, forwardreq, kexguess, sigpolicy
+from sshtunnel_mgr.sshcompat.sendpath import tune_connection
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
@@ -125,8 +123,8 @@ class BastionConnection(asyncssh.SSHServer):
         # Per-source and total caps on connections not logged in yet were applied before
         # accept handed this one to asyncssh (listener.py, admission.py).
         self.state.connections[self.conn_id] = self
-        self._remember_bind_spelling(conn)
-        self.tuning = tune_connection(conn)  # cheaper packets, same wire (sshtuning.py)
+        forwardreq.remember_bind_spellings(conn, self._spellings)  # as the agent spelt it
+        self.tuning = tune_connection(conn)  # cheaper packets, same wire (sshcompat)
         sigpolicy.install(conn, self.signature_refused)  # no ssh-rsa (SHA-1) signatures
         disconnects.install(conn, self._disconnect_sent)  # for left_before_login's reason
         kexguess.install(conn)  # guessed first kex packets judged by RFC 4253 (Dropbear)
@@ -163,29 +161,6 @@ class BastionConnection(asyncssh.SSHServer):
     def _disconnect_sent(self, code: int, reason: str) -> None:
         if not self.disconnect_sent:
             self.disconnect_sent = reason
-
-    def _remember_bind_spelling(self, conn: asyncssh.SSHServerConnection) -> None:
-        """Keep the agent's own spelling of each ``tcpip-forward`` bind address.
-
-        asyncssh lower-cases it before ``server_requested``, but stock ``ssh -R`` matches the
-        ``forwarded-tcpip`` it later receives against what it sent, so a name published as
-        ``HomeBox`` must be answered as ``HomeBox``. asyncssh dispatches global requests by
-        attribute lookup on the connection, so a per-connection wrapper can read the raw
-        name first; if that internal ever changes, names simply fall back to lower case.
-        """
-        attr = "_process_tcpip_forward_global_request"
-        original = getattr(conn, attr, None)
-        if original is None:
-            return
-
-        def peek(packet: asyncssh.packet.SSHPacket) -> object:
-            with contextlib.suppress(asyncssh.packet.PacketDecodeError, UnicodeDecodeError):
-                raw = asyncssh.packet.SSHPacket(packet.get_remaining_payload())
-                host = raw.get_string().decode("utf-8")
-                self._spellings[(host.lower(), raw.get_uint32())] = host
-            return original(packet)
-
-        setattr(conn, attr, peek)
 
     # Authentication: public key only -----------------------------------------------
     def begin_auth(self, username: str) -> bool:

@@ -120,6 +120,20 @@ def format_status(answer: dict[str, Any], now: float | None = None) -> str:
     return text + format_retiring(answer.get("rotation"))
 
 
+def format_shims(info: dict[str, Any] | None) -> str:
+    """The asyncssh line: its release and which shims (sshcompat) are active or stepped
+    aside, and why; "" for an answer without it (an older sshtun)."""
+    if not info:
+        return ""
+    text = f"asyncssh {info['asyncssh']}: shims active: {', '.join(info['active']) or 'none'}"
+    aside = info.get("stepped_aside") or {}
+    if aside:
+        text += "; stepped aside: " + "; ".join(f"{n} ({r})" for n, r in sorted(aside.items()))
+    if not info.get("tested", True):
+        text += f" (not a tested release: {info['supported']})"
+    return "\n" + escape_line(text)
+
+
 def format_retiring(rotation: dict[str, Any] | None) -> str:
     """The agent's part of a key rotation: how the old key's retiring goes, per bastion."""
     if not rotation or rotation.get("done"):
@@ -181,7 +195,8 @@ def status_cmd(
         answer["rotation_record"] = record or None
         typer.echo(json.dumps(answer, indent=2, sort_keys=True))
         return
-    typer.echo(format_status(answer) + (f"\n{record}" if record else ""))
+    shims = format_shims(answer.get("asyncssh"))
+    typer.echo(format_status(answer) + shims + (f"\n{record}" if record else ""))
 
 
 def register(app: typer.Typer) -> None:

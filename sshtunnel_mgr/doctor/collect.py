@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sshtunnel_mgr import strictmodes
+from sshtunnel_mgr import sshcompat, strictmodes
 from sshtunnel_mgr.access import decode_key, load_access
 from sshtunnel_mgr.config import AgentConfig, BastionConfig
 from sshtunnel_mgr.doctor import accesscheck, files, keycheck, sshd
 from sshtunnel_mgr.doctor.algorithms import check_policy
+from sshtunnel_mgr.doctor.compat import check_shims
 from sshtunnel_mgr.doctor.findings import Finding, Level, fail, ok, warn
 from sshtunnel_mgr.errors import ConfigError, SshtunError
 from sshtunnel_mgr.keys import rotation
@@ -237,6 +238,7 @@ def agent_section(agent: AgentConfig, config_path: Path | None, now: datetime) -
     section.add(keycheck.check_key_strength(facts))
     section.add(keycheck.check_key_age(facts))
     section.add(rotation_finding(agent.key, config_path))
+    section.add(shims_finding("agent"))
     for endpoint in agent.bastions:
         if endpoint.host_key is not None:
             section.add(keycheck.check_pin_inline(endpoint.address, endpoint.host_key))
@@ -259,6 +261,14 @@ def agent_section(agent: AgentConfig, config_path: Path | None, now: datetime) -
             files.check_config_file(stat_path(path), "agent.known-hosts-mode", "known_hosts")
         )
     return section
+
+
+def shims_finding(role: str) -> Finding:
+    """The asyncssh shims ``role`` uses, checked on the asyncssh installed here."""
+    version = sshcompat.asyncssh_version()
+    tested = sshcompat.in_tested_range(version)
+    states = sshcompat.active_shims(role)
+    return check_shims(role, version, tested, sshcompat.ASYNCSSH_RANGE, states)
 
 
 def rotation_finding(key: Path, config_path: Path | None) -> Finding:
@@ -339,5 +349,6 @@ def bastion_checks(
                 "public key in every agent",
             )
         section.add(finding)
+    section.add(shims_finding("bastion"))
     algorithms = Section("algorithm policy (sshtunnel_mgr/policy.py)", check_policy())
     return [section, access, algorithms]

@@ -14,6 +14,7 @@ from sshtunnel_mgr.errors import KeyFileError
 from sshtunnel_mgr.fsutil import write_atomic
 from sshtunnel_mgr.keys.secrets import load_passphrase
 from sshtunnel_mgr.policy import MIN_RSA_BITS
+from sshtunnel_mgr.sshcompat import keyerrors
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ def load_private_key(path: Path, passphrase: str | None = None) -> asyncssh.SSHK
     try:
         try:
             return asyncssh.read_private_key(str(path), passphrase)
-        except asyncssh.KeyImportError as exc:
-            if passphrase is not None or "assphrase" not in str(exc):
+        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+            if passphrase is not None or not keyerrors.needs_passphrase(path, exc):
                 raise
         stored = load_passphrase(path)
         # A key rotation that stopped half-way through its swap: KEY is already the new

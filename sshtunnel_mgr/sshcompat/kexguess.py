@@ -16,6 +16,7 @@ asyncssh internals used (looked up on the connection, checked, never at import):
 instance attribute overrides it for this connection only), its ``MSG_KEXINIT`` entry,
 ``_ignore_first_kex``, ``_server_kexinit``/``_client_kexinit`` and ``is_server()``.
 If any is missing, the connection keeps stock behaviour and one line is logged.
+``check`` looks for the same on asyncssh's class, without a connection.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import asyncssh
+
 from sshtunnel_mgr.kexinit import KexInit, ignore_guessed_packet, parse_kexinit
 from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.sshcompat import Shim, missing, stepped_aside
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +38,35 @@ MSG_KEXINIT = 20  # RFC 4253 §12
 _told: set[str] = set()  # reasons already logged: one line per process, not per connection
 
 
+def check() -> str:
+    cls = asyncssh.SSHServerConnection
+    handlers = getattr(cls, "_packet_handlers", None)
+    if not isinstance(handlers, Mapping):
+        return "asyncssh's _packet_handlers is not a mapping"
+    if not inspect.iscoroutinefunction(handlers.get(MSG_KEXINIT)):
+        return "asyncssh's KEXINIT handler is not the expected coroutine function"
+    return missing(cls, "_ignore_first_kex", "_server_kexinit", "_client_kexinit", "is_server")
+
+
+SHIM = Shim(
+    "kexguess",
+    internals="SSHConnection._packet_handlers[MSG_KEXINIT], _ignore_first_kex, "
+    "_server_kexinit/_client_kexinit",
+    fallback="asyncssh's own guess check (Dropbear's dbclient is cut off when its guess "
+    "is not the server's first choice)",
+    check=check,
+)
+
+
 def install(conn: object) -> bool:
     """Apply RFC 4253 §7's guess rule on this connection; call it from ``connection_made``.
     Never raises; False (and one log line per process) if asyncssh's internals differ."""
     try:
-        reason = _install(conn)
+        reason = check() or _install(conn)
     except (AttributeError, TypeError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
     if reason:
+        stepped_aside(SHIM.name, reason, logged=True)
         if reason not in _told:
             _told.add(reason)
             event(

@@ -247,6 +247,7 @@ def test_agent_files_key_and_pin(tmp_path: Path, host_keys: Path) -> None:
         "agent.key-strength": ["ok"],
         "agent.key-age": ["ok"],
         "agent.key-rotation": ["ok"],
+        "agent.asyncssh-shims": ["ok"],
         "agent.bastion-pinned": ["ok"],
         "agent.known-hosts-mode": ["ok"],
     }
@@ -268,6 +269,7 @@ def test_agent_files_key_and_pin(tmp_path: Path, host_keys: Path) -> None:
         "agent.key-strength": "fail",
         "agent.key-age": "warn",
         "agent.key-rotation": "ok",
+        "agent.asyncssh-shims": "ok",
         "agent.bastion-pinned": "fail",  # the entry is for another port
         "agent.known-hosts-syntax": "warn",
         "agent.known-hosts-mode": "fail",
@@ -307,6 +309,7 @@ def test_bastion_clean_exits_0(tmp_path: Path) -> None:
         "bastion.access-expired",
         "bastion.access-rotation",
         "bastion.access-weak-key",
+        "bastion.asyncssh-shims",
         "policy.kex",
         "policy.ciphers",
         "policy.macs",

@@ -1,4 +1,4 @@
-"""The asyncssh shims (sshtunnel_mgr/sshtuning.py) on real connections: bytes arrive
+"""The send-path shims (sshtunnel_mgr/sshcompat/sendpath.py) on real connections: bytes arrive
 intact in both directions through rekeying, the countermeasure stays for CBC, the packet
 log still works when turned on, and a connection the cork cannot apply to (one tunnelled
 through another) stays stock. Then real OpenSSH through the tuned bastion and agent."""
@@ -18,7 +18,7 @@ import asyncssh
 import pytest
 from asyncssh.logging import SSHLogger
 
-from sshtunnel_mgr.sshtuning import Tuning, tune_connection
+from sshtunnel_mgr.sshcompat.sendpath import Tuning, tune_connection
 from tests.harness import (
     Keys,
     access_text,

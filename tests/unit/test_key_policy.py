@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from sshtunnel_mgr import policy
-from sshtunnel_mgr.bastion import disconnects, sigpolicy
+from sshtunnel_mgr.sshcompat import disconnects, sigpolicy
 
 
 def blob(*parts: bytes) -> bytes:

@@ -1,6 +1,7 @@
-"""The asyncssh shims on stand-in objects: what each does, and that each steps aside when
-the internals it wraps are missing. No sockets, no event loop (a recording loop stands in).
-Real connections are in tests/integration/test_sshtuning_wire.py."""
+"""The send-path shims (sshcompat/sendpath.py, debuglevel.py) on stand-in objects: what
+each does, and that each steps aside when the internals it wraps are missing. No sockets,
+no event loop (a recording loop stands in). Real connections are in
+tests/integration/test_sshtuning_wire.py."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import asyncssh
 import pytest
 
-from sshtunnel_mgr import sshtuning
-from sshtunnel_mgr.sshtuning import MSG_IGNORE, Tuning, countermeasure_needed, tune_connection
+from sshtunnel_mgr.sshcompat import sendpath
+from sshtunnel_mgr.sshcompat.sendpath import (
+    MSG_IGNORE,
+    Tuning,
+    countermeasure_needed,
+    tune_connection,
+)
+
+SSHLogger = type(asyncssh.logger)  # asyncssh's logger class: it keeps the debug level
 
 IGNORE_PAYLOAD = b"\x00\x00\x00\x00"
 MSG_CHANNEL_DATA = 94
@@ -132,7 +141,7 @@ def test_cork_writes_once_per_loop_pass_in_order() -> None:
 
 
 def test_cork_flushes_at_once_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sshtuning, "CORK_LIMIT", 10)
+    monkeypatch.setattr(sendpath, "CORK_LIMIT", 10)
     conn = FakeConnection()
     tune_connection(conn)  # type: ignore[arg-type]
     conn._send(b"12345")
@@ -223,7 +232,7 @@ def test_packet_log_gated_on_debug_level_3(monkeypatch: pytest.MonkeyPatch) -> N
         handler.log_sent_packet(MSG_CHANNEL_DATA, 1, b"")
         handler.log_received_packet(MSG_CHANNEL_DATA, 1, b"")
     assert conn.logged == [] and chan.logged == []
-    monkeypatch.setattr(sshtuning.SSHLogger, "_debug_level", 3)
+    monkeypatch.setattr(SSHLogger, "_debug_level", 3)
     for handler in (conn, chan):
         handler.log_sent_packet(MSG_CHANNEL_DATA, 2, b"")
         handler.log_received_packet(MSG_CHANNEL_DATA, 2, b"")
@@ -285,7 +294,7 @@ def test_missing_send_encryption_leaves_ignore_stock() -> None:
 def test_no_packet_log_level_in_asyncssh_leaves_logging_stock(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delattr(sshtuning.SSHLogger, "_debug_level")
+    monkeypatch.delattr(SSHLogger, "_debug_level")
     conn = FakeConnection()
     assert tune_connection(conn) == Tuning(cork=True, skip_ignore=True)  # type: ignore[arg-type]
     conn.log_sent_packet(MSG_CHANNEL_DATA, 1, b"")

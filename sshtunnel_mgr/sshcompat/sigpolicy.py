@@ -1,4 +1,5 @@
-"""Refuse users' signatures made with an algorithm the bastion's policy does not accept.
+"""Refuse users' signatures made with an algorithm the bastion's policy does not accept
+(shim ``sigpolicy``).
 
 asyncssh advertises ``server-sig-algs`` but verifies whatever algorithm a client signs
 with (``ssh-rsa``, SHA-1, included), and tells the application nothing about it: the
@@ -8,24 +9,44 @@ asyncssh's public-key auth awaits with the signature), which reads the signature
 algorithm name first and refuses it with a reason (``policy.signature_refusal``).
 
 asyncssh internal used: ``SSHServerConnection.validate_public_key(username, key_data,
-msg, signature)``, awaited by ``asyncssh.auth._ServerPublicKeyAuth`` (asyncssh 2.14-2.24).
-Looked up at install time and guarded: if it is missing or not a coroutine function, the
-connection keeps asyncssh's stock behaviour and a debug line says so.
+msg, signature)``, awaited by asyncssh's server public-key auth (not the documented
+``SSHServer.validate_public_key``, which never sees the signature). Checked on the class
+and looked up on the connection at install time: if it is missing or not a coroutine
+function, the connection keeps asyncssh's stock behaviour (any algorithm asyncssh
+verifies is accepted) and ``sshcompat.stepped_aside`` logs it once.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Callable
 from typing import Any
 
-from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.policy import signature_refusal
+import asyncssh
 
-log = logging.getLogger("sshtunnel_mgr.bastion")
+from sshtunnel_mgr.policy import signature_refusal
+from sshtunnel_mgr.sshcompat import Shim, parameters, stepped_aside
 
 _ATTR = "validate_public_key"
+_SIGNATURE = ["self", "username", "key_data", "msg", "signature"]
+
+
+def check() -> str:
+    found = getattr(asyncssh.SSHServerConnection, _ATTR, None)
+    if found is None or not inspect.iscoroutinefunction(found):
+        return f"asyncssh's SSHServerConnection has no {_ATTR} coroutine"
+    if parameters(found) != _SIGNATURE:
+        return f"asyncssh's {_ATTR} does not take (username, key_data, msg, signature)"
+    return ""
+
+
+SHIM = Shim(
+    "sigpolicy",
+    internals="SSHServerConnection.validate_public_key(username, key_data, msg, signature)",
+    fallback="signature algorithms not checked: any algorithm asyncssh verifies is accepted",
+    check=check,
+    roles=("bastion",),
+)
 
 
 def signature_algorithm(signature: bytes) -> str:
@@ -44,13 +65,11 @@ def install(conn: object, refused: Callable[[str, bytes, str, str], None]) -> bo
     algorithm, reason)`` is called for one that is not accepted (then auth fails). Returns
     whether the check is in place."""
     original: Any = getattr(conn, _ATTR, None)
-    if original is None or not inspect.iscoroutinefunction(original):
-        event(
-            log,
-            logging.DEBUG,
-            "signature policy skipped",
-            reason=f"asyncssh has no {_ATTR} coroutine: signature algorithms not checked",
-        )
+    reason = check()
+    if not reason and (original is None or not inspect.iscoroutinefunction(original)):
+        reason = f"this connection has no {_ATTR} coroutine"
+    if reason:
+        stepped_aside(SHIM.name, reason)
         return False
 
     async def validate(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:

@@ -1,33 +1,35 @@
-"""Per-connection speed-ups for asyncssh's packet layer; stock behaviour wherever unsure.
+"""Per-connection speed-ups for asyncssh's send path; stock behaviour wherever unsure.
 
 A bastion splices bulk streams packet by packet, so asyncssh's per-packet costs dominate
 its CPU. Three of them buy nothing on our connections; ``tune_connection`` removes them
 from one connection object (instance attributes only: no class is patched, nothing happens
 at import, other asyncssh users in the process are untouched):
 
-1. **Cork.** asyncssh hands every packet to ``transport.write`` at once, one ``send()``
-   system call each. Corked, the packets written during one event-loop pass go out in one
-   ``write`` at the end of that pass (or earlier, once ``CORK_LIMIT`` bytes are waiting).
-   Same bytes, same order; only the syscall count changes. A disconnect still goes out
-   before asyncssh aborts the transport, because the flush is queued ahead of the abort.
-2. **No empty ``SSH_MSG_IGNORE`` before each packet** when the cipher in use is not CBC.
-   asyncssh sends one ahead of every packet once encryption is on: the RFC 4251 §9.3.1
-   countermeasure against chosen-plaintext attacks on CBC's predictable IV. AEAD ciphers
-   (``aes*-gcm``, ``chacha20-poly1305``) and CTR modes have no such IV, and OpenSSH sends
-   no such packets. The decision is taken per key exchange from the negotiated send
-   cipher; any cipher not known to be safe (CBC, or a name we do not recognise) keeps the
-   countermeasure. A peer never depends on ignore packets, so the wire stays valid.
-3. **No packet-log formatting unless packet logging is on.** asyncssh builds each
-   packet's log text (type name, byte count) before its logger checks whether packet
-   logging (``asyncssh.set_debug_level(3)``) is enabled. The check moves first; with
-   debug level 3 the original code runs, so the log is the same.
+1. **Cork** (shim ``cork``). asyncssh hands every packet to ``transport.write`` at once,
+   one ``send()`` system call each. Corked, the packets written during one event-loop pass
+   go out in one ``write`` at the end of that pass (or earlier, once ``CORK_LIMIT`` bytes
+   are waiting). Same bytes, same order; only the syscall count changes. A disconnect still
+   goes out before asyncssh aborts the transport, because the flush is queued ahead of the
+   abort. A connection tunnelled through another (its transport is an SSH channel, not a
+   socket) stays uncorked.
+2. **No empty ``SSH_MSG_IGNORE`` before each packet** (shim ``skip_ignore``) when the
+   cipher in use is not CBC. asyncssh sends one ahead of every packet once encryption is
+   on: the RFC 4251 §9.3.1 countermeasure against chosen-plaintext attacks on CBC's
+   predictable IV. AEAD ciphers (``aes*-gcm``, ``chacha20-poly1305``) and CTR modes have no
+   such IV, and OpenSSH sends no such packets. The decision is taken per key exchange from
+   the negotiated send cipher; any cipher not known to be safe (CBC, or a name we do not
+   recognise) keeps the countermeasure. A peer never depends on ignore packets.
+3. **No packet-log formatting unless packet logging is on** (shim ``quiet_packet_log``,
+   in ``debuglevel.py``).
 
 Everything else is untouched: rekeying (the byte count still runs in ``send_packet``),
 keepalives, channel windows, packet sizes, padding and MACs.
 
-Each shim checks that the asyncssh internals it wraps exist and look as expected
-(asyncssh 2.14 to 2.24 at least); if not, it is skipped and the connection keeps stock
-behaviour. ``Tuning`` records what was applied.
+asyncssh internals used: ``SSHConnection._send(data)``, ``._transport``, ``._loop`` (cork);
+``SSHConnection.send_packet(pkttype, *args, handler=None)`` and ``._send_encryption``
+(skip_ignore). Each is checked on the class (``check``) and again on the connection; if
+anything differs, that shim is left out, the connection keeps stock behaviour, and
+``sshcompat.stepped_aside`` logs it once. ``Tuning`` records what was applied.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
-from asyncssh.logging import SSHLogger
 
 from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.sshcompat import Shim, missing, parameters, stepped_aside
+from sshtunnel_mgr.sshcompat.debuglevel import SHIM as QUIET_PACKET_LOG
+from sshtunnel_mgr.sshcompat.debuglevel import install as quiet_packet_log
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +86,58 @@ class Tuning:
         return ",".join(on) or "none"
 
 
+def _check_cork() -> str:
+    cls = asyncssh.SSHServerConnection
+    reason = missing(cls, "_send", "_transport", "_loop", "internal_error")
+    if not reason and parameters(cls._send) != ["self", "data"]:
+        reason = "asyncssh's SSHConnection._send does not take (data)"
+    return reason
+
+
+def _check_skip_ignore() -> str:
+    cls = asyncssh.SSHServerConnection
+    reason = missing(cls, "send_packet", "_send_encryption", "get_extra_info")
+    if not reason and parameters(cls.send_packet)[:2] != ["self", "pkttype"]:
+        reason = "asyncssh's SSHConnection.send_packet does not take (pkttype, *args)"
+    return reason
+
+
+CORK = Shim(
+    "cork",
+    internals="SSHConnection._send, _transport, _loop",
+    fallback="one transport write (send system call) per packet",
+    check=_check_cork,
+)
+SKIP_IGNORE = Shim(
+    "skip_ignore",
+    internals="SSHConnection.send_packet, _send_encryption",
+    fallback="an empty MSG_IGNORE before every packet, whatever the cipher",
+    check=_check_skip_ignore,
+)
+
+
 def tune_connection(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> Tuning:
     """Apply every shim that fits this connection; call it from ``connection_made``.
     Never raises: a shim whose internals are missing is left out."""
     tuning = Tuning(
-        cork=_install(_cork, conn),
-        skip_ignore=_install(_skip_ignore, conn),
-        quiet_packet_log=_install(_quiet_packet_log, conn),
+        cork=_install(CORK, _cork, conn),
+        skip_ignore=_install(SKIP_IGNORE, _skip_ignore, conn),
+        quiet_packet_log=_install(QUIET_PACKET_LOG, quiet_packet_log, conn),
     )
     event(log, logging.DEBUG, "asyncssh tuning", applied=str(tuning))
     return tuning
 
 
-def _install(shim: Callable[[Any], bool], conn: object) -> bool:
+def _install(shim: Shim, apply: Callable[[Any], bool], conn: object) -> bool:
+    """Check the class, then apply to the connection; False (stock) if either differs."""
     try:
-        return shim(conn)
+        reason = shim.check()
+        if not reason:
+            return apply(conn)
     except (AttributeError, TypeError) as exc:  # internals not as expected: stay stock
-        event(log, logging.DEBUG, "asyncssh tuning skipped", shim=shim.__name__, error=exc)
-        return False
+        reason = f"{type(exc).__name__}: {exc}"
+    stepped_aside(shim.name, reason)
+    return False
 
 
 # 1. Cork -----------------------------------------------------------------------------
@@ -181,42 +219,4 @@ def _skip_ignore(conn: Any) -> bool:
         original(pkttype, *args, **kwargs)
 
     conn.send_packet = send_packet
-    return True
-
-
-# 3. Packet-log text only when packet logging is on -------------------------------------
-def _quiet_packet_log(conn: Any) -> bool:
-    # asyncssh's SSHLogger.packet() logs only at debug level 3, read from this class
-    # attribute; the gates below read it first, per packet, so set_debug_level(3) at any
-    # time turns the packet log back on.
-    if not isinstance(SSHLogger.__dict__.get("_debug_level"), int):
-        return False
-    original_add = conn.add_channel
-    if not callable(original_add) or not _quiet(conn):
-        return False
-
-    def add_channel(chan: Any) -> Any:
-        _install(_quiet, chan)  # each channel logs its own packets (data, window, eof)
-        return original_add(chan)
-
-    conn.add_channel = add_channel
-    return True
-
-
-def _quiet(handler: Any) -> bool:
-    """Gate an ``SSHPacketLogger``'s two log methods on the packet-log level."""
-    sent, received = handler.log_sent_packet, handler.log_received_packet
-    if not callable(sent) or not callable(received):
-        return False
-
-    def log_sent_packet(pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
-        if SSHLogger._debug_level >= 3:
-            sent(pkttype, pktid, packet, note)
-
-    def log_received_packet(pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
-        if SSHLogger._debug_level >= 3:
-            received(pkttype, pktid, packet, note)
-
-    handler.log_sent_packet = log_sent_packet
-    handler.log_received_packet = log_received_packet
     return True
