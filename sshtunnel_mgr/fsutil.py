@@ -83,10 +83,26 @@ def locked(
     lock = path.with_name(f".{path.name}.lock")
     fd = _open_lock(lock)
     try:
+        _share_with_owner(fd, path)
         _wait_for_lock(fd, timeout, cancel)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _share_with_owner(fd: int, path: Path) -> None:
+    """Root locking a file that another user owns (the bastion's access file in the
+    state directory systemd gives its dynamic user): the lock file gets that owner too,
+    or the next lock by the owner fails with Permission denied (a root-made lock file,
+    0600, measured under the shipped unit). Repairs such a lock file left earlier."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if st.st_uid != 0 and os.fstat(fd).st_uid != st.st_uid:
+        os.fchown(fd, st.st_uid, st.st_gid)
 
 
 def _open_lock(lock: Path) -> int:

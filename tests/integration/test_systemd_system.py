@@ -6,8 +6,9 @@ bastion and the agent, start both; the agent's key is not in the access file yet
 agent exits 5 and ``systemctl status`` says why; the admin adds the printed access lines,
 reloads the bastion, restarts the agent; a real ``ssh -J`` through the bastion reaches a
 throwaway OpenSSH sshd behind the agent; ``sshtun keys revoke`` takes the client's key away
-live and a host key rotation is served live (same bastion process). The sandbox applies:
-dynamic users, read-only /etc, private /tmp, /root hidden.
+live; a host key rotation and an agent key rotation go through live (same bastion process;
+the restarted agent gets the new key as its credential). The sandbox applies: dynamic
+users, read-only /etc, private /tmp, /root hidden.
 """
 
 from __future__ import annotations
@@ -215,6 +216,22 @@ def test_units_run_the_init_layout_route_ssh_j_and_revoke_live(tmp_path: Path) -
             refused = ssh_j(machine, cfg)
             assert refused.returncode != 0 and "reached-home" not in refused.stdout
             assert "Permission denied" in refused.stderr, refused.stderr
+            # The agent's key rotated by root with the agent running (the bastion rewrites
+            # its own access file, after root's revoke above locked it); restarted, the
+            # unit's credential is the new key: READY. Before the host key rotation: the
+            # agent pins the host key inline, so after it a restart rightly exits 4.
+            out = machine.ok(
+                "sshtun",
+                "keys",
+                "rotate",
+                "--config",
+                "/etc/sshtun/agent.toml",
+                "--key",
+                "/etc/sshtun/agent_key",
+            )
+            assert "rotated: /etc/sshtun/agent_key is now" in out, out
+            restarted = machine.systemctl("restart", AGENT)
+            assert restarted.returncode == 0, machine.systemctl("status", AGENT).stdout
             # A host key rotation by root, served live: the new key file in the state
             # directory gets the service's owner, or the reload could not read it.
             out = machine.ok(
