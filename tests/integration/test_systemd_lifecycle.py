@@ -5,8 +5,9 @@ restart after a kill, clean stop.
 Under a user manager the sandboxing directives and LoadCredential cannot apply (they need
 the system manager), so this runs the unit's lifecycle keys only — Type=notify, ExecStart,
 Restart, RestartSec, WatchdogSec, TimeoutStopSec, RuntimeDirectory — with
-CREDENTIALS_DIRECTORY pointing at the key as LoadCredential would. The sandboxing itself
-is checked offline (systemd-analyze security) in test_setup.py.
+CREDENTIALS_DIRECTORY pointing at the key as LoadCredential would. The sandboxing is
+checked offline (systemd-analyze security) in test_setup.py, and for real, with the
+unedited units under a systemd system manager, in test_systemd_system.py.
 """
 
 from __future__ import annotations
