@@ -33,6 +33,7 @@ import re
 import sys
 from collections.abc import Mapping
 from types import TracebackType
+from typing import TextIO
 
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
@@ -201,9 +202,37 @@ class _Unprintable(dict[int, str]):
 _UNPRINTABLE = _Unprintable()
 
 
+class StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to ``sys.stderr`` as it is when a record is emitted, not as it was when
+    logging was set up (as ``logging.lastResort`` does). The CLI may be run in-process
+    while ``sys.stderr`` is a capture stream that is closed afterwards (a test runner's);
+    a record logged later goes to the stderr of that moment instead of printing a
+    "--- Logging error ---" traceback about the closed one. A record emitted while stderr
+    itself is closed (interpreter shutdown, a closed capture) has nowhere to go: dropped."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]  # as logging._StderrHandler
+        return sys.stderr
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _usable(sys.stderr):
+            super().emit(record)
+
+    def flush(self) -> None:
+        if _usable(sys.stderr):
+            super().flush()
+
+
+def _usable(stream: TextIO | None) -> bool:
+    return stream is not None and not getattr(stream, "closed", False)
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False, fmt: str = "text") -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     elif os.environ.get("JOURNAL_STREAM"):

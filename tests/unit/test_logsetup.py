@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import re
+import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,6 +18,7 @@ from sshtunnel_mgr.logsetup import (
     event,
     render_event,
     render_value,
+    setup_logging,
 )
 
 
@@ -168,3 +171,43 @@ def test_a_field_cannot_replace_the_record_s_own_keys() -> None:
     [record] = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert (record["event"], record["level"], record["conn"]) == ("x", "info", 1)
     assert (record["event_"], record["level_"], record["msg_"]) == ("auth ok", "debug", "m")
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """``setup_logging`` replaces the root logger's handlers and level: put them back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    asyncssh_level = logging.getLogger("asyncssh").level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.getLogger("asyncssh").setLevel(asyncssh_level)
+
+
+def test_the_handler_follows_stderr_and_skips_a_closed_stream(
+    root_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI sets logging up in-process (a test's CliRunner does too) while sys.stderr is
+    a capture stream that is closed afterwards. A record logged later (a connection_lost
+    at loop close, another test's in-process agent) must go to the stderr of that moment,
+    not print a '--- Logging error ---' traceback about the closed one."""
+    captured = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", captured)
+    setup_logging()
+    log = logging.getLogger("sshtunnel_mgr.test")
+    event(log, logging.INFO, "first", n=1)
+    assert "first n=1" in captured.getvalue()
+    captured.close()  # the capture ends (CliRunner.invoke returns, pytest's capture stops)
+
+    later = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", later)
+    event(log, logging.WARNING, "second", n=2)
+    assert "second n=2" in later.getvalue()
+    assert "Logging error" not in later.getvalue()
+
+    later.close()  # stderr itself closed: the record has nowhere to go, and nothing raises
+    event(log, logging.WARNING, "third", n=3)
+    logging.getLogger().handlers[0].flush()
