@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sshtunnel_mgr.cli.main import main
-from sshtunnel_mgr.errors import EXIT_CHECKS_FAILED, EXIT_CONFIG, EXIT_OK
+from sshtunnel_mgr.errors import EXIT_CHECKS_FAILED, EXIT_CONFIG, EXIT_OK, EXIT_USAGE
 from sshtunnel_mgr.keys.store import generate_key
 
 
@@ -63,11 +63,11 @@ def test_a_failure_exits_7(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert failed == {"bastion.access-file-mode", "bastion.access-broad"}
 
 
-def test_config_errors_keep_their_status(
+def test_usage_and_config_errors_keep_their_status(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["doctor", "--role", "bastion"]) == EXIT_CONFIG
+    assert main(["doctor", "--role", "bastion"]) == EXIT_USAGE
     assert "need its config" in capsys.readouterr().err
     cfg = bastion(tmp_path, 'permitlisten="homebox:22"')
     assert main(["doctor", "--config", str(cfg), "--role", "agent"]) == EXIT_CONFIG
-    assert main(["doctor", "--role", "both"]) == EXIT_CONFIG
+    assert main(["doctor", "--role", "both"]) == EXIT_USAGE

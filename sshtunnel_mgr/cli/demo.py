@@ -10,13 +10,14 @@ from typing import Annotated
 import typer
 
 from sshtunnel_mgr.cli.common import run_until_signal
-from sshtunnel_mgr.demo import run_demo
 
 
 def demo_cmd(
     hold: Annotated[bool, typer.Option("--hold", help="Keep running until Ctrl-C.")] = False,
 ) -> None:
     """Start a bastion, an agent and a home service on loopback and connect through them."""
+    from sshtunnel_mgr.demo import run_demo
+
     if logging.getLogger().level == logging.INFO:
         logging.getLogger().setLevel(logging.ERROR)  # the demo narrates; -v shows the logs
     with tempfile.TemporaryDirectory(prefix="sshtun-demo-") as tmp:

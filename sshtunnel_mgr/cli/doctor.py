@@ -1,20 +1,22 @@
 """``sshtun doctor``: hardening checks with a clear report (ok / warn / fail, each with its
 fix). Exit status 0 when nothing fails (warnings included), EXIT_CHECKS_FAILED (7) when a
-check fails; config errors keep their own status (3)."""
+check fails; usage and config errors keep their own status (2, 3)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sshtunnel_mgr.config import Config, load_config
 from sshtunnel_mgr.doctor import Level, summarize, worst
-from sshtunnel_mgr.doctor.collect import Section, bastion_checks, home_checks
-from sshtunnel_mgr.errors import EXIT_CHECKS_FAILED, ConfigError
+from sshtunnel_mgr.errors import EXIT_CHECKS_FAILED, ConfigError, UsageError
+
+if TYPE_CHECKING:  # imported when the checks run: `sshtun --help` does not need them
+    from sshtunnel_mgr.config import Config
+    from sshtunnel_mgr.doctor.collect import Section
 
 ROLES = ("agent", "bastion")
 _LABEL = {Level.OK: "ok", Level.WARN: "WARN", Level.FAIL: "FAIL"}
@@ -23,10 +25,10 @@ _LABEL = {Level.OK: "ok", Level.WARN: "WARN", Level.FAIL: "FAIL"}
 def _roles(config: Config | None, role: str | None) -> list[str]:
     """Which checks to run: --role, else every section the config has, else the home box."""
     if role is not None and role not in ROLES:
-        raise ConfigError(f"--role must be agent or bastion, not {role!r}")
+        raise UsageError(f"--role must be agent or bastion, not {role!r}")
     if config is None:
         if role == "bastion":
-            raise ConfigError(
+            raise UsageError(
                 "the bastion checks need its config", hint="sshtun doctor --config BASTION.toml"
             )
         return ["agent"]
@@ -41,6 +43,9 @@ def _roles(config: Config | None, role: str | None) -> list[str]:
 def run_checks(
     config_path: Path | None, role: str | None, sshd_config: Path | None
 ) -> tuple[list[str], list[Section]]:
+    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.doctor.collect import bastion_checks, home_checks
+
     config = load_config(config_path) if config_path is not None else None
     roles = _roles(config, role)
     now = datetime.now(UTC)
@@ -86,7 +91,10 @@ def register(app: typer.Typer) -> None:
         sshd_config: Annotated[
             Path | None,
             typer.Option(
-                "--sshd-config", help="Check this sshd_config instead of the default (sshd -f)."
+                "--sshd-config",
+                help="Check this sshd_config instead of the default (sshd -f).",
+                exists=True,
+                dir_okay=False,
             ),
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,

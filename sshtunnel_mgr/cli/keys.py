@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sshtunnel_mgr.access import AccessEntry, load_access, parse_access, remove_key
-from sshtunnel_mgr.admin import default_socket_path, query
-from sshtunnel_mgr.cli.rotate import rotate_agent_key
-from sshtunnel_mgr.config import BastionConfig, load_config
+from sshtunnel_mgr.cli.common import GroupWithPlainOptions
 from sshtunnel_mgr.errors import (
     ConfigError,
     KeyFileError,
     SshtunError,
     UnsafeAdminSocket,
+    UsageError,
 )
-from sshtunnel_mgr.keys import hostkeys
-from sshtunnel_mgr.keys.inventory import KeyFacts, facts_from_entry, facts_from_public, find_keys
-from sshtunnel_mgr.keys.secrets import store_passphrase
-from sshtunnel_mgr.keys.store import generate_key, load_private_key
-from sshtunnel_mgr.strictmodes import edit_trusted, running_as_root
 
-app = typer.Typer(help="Generate, inspect and revoke SSH keys.", no_args_is_help=True)
+# The key, config and access modules (asyncssh, pydantic, the keyring) are imported by the
+# command that uses them, so `sshtun keys --help` stays fast.
+if TYPE_CHECKING:
+    from sshtunnel_mgr.access import AccessEntry
+    from sshtunnel_mgr.config import BastionConfig
+    from sshtunnel_mgr.keys.inventory import KeyFacts
+
+app = typer.Typer(
+    help="Generate, inspect and revoke SSH keys.", no_args_is_help=True, cls=GroupWithPlainOptions
+)
 
 BastionConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="A bastion config: use its access file.")
@@ -68,9 +69,15 @@ def gen(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key.")] = False,
 ) -> None:
     """Write a key pair (private key 0600, OpenSSH format) and print the public key."""
+    from sshtunnel_mgr.keys.secrets import store_passphrase
+    from sshtunnel_mgr.keys.store import generate_key
+    from sshtunnel_mgr.policy import MIN_RSA_BITS
+
     algorithm = {"ed25519": "ssh-ed25519", "rsa": "ssh-rsa"}.get(key_type)
     if algorithm is None:
-        raise KeyFileError(f"--type must be ed25519 or rsa, not {key_type!r}")
+        raise UsageError(f"--type must be ed25519 or rsa, not {key_type!r}")
+    if bits is not None and algorithm == "ssh-rsa" and bits < MIN_RSA_BITS:
+        raise UsageError(f"RSA keys must have at least {MIN_RSA_BITS} bits, not {bits}")
     secret = _read_passphrase(passphrase_stdin) if passphrase or passphrase_stdin else None
     info = generate_key(
         path,
@@ -90,13 +97,23 @@ def gen(
 
 @app.command("passphrase")
 def passphrase_cmd(
-    path: Annotated[Path, typer.Argument(help="The encrypted private key.")],
+    path: Annotated[
+        Path, typer.Argument(help="The encrypted private key.", exists=True, dir_okay=False)
+    ],
     from_stdin: Annotated[bool, typer.Option("--stdin", help="Read it from stdin.")] = False,
 ) -> None:
     """Store an existing key's passphrase (OS keyring, or a 0600 file where there is none)."""
+    from sshtunnel_mgr.keys.secrets import store_passphrase
+    from sshtunnel_mgr.keys.store import load_private_key
+
     secret = _read_passphrase(from_stdin)
     load_private_key(path, secret)  # refuse to store a wrong passphrase
     typer.echo(f"passphrase stored in {store_passphrase(path, secret).detail}")
+
+
+def _public_half(path: Path) -> Path:
+    """PATH.pub for PATH, as ``keys.inventory`` reads it."""
+    return path if path.suffix == ".pub" else path.with_name(path.name + ".pub")
 
 
 def _names(entry: AccessEntry | None) -> tuple[str, str]:
@@ -123,6 +140,10 @@ def _row(facts: KeyFacts, entry: AccessEntry | None, now: datetime) -> dict[str,
 def _access_for(config: Path | None) -> tuple[Path, list[AccessEntry]] | None:
     if config is None:
         return None
+    from sshtunnel_mgr.access import load_access
+    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.strictmodes import running_as_root
+
     bastion = load_config(config).require_bastion()
     entries = load_access(bastion.access_file, any_owner=running_as_root()).entries
     return bastion.access_file, list(entries)
@@ -131,12 +152,17 @@ def _access_for(config: Path | None) -> tuple[Path, list[AccessEntry]] | None:
 @app.command("list")
 def list_cmd(
     directory: Annotated[
-        Path | None, typer.Option("--dir", help="Key files in this directory.")
+        Path | None,
+        typer.Option("--dir", help="Key files in this directory.", exists=True, file_okay=False),
     ] = None,
     config: BastionConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Keys with fingerprint, type, size, age, and what each may publish or reach."""
+    from sshtunnel_mgr.keys.inventory import facts_from_entry, facts_from_public, find_keys
+
+    if directory is None and config is None:
+        raise UsageError("say where the keys are: --dir DIR and/or --config BASTION.toml")
     now = datetime.now(UTC)
     access = _access_for(config)
     by_fp = {e.fingerprint: e for e in access[1]} if access else {}
@@ -149,8 +175,6 @@ def list_cmd(
         for entry in access[1]:
             if entry.fingerprint in by_fp:
                 rows.append(_row(facts_from_entry(entry), entry, now))
-    if directory is None and access is None:
-        raise ConfigError("say where the keys are: --dir DIR and/or --config BASTION.toml")
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -170,16 +194,18 @@ def show_cmd(
     config: BastionConfigOpt = None,
 ) -> None:
     """Everything about one key, as JSON."""
+    from sshtunnel_mgr.keys.inventory import facts_from_entry, facts_from_public
+
+    if key.startswith("SHA256:") and config is None:
+        raise UsageError("a fingerprint needs --config (the bastion's access file)")
+    if not key.startswith("SHA256:") and not _public_half(Path(key)).exists():
+        raise UsageError(f"no key file {_public_half(Path(key))}")
     access = _access_for(config)
     entries = {e.fingerprint: e for e in access[1]} if access else {}
     if key.startswith("SHA256:"):
         entry = entries.get(key)
         if entry is None:
-            raise KeyFileError(
-                f"no key {key} in the access file"
-                if access
-                else "a fingerprint needs --config (the bastion's access file)"
-            )
+            raise KeyFileError(f"no key {key} in the access file")
         facts = facts_from_entry(entry)
     else:
         facts = facts_from_public(Path(key))
@@ -189,6 +215,10 @@ def show_cmd(
 
 def _reload_bastion(bastion: BastionConfig, otherwise: str) -> dict[str, Any] | None:
     """Have the running bastion re-read its files; None (and a note) if none is running."""
+    import asyncio
+
+    from sshtunnel_mgr.admin import default_socket_path, query
+
     try:
         answer = asyncio.run(
             query(bastion.admin_socket or default_socket_path("bastion"), {"cmd": "reload"})
@@ -210,6 +240,10 @@ def revoke_cmd(
 ) -> None:
     """Remove a key from the bastion's access file (atomically) and close its live
     sessions at once (the running bastion reloads)."""
+    from sshtunnel_mgr.access import parse_access, remove_key
+    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.strictmodes import edit_trusted, running_as_root
+
     bastion = load_config(config).require_bastion()
     path = bastion.access_file
     removed: list[str] = []
@@ -246,6 +280,9 @@ def revoke_cmd(
 
 
 def _rotate_host_key(config: Path, finish: bool) -> None:
+    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.keys import hostkeys
+
     bastion = load_config(config).require_bastion()
     path = bastion.host_key
     if finish:
@@ -273,7 +310,9 @@ def rotate_cmd(
         Path | None,
         typer.Option(
             help="The agent key file, when the config names it differently "
-            "(e.g. under systemd's $CREDENTIALS_DIRECTORY)."
+            "(e.g. under systemd's $CREDENTIALS_DIRECTORY).",
+            exists=True,
+            dir_okay=False,
         ),
     ] = None,
     drain: Annotated[
@@ -318,4 +357,6 @@ def rotate_cmd(
     if host_key or finish:
         _rotate_host_key(config, finish)
         return
+    from sshtunnel_mgr.cli.rotate import rotate_agent_key
+
     rotate_agent_key(config, key, drain, stop_after, undo, wait)

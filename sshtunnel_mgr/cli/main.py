@@ -7,14 +7,26 @@ from typing import Annotated
 
 import typer
 
-from sshtunnel_mgr import __version__, systemd
+from sshtunnel_mgr import __version__
 from sshtunnel_mgr.cli import demo, doctor, keys, services, setup, sshconfig, status
-from sshtunnel_mgr.errors import EXIT_USAGE, SshtunError
-from sshtunnel_mgr.logsetup import setup_logging
+from sshtunnel_mgr.cli.common import GroupWithPlainOptions
+from sshtunnel_mgr.errors import EXIT_STATUSES, EXIT_USAGE, SshtunError
+
+# The command modules import only typer and the standard library at the top: each command
+# imports the SSH stack, the config models or the keyring when it runs, so `--version` and
+# `--help` stay fast (tests/test_cli_imports.py holds them to it).
+
+
+def _exit_statuses() -> str:
+    codes = ", ".join(f"{s.code} {s.name}" for s in EXIT_STATUSES)
+    return f"Exit status: {codes} (README: Exit codes)."
+
 
 app = typer.Typer(
     name="sshtun",
+    cls=GroupWithPlainOptions,
     help="sshtun: reach machines behind NAT through an SSH bastion, with no port open at home.",
+    epilog=_exit_statuses(),
     no_args_is_help=True,
     add_completion=True,
     rich_markup_mode=None,  # help texts keep their [brackets] (e.g. "the [agent] section")
@@ -48,11 +60,15 @@ def _root(
 ) -> None:
     if log_format not in ("text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    from sshtunnel_mgr.logsetup import setup_logging
+
     setup_logging(verbose, quiet, log_format)
 
 
 def fail(error: SshtunError) -> int:
     """The one place a user-facing error is printed."""
+    from sshtunnel_mgr import systemd
+
     typer.echo(f"sshtun: error: {error.message}", err=True)
     if error.hint:
         typer.echo(f"  hint: {error.hint}", err=True)
@@ -62,8 +78,9 @@ def fail(error: SshtunError) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit status. Usage errors are click's (status 2); every
-    sshtun error is printed by ``fail()``; nothing else is caught."""
+    """Run the CLI; return the exit status (``errors.EXIT_STATUSES``). Usage errors are
+    click's or ``UsageError`` (both 2); every sshtun error is printed by ``fail()``; nothing
+    else is caught."""
     try:
         app(args=argv, prog_name="sshtun")  # standalone: click handles usage and Ctrl-C
     except SshtunError as error:

@@ -25,7 +25,7 @@ from sshtunnel_mgr.admin import default_socket_path, query
 from sshtunnel_mgr.agent import keydirect
 from sshtunnel_mgr.config import AgentConfig, load_config
 from sshtunnel_mgr.crashpoints import crashpoint
-from sshtunnel_mgr.errors import RotationError, SshtunError, UnsafeAdminSocket
+from sshtunnel_mgr.errors import RotationError, SshtunError, UnsafeAdminSocket, UsageError
 from sshtunnel_mgr.keys import rotation
 from sshtunnel_mgr.keys.rotation import RotationState
 from sshtunnel_mgr.keys.store import load_private_key, public_line
@@ -42,11 +42,11 @@ def rotate_agent_key(
     undo: bool,
     wait: bool | None,
 ) -> None:
+    if stop_after not in (None, "enrol", "switch"):
+        raise UsageError("--stop-after must be enrol or switch")
     agent = load_config(config).require_agent()
     key_path = key or agent.key
     socket = agent.admin_socket or default_socket_path("agent")
-    if stop_after not in (None, "enrol", "switch"):
-        raise RotationError("--stop-after must be enrol or switch")
     if "$CREDENTIALS_DIRECTORY" in str(key_path) or not key_path.exists():
         raise RotationError(
             f"the agent key {key_path} is not here",

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sshtunnel_mgr import agent, bastion
-from sshtunnel_mgr.admin import query
 from sshtunnel_mgr.cli.common import run_until_signal
 from sshtunnel_mgr.cli.status import pick_role, socket_for
-from sshtunnel_mgr.config import load_config
 from sshtunnel_mgr.errors import SshtunError
+
+# The services, the admin client and the config (asyncssh, pydantic) are imported by the
+# command that runs them, so `sshtun --help` stays fast (tests/test_cli_imports.py).
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The sshtun TOML config file.")]
 
 
 def bastion_cmd(config: ConfigOpt) -> None:
     """Run the routing bastion (the [bastion] section of the config)."""
+    import asyncio
+
+    from sshtunnel_mgr import bastion
+    from sshtunnel_mgr.config import load_config
+
     cfg = load_config(config).require_bastion()
     hup = asyncio.Event()
     run_until_signal(
@@ -32,6 +36,11 @@ def bastion_cmd(config: ConfigOpt) -> None:
 
 def up_cmd(config: ConfigOpt) -> None:
     """Run the agent: connect out to the bastion(s) and publish the tunnels ([agent])."""
+    import asyncio
+
+    from sshtunnel_mgr import agent
+    from sshtunnel_mgr.config import load_config
+
     cfg = load_config(config).require_agent()
     hup = asyncio.Event()
     run_until_signal(
@@ -55,6 +64,11 @@ def reload_cmd(
     ] = None,
 ) -> None:
     """Ask the running agent or bastion to re-read its config (like SIGHUP)."""
+    import asyncio
+
+    from sshtunnel_mgr.admin import query
+    from sshtunnel_mgr.config import load_config
+
     cfg = load_config(config)
     chosen = pick_role(cfg, role)
     answer = asyncio.run(query(socket_for(cfg, chosen), {"cmd": "reload"}))

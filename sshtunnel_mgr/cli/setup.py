@@ -5,21 +5,29 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sshtunnel_mgr import setup, unitlayout
-from sshtunnel_mgr.config import load_config
-from sshtunnel_mgr.errors import ConfigError
+from sshtunnel_mgr.cli.common import GroupWithPlainOptions
+from sshtunnel_mgr.errors import ConfigError, UsageError
 
-systemd_app = typer.Typer(help="Install sshtun as a systemd service.", no_args_is_help=True)
+# setup, unitlayout and config (the key store, pydantic) are imported by the command that
+# uses them, so `sshtun --help` stays fast (tests/test_cli_imports.py).
+if TYPE_CHECKING:
+    from sshtunnel_mgr import setup
+
+systemd_app = typer.Typer(
+    help="Install sshtun as a systemd service.", no_args_is_help=True, cls=GroupWithPlainOptions
+)
 
 RoleOpt = Annotated[str, typer.Option("--role", help="agent or bastion.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Only show what would be done.")]
 
 
 def _run(actions: list[setup.Action], dry_run: bool) -> None:
+    from sshtunnel_mgr import setup
+
     if dry_run:
         for act in actions:
             typer.echo(f"would {act.describe()}")
@@ -34,7 +42,7 @@ def _ask(value: str | None, prompt: str, flag: str) -> str:
     if sys.stdin.isatty():
         answer: str = typer.prompt(prompt)
         return answer
-    raise ConfigError(f"{flag} is required (no terminal to ask on)")
+    raise UsageError(f"{flag} is required (no terminal to ask on)")
 
 
 def init_cmd(
@@ -70,6 +78,9 @@ def init_cmd(
     dry_run: DryRun = False,
 ) -> None:
     """Write a starter config with generated keys (asks only what it cannot guess)."""
+    from sshtunnel_mgr import setup
+    from sshtunnel_mgr.config import load_config
+
     if role == "agent":
         address = _ask(bastion, "Bastion address (host[:port])", "--bastion")
         key = _ask(bastion_key, "Bastion host key (ssh-ed25519 AAAA...)", "--bastion-key")
@@ -111,7 +122,7 @@ def init_cmd(
             else:
                 typer.echo(f"\nThen run: sshtun bastion --config {config_path}")
     else:
-        raise ConfigError(f"--role must be agent or bastion, not {role!r}")
+        raise UsageError(f"--role must be agent or bastion, not {role!r}")
 
 
 @systemd_app.command("install")
@@ -127,8 +138,10 @@ def install_cmd(
 ) -> None:
     """Write the systemd unit (paths filled in for this installation) and print the
     systemctl commands to run."""
+    from sshtunnel_mgr import setup
+
     if role not in setup.UNIT_NAMES:
-        raise ConfigError(f"--role must be agent or bastion, not {role!r}")
+        raise UsageError(f"--role must be agent or bastion, not {role!r}")
     binary = shutil.which("sshtun") or str(Path(sys.argv[0]).resolve())
     cfg = (config or Path(f"/etc/sshtun/{role}.toml")).absolute()
     _check_layout(role, cfg)
@@ -146,6 +159,9 @@ def install_cmd(
 
 def _check_layout(role: str, cfg: Path) -> None:
     """Refuse a config the sandboxed unit could not run (none yet: say what to run)."""
+    from sshtunnel_mgr import setup, unitlayout
+    from sshtunnel_mgr.config import load_config
+
     if not cfg.exists():
         typer.echo(f"note: {cfg} does not exist yet: sshtun init --role {role} --systemd")
         return
@@ -165,6 +181,8 @@ def _check_layout(role: str, cfg: Path) -> None:
 
 def example_config_cmd() -> None:
     """Print config.example.toml: every key of both roles, documented, with its default."""
+    from sshtunnel_mgr import setup
+
     typer.echo(setup.example_config(), nl=False)
 
 

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sshtunnel_mgr.admin import default_socket_path, query
-from sshtunnel_mgr.cli.rotate import progress
-from sshtunnel_mgr.config import Config, load_config
-from sshtunnel_mgr.errors import ConfigError, SshtunError
-from sshtunnel_mgr.keys import rotation
+from sshtunnel_mgr.errors import ConfigError, SshtunError, UsageError
 from sshtunnel_mgr.logsetup import escape_line
+
+if TYPE_CHECKING:  # imported when a command runs: `sshtun --help` does not need pydantic
+    from sshtunnel_mgr.config import Config
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The sshtun TOML config file.")]
 RoleOpt = Annotated[
@@ -27,7 +25,7 @@ def pick_role(config: Config, role: str | None) -> str:
     present = [r for r in ("agent", "bastion") if getattr(config, r) is not None]
     if role is not None:
         if role not in ("agent", "bastion"):
-            raise ConfigError(f"--role must be agent or bastion, not {role!r}")
+            raise UsageError(f"--role must be agent or bastion, not {role!r}")
         if role not in present:
             raise ConfigError(f"{config.source}: no [{role}] section")
         return role
@@ -37,6 +35,8 @@ def pick_role(config: Config, role: str | None) -> str:
 
 
 def socket_for(config: Config, role: str) -> Path:
+    from sshtunnel_mgr.admin import default_socket_path
+
     section = config.agent if role == "agent" else config.bastion
     assert section is not None
     return section.admin_socket or default_socket_path(role)
@@ -138,6 +138,8 @@ def format_retiring(rotation: dict[str, Any] | None) -> str:
     """The agent's part of a key rotation: how the old key's retiring goes, per bastion."""
     if not rotation or rotation.get("done"):
         return ""
+    from sshtunnel_mgr.cli.rotate import progress
+
     lines = [f"\nkey rotation to {rotation['key']}: retiring the old key"]
     for link in rotation["links"]:
         lines.append(f"  {link['bastion']}: {progress(link)[0]}")
@@ -153,6 +155,8 @@ def format_rotation_record(described: str, finish: str, can_undo: bool) -> str:
 def _rotation_record(config: Config, path: Path) -> tuple[str, str]:
     """What the rotation record beside the agent's key says ("" when there is none), and
     the new key it names."""
+    from sshtunnel_mgr.keys import rotation
+
     assert config.agent is not None
     key = config.agent.key
     try:
@@ -177,6 +181,12 @@ def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show what the running agent or bastion is doing (read over its admin socket)."""
+    import asyncio
+
+    from sshtunnel_mgr.admin import query
+    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.keys import rotation
+
     cfg = load_config(config)
     chosen = pick_role(cfg, role)
     record, new_key = _rotation_record(cfg, config) if chosen == "agent" else ("", "")

@@ -96,7 +96,7 @@ def test_init_agent_without_answers_and_no_terminal_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = cli(capsys, "init", "--role", "agent", "--dir", str(tmp_path))
-    assert code == 3
+    assert code == 2  # a usage error, as for every command
     assert "--bastion is required (no terminal to ask on)" in err
 
 
