@@ -704,29 +704,50 @@ async def setup_once(side: Side, timeout: float = 30) -> float:
     return await ssh_true(side.client_cfg, side.host, side.kind, timeout)
 
 
+@dataclass
+class ClientRun:
+    returncode: int | None  # None: killed after the timeout
+    seconds: float  # until the ssh process itself exited
+    stderr: str
+
+
+async def run_client(*argv: str, timeout: float) -> ClientRun:
+    """Run one client command (``ssh … true``) and time it until *that process* exits.
+
+    Its stderr goes to a file, not a pipe read to EOF: with ProxyJump, OpenSSH's ``ssh``
+    starts ``ssh -W`` as a ProxyCommand, sends it SIGHUP on exit and does not wait for it;
+    that orphan inherits stderr and may outlive its parent (on a loaded machine, or if
+    SIGHUP is ignored it waits for the jump channel to close). Reading a pipe to EOF
+    therefore waited for the orphan, not for ``ssh``, and the kill after the timeout hit a
+    PID that had already exited and been reaped (``ProcessLookupError``). Only the PID
+    started here is killed, and only if it is still running."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = await launch(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            returncode = None
+        else:
+            returncode = proc.returncode
+        elapsed = time.perf_counter() - t0
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    return ClientRun(returncode, elapsed, text)
+
+
 async def ssh_true(cfg: Path, host: str, label: str, timeout: float = 30) -> float:
     assert SSH is not None
-    t0 = time.perf_counter()
-    proc = await launch(
-        SSH,
-        "-F",
-        str(cfg),
-        host,
-        "true",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        raise RuntimeError(f"{label}: ssh true took longer than {timeout}s") from None
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{label}: ssh true failed: {err.decode(errors='replace')}")
-    return elapsed
+    run = await run_client(SSH, "-F", str(cfg), host, "true", timeout=timeout)
+    if run.returncode is None:
+        raise RuntimeError(f"{label}: ssh true did not exit within {timeout}s: {run.stderr}")
+    if run.returncode != 0:
+        raise RuntimeError(f"{label}: ssh true failed: {run.stderr}")
+    return run.seconds
 
 
 def write_direct_config(env: Env, cipher: str) -> Path:

@@ -40,6 +40,7 @@ from bench_tunnel import (
     launch,
     memory,
     ref_sshd_config,
+    run_client,
 )
 
 from tests.harness import (
@@ -353,28 +354,14 @@ class Login:
 
 
 async def ssh_true(side: Side, source: str, target: str = "home", timeout: float = 60) -> Login:
-    """One real ``ssh -J … true`` from ``source``."""
+    """One real ``ssh -J … true`` from ``source`` (timed until that ``ssh`` exits)."""
     assert SSH is not None
-    t0 = time.monotonic()
-    proc = await launch(
-        SSH,
-        "-F",
-        str(client_config(side, source)),
-        target,
-        "true",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        return Login(False, time.monotonic() - t0, f"timed out after {timeout:.0f}s")
-    lines = err.decode(errors="replace").strip().splitlines()
-    return Login(proc.returncode == 0, time.monotonic() - t0, lines[-1] if lines else "")
+    cfg = client_config(side, source)
+    run = await run_client(SSH, "-F", str(cfg), target, "true", timeout=timeout)
+    if run.returncode is None:
+        return Login(False, run.seconds, f"timed out after {timeout:.0f}s")
+    lines = run.stderr.strip().splitlines()
+    return Login(run.returncode == 0, run.seconds, lines[-1] if lines else "")
 
 
 def asyncssh_client(side: Side, source: str) -> Any:
