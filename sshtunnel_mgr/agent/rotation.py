@@ -13,19 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import asyncssh
 
+from sshtunnel_mgr.agent.link import BastionLink
 from sshtunnel_mgr.crashpoints import crashpoint
 from sshtunnel_mgr.keys.store import key_fingerprint, public_line
 from sshtunnel_mgr.logsetup import event
 
-if TYPE_CHECKING:
-    from sshtunnel_mgr.agent.link import BastionLink
-    from sshtunnel_mgr.agent.serve import Agent
-
 log = logging.getLogger("sshtunnel_mgr.agent")
+
+
+class Agent(Protocol):
+    """What a rotation needs of the agent (serve.py's ``Agent``): its key and its links."""
+
+    key: asyncssh.SSHKey
+
+    @property
+    def links(self) -> Sequence[BastionLink]: ...
 
 
 class Rotator:

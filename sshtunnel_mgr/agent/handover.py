@@ -1,0 +1,127 @@
+"""Moving a link to a new connection, and retiring the connection it leaves.
+
+A key rotation (or its undo) moves a link with no moment in which its names are unserved:
+``prepare`` logs in with the new key and publishes every name there, so the bastion serves
+each name from both connections for a moment; the link (link.py) then makes it its
+connection and withdraws the names from the old one. ``Retiring`` holds the connections a
+link has left (after a hand-over, or a bastion's drain notice): each keeps carrying its
+routed sessions, and a handed-over one closes once its ``ChannelCount`` reaches zero (or
+after a drain limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncssh
+
+from sshtunnel_mgr.agent.client import channels_of, describe
+from sshtunnel_mgr.agent.publish import Listeners, Publisher
+from sshtunnel_mgr.asyncutil import wait_either
+from sshtunnel_mgr.config import TunnelConfig
+from sshtunnel_mgr.logsetup import event
+
+log = logging.getLogger("sshtunnel_mgr.agent")
+
+Connect = Callable[[asyncssh.SSHKey], Awaitable[asyncssh.SSHClientConnection]]
+
+
+async def prepare(
+    connect: Connect,
+    publisher: Publisher,
+    key: asyncssh.SSHKey,
+    tunnels: list[TunnelConfig],
+    wanted: list[str],
+    timeout: float,
+) -> tuple[asyncssh.SSHClientConnection, Listeners] | str:
+    """A new connection with ``key`` that publishes ``tunnels``, at least every name of
+    ``wanted`` (what the old connection serves); or why there is none (nothing is left
+    open then)."""
+    try:
+        new = await connect(key)
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        return f"the new key could not log in: {describe(exc)}"
+    try:
+        listeners, refused = await publisher.publish_on(new, tunnels, timeout)
+    except (OSError, asyncssh.Error) as exc:
+        new.close()
+        return f"the new connection failed: {describe(exc)}"
+    except BaseException:
+        new.close()
+        raise
+    if missing := sorted(set(wanted) - set(listeners)):
+        new.close()
+        return "the new key may not publish " + ", ".join(
+            f"{m} ({refused.get(m, 'refused')})" for m in missing
+        )
+    return new, listeners
+
+
+async def drain(conn: asyncssh.SSHClientConnection, timeout: float | None) -> bool:
+    """Wait until ``conn`` carries no routed session or has closed, up to ``timeout``
+    seconds (None: as long as that takes); whether it did."""
+    try:
+        await asyncio.wait_for(
+            wait_either(channels_of(conn).wait_idle(), conn.wait_closed()), timeout
+        )
+    except TimeoutError:
+        return False
+    return True
+
+
+class Retiring:
+    """Connections a link has left, still carrying routed sessions."""
+
+    def __init__(self, bastion: str) -> None:
+        self._bastion = bastion
+        self._conns: set[asyncssh.SSHClientConnection] = set()
+        self._drains: set[asyncio.Task[None]] = set()
+
+    def retire(self, old: asyncssh.SSHClientConnection, timeout: float | None) -> int:
+        """Close ``old`` once its routed sessions have ended (or after ``timeout``
+        seconds, when set), in the background; how many it carries now."""
+        sessions = channels_of(old).value
+        self._conns.add(old)
+        task = asyncio.create_task(self._retire(old, timeout))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+        return sessions
+
+    def leave(self, conn: asyncssh.SSHClientConnection) -> None:
+        """The bastion is draining ``conn``: it closes it when its sessions end."""
+        self._conns.add(conn)
+
+    def closed(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._conns.discard(conn)
+
+    async def _retire(self, old: asyncssh.SSHClientConnection, timeout: float | None) -> None:
+        drained = await drain(old, timeout)
+        if not drained and not old.is_closed():
+            event(
+                log,
+                logging.WARNING,
+                "drain limit reached",
+                bastion=self._bastion,
+                sessions=channels_of(old).value,
+                limit=f"{timeout:g}s",
+            )
+        old.close()
+        self._conns.discard(old)
+
+    async def wait_drained(self) -> None:
+        """Until every handed-over connection has drained and closed."""
+        while self._drains:
+            await asyncio.gather(*list(self._drains), return_exceptions=True)
+
+    def sessions(self) -> int:
+        """Routed sessions still open on the connections being retired."""
+        return sum(channels_of(c).value for c in self._conns if not c.is_closed())
+
+    def stop(self) -> None:
+        """The link stops: close every connection it left, now."""
+        for conn in list(self._conns):
+            conn.close()
+        for task in self._drains:
+            task.cancel()
