@@ -100,6 +100,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 }
 NAMES = tuple(_REGISTRY)
 
+_checked: dict[str, str] = {}  # shim -> its check's answer, for per-connection installs
 _aside: dict[str, str] = {}  # shim -> why a connection found it could not install it
 _told: set[tuple[str, str]] = set()  # (shim, reason) already logged
 
@@ -118,6 +119,20 @@ def check(name: str) -> str:
         return shim(name).check()
     except (AttributeError, TypeError, ValueError, ImportError) as exc:
         return f"{type(exc).__name__}: {exc}"
+
+
+def checked(found: Shim) -> str:
+    """``found.check()``, run once per process: what each connection's install asks (the
+    asyncssh loaded does not change while it runs, and a check costs a signature
+    inspection). ``check``/``active_shims`` run the checks afresh."""
+    reason = _checked.get(found.name)
+    if reason is None:
+        try:
+            reason = found.check()
+        except (AttributeError, TypeError, ValueError, ImportError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        _checked[found.name] = reason
+    return reason
 
 
 def stepped_aside(name: str, reason: str, *, logged: bool = False) -> None:

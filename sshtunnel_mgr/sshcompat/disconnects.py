@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr.sshcompat import Shim, parameters, stepped_aside
+from sshtunnel_mgr.sshcompat import Shim, checked, parameters, stepped_aside
 
 _ATTR = "_send_disconnect"
 
@@ -48,7 +48,7 @@ def install(conn: object, sent: Callable[[int, str], None]) -> bool:
     """Call ``sent(code, reason)`` for every DISCONNECT ``conn`` sends; whether it is in
     place."""
     original: Any = getattr(conn, _ATTR, None)
-    reason = check()
+    reason = checked(SHIM)
     if not reason and not callable(original):
         reason = f"this connection has no {_ATTR}"
     if reason:

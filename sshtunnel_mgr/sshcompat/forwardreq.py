@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr.sshcompat import Shim, parameters, stepped_aside
+from sshtunnel_mgr.sshcompat import Shim, checked, parameters, stepped_aside
 
 _ATTR = "_process_tcpip_forward_global_request"
 
@@ -65,7 +65,7 @@ def remember_bind_spellings(conn: object, spellings: dict[tuple[str, int], str])
     """Record ``spellings[(host.lower(), port)] = host`` for each ``tcpip-forward`` on
     ``conn``, before asyncssh handles it. Whether the wrapper is in place."""
     original: Any = getattr(conn, _ATTR, None)
-    reason = check()
+    reason = checked(SHIM)
     if not reason and not callable(original):
         reason = f"this connection has no {_ATTR}"
     if reason:

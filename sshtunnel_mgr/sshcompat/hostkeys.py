@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr.sshcompat import Shim, missing, parameters, stepped_aside
+from sshtunnel_mgr.sshcompat import Shim, checked, missing, parameters, stepped_aside
 
 _KEYS = "_all_server_host_keys"
 
@@ -43,7 +43,7 @@ SHIM = Shim(
 
 
 def _usable(conn: Any, *, keys: bool) -> bool:
-    reason = check()
+    reason = checked(SHIM)
     if not reason and not callable(getattr(conn, "send_server_host_keys", None)):
         reason = "this connection has no send_server_host_keys"
     if not reason and keys and not isinstance(getattr(conn, _KEYS, None), dict):

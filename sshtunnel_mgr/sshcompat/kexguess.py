@@ -30,7 +30,7 @@ import asyncssh
 
 from sshtunnel_mgr.kexinit import KexInit, ignore_guessed_packet, parse_kexinit
 from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.sshcompat import Shim, missing, stepped_aside
+from sshtunnel_mgr.sshcompat import Shim, checked, missing, stepped_aside
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def install(conn: object) -> bool:
     """Apply RFC 4253 §7's guess rule on this connection; call it from ``connection_made``.
     Never raises; False (and one log line per process) if asyncssh's internals differ."""
     try:
-        reason = check() or _install(conn)
+        reason = checked(SHIM) or _install(conn)
     except (AttributeError, TypeError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
     if reason:

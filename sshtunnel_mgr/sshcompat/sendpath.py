@@ -43,7 +43,7 @@ from typing import Any
 import asyncssh
 
 from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.sshcompat import Shim, missing, parameters, stepped_aside
+from sshtunnel_mgr.sshcompat import Shim, checked, missing, parameters, stepped_aside
 from sshtunnel_mgr.sshcompat.debuglevel import SHIM as QUIET_PACKET_LOG
 from sshtunnel_mgr.sshcompat.debuglevel import install as quiet_packet_log
 
@@ -131,7 +131,7 @@ def tune_connection(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConne
 def _install(shim: Shim, apply: Callable[[Any], bool], conn: object) -> bool:
     """Check the class, then apply to the connection; False (stock) if either differs."""
     try:
-        reason = shim.check()
+        reason = checked(shim)
         if not reason:
             return apply(conn)
     except (AttributeError, TypeError) as exc:  # internals not as expected: stay stock

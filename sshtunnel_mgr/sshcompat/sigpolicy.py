@@ -25,7 +25,7 @@ from typing import Any
 import asyncssh
 
 from sshtunnel_mgr.policy import signature_refusal
-from sshtunnel_mgr.sshcompat import Shim, parameters, stepped_aside
+from sshtunnel_mgr.sshcompat import Shim, checked, parameters, stepped_aside
 
 _ATTR = "validate_public_key"
 _SIGNATURE = ["self", "username", "key_data", "msg", "signature"]
@@ -65,7 +65,7 @@ def install(conn: object, refused: Callable[[str, bytes, str, str], None]) -> bo
     algorithm, reason)`` is called for one that is not accepted (then auth fails). Returns
     whether the check is in place."""
     original: Any = getattr(conn, _ATTR, None)
-    reason = check()
+    reason = checked(SHIM)
     if not reason and (original is None or not inspect.iscoroutinefunction(original)):
         reason = f"this connection has no {_ATTR} coroutine"
     if reason:
