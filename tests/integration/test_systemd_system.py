@@ -116,13 +116,13 @@ def sandbox(machine: Machine, unit: str) -> tuple[int, str]:
     return uid, machine.ok("cat", f"/proc/{pid}/mountinfo")
 
 
-def mount_options(mountinfo: str, target: str) -> str | None:
-    """The per-mount options of the last mount at ``target`` (the one on top)."""
+def mount_at(mountinfo: str, target: str) -> tuple[str, str] | None:
+    """(root within its filesystem, per-mount options) of the mount on top at ``target``."""
     found = None
     for line in mountinfo.splitlines():
         fields = line.split()
         if fields[4] == target:
-            found = fields[5]
+            found = (fields[3], fields[5])
     return found
 
 
@@ -254,11 +254,11 @@ def test_units_run_the_init_layout_route_ssh_j_and_revoke_live(tmp_path: Path) -
             for unit_name in (BASTION, AGENT):
                 uid, mounts = sandbox(machine, unit_name)
                 assert uid >= 61184, f"{unit_name} runs as uid {uid}, not a dynamic user"
-                assert "ro" in (
-                    mount_options(mounts, "/etc") or mount_options(mounts, "/") or ""
-                ).split(",")
-                assert mount_options(mounts, "/tmp") is not None
-                assert mount_options(mounts, "/root") is not None
+                etc = mount_at(mounts, "/etc") or mount_at(mounts, "/")
+                assert etc is not None and "ro" in etc[1].split(","), etc  # ProtectSystem=
+                tmp = mount_at(mounts, "/tmp")  # PrivateTmp=: systemd's own directory
+                assert tmp is not None and "systemd-private-" in tmp[0], tmp
+                assert mount_at(mounts, "/root") is not None  # ProtectHome=
             files = machine.ok("ls", "-ln", "/var/lib/private/sshtun")
             assert re.search(r"-rw------- 1 6\d+ 6\d+ .* host_key\n", files), files
         finally:
