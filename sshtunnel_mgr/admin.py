@@ -171,13 +171,19 @@ class AdminServer:
         finally:
             writer.close()
 
-    async def stop(self) -> None:
-        if self._server is not None:
+    def close(self) -> None:
+        """Stop listening and remove the socket file (connections being answered finish;
+        ``stop()`` waits for them)."""
+        if self._server is not None and self._server.is_serving():
             self._server.close()
-            await self._server.wait_closed()
-            self._server = None
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self.close()
+            await self._server.wait_closed()
+            self._server = None
 
 
 async def _answers(path: Path) -> bool:

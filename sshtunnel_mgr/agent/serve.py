@@ -1,38 +1,47 @@
-"""The agent's lifecycle: load key → one link per bastion → ready when a name is published
-→ run (probing health) until stopped → close links."""
+"""The agent's role: load key → one link per bastion → ready when a name is published →
+probe health while running → close links. ``runtime.service`` runs it (signals, admin
+socket, metrics, reloads, the stop sequence)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncssh
 
 from sshtunnel_mgr import sshcompat, systemd
-from sshtunnel_mgr.admin import AdminServer, default_socket_path
+from sshtunnel_mgr.admin import default_socket_path
 from sshtunnel_mgr.agent.link import BastionLink
 from sshtunnel_mgr.agent.rotation import Rotator
-from sshtunnel_mgr.asyncutil import wait_either
+from sshtunnel_mgr.asyncutil import TaskSet
 from sshtunnel_mgr.config import AgentConfig
 from sshtunnel_mgr.errors import SshtunError
 from sshtunnel_mgr.keys.store import load_private_key
 from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.metrics import MetricsServer, agent_samples
+from sshtunnel_mgr.metrics import agent_samples
+from sshtunnel_mgr.runtime.service import Service
 
 log = logging.getLogger("sshtunnel_mgr.agent")
 
+# How long links may take to close their connections when the agent stops.
+STOP_GRACE = 10.0
+
 
 class Agent:
+    """The agent's role logic (``runtime.service.Role``); ``run(stop)`` serves it in-process."""
+
     def __init__(
-        self, config: AgentConfig, on_ready: Callable[[Agent], None] | None = None
+        self,
+        config: AgentConfig,
+        on_ready: Callable[[Agent], None] | None = None,
+        load: Callable[[], AgentConfig] | None = None,
     ) -> None:
         self.config = config
-        self._reloader: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        self._load = load
         self.key = load_private_key(config.key)
         self._on_ready = on_ready
         self._ready = False
@@ -43,15 +52,46 @@ class Agent:
             for ep in config.bastions
         ]
         self.rotator = Rotator(self)
+        self._stop = asyncio.Event()
+        self._link_tasks: list[asyncio.Task[Any]] = []
 
     def _published(self, link: BastionLink) -> None:
         systemd.notify(f"STATUS={self.status_line()}")
         if not self._ready:
             self._ready = True
-            systemd.notify("READY=1")
             self.ready_event.set()
             if self._on_ready is not None:
                 self._on_ready(self)
+
+    # The service's Role ------------------------------------------------------------------
+    @property
+    def check_interval(self) -> float:
+        return self.config.probe_interval
+
+    async def start(self, tasks: TaskSet) -> None:
+        """One task per bastion link; a fatal error on one (host key, refused key) stops
+        the service, which raises it."""
+        self._stop = asyncio.Event()
+        sshcompat.announce(log, "agent")  # one line: which asyncssh shims are active
+        self._link_tasks = [
+            tasks.spawn(link.run(self._stop), f"link {link.endpoint.address}")
+            for link in self.links
+        ]
+
+    async def ready(self) -> None:
+        await self.ready_event.wait()
+
+    async def stop(self, grace: float | None) -> None:
+        """Close every link (each closes its connection); wait for them at most ``grace``
+        seconds (None: ``STOP_GRACE``), the service cancels what is left."""
+        self._stop.set()
+        self.rotator.stop()
+        grace = STOP_GRACE if grace is None else grace
+        if self._link_tasks and grace > 0:
+            await asyncio.wait(self._link_tasks, timeout=grace)
+
+    def status(self) -> str:
+        return self.status_line() + ("" if self.healthy else " (unhealthy)")
 
     def status_line(self) -> str:
         parts = []
@@ -71,7 +111,19 @@ class Agent:
             "asyncssh": sshcompat.summary("agent"),  # release, active shims, stepped aside
         }
 
-    async def reload(self, config: AgentConfig) -> dict[str, Any]:
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file (in a worker thread) and apply it; a bad file is
+        refused (logged and answered) and the running config stays."""
+        if self._load is None:
+            return {"ok": False, "error": "this agent has no config file to re-read"}
+        try:
+            config = await asyncio.to_thread(self._load)
+        except SshtunError as exc:
+            event(log, logging.ERROR, "reload refused", reason=exc.message)
+            return {"ok": False, "error": exc.message}
+        return await self.apply(config)
+
+    async def apply(self, config: AgentConfig) -> dict[str, Any]:
         """Apply a re-read config: tunnels change live; bastion or key changes need a
         restart (said in the answer and the log, never applied half-way)."""
         notes = []
@@ -117,74 +169,42 @@ class Agent:
             )
         if request.get("cmd") == "rotate-undo":
             return await self.rotator.undo(_drain_limit(request))
-        if request.get("cmd") == "reload" and self._reloader is not None:
-            return await self._reloader()
+        if request.get("cmd") == "reload":
+            return await self.reload()
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
 
-    async def check_health(self) -> bool:
-        """Probe every up link through the real forwarded path; ping the watchdog only if
-        at least one link is up and every up link passes."""
+    async def check(self) -> bool:
+        """Probe every up link through the real forwarded path: healthy (the service pings
+        the watchdog) only if at least one link is up and every up link passes."""
         timeout = self.config.connect_timeout
         results = [await link.probe(timeout) for link in self.links if link.conn is not None]
         self.healthy = bool(results) and all(results)
-        if self.healthy:
-            systemd.notify("WATCHDOG=1")
-        systemd.notify(f"STATUS={self.status_line()}" + ("" if self.healthy else " (unhealthy)"))
         return self.healthy
 
-    async def _health_loop(self, stop: asyncio.Event) -> None:
-        interval = self.config.probe_interval
-        watchdog = systemd.watchdog_interval()
-        if watchdog is not None:
-            interval = min(interval, watchdog)
-        await wait_either(self.ready_event.wait(), stop.wait())
-        while not stop.is_set():
-            await self.check_health()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-
-    def reload_from(
-        self, load: Callable[[], AgentConfig]
-    ) -> Callable[[], Awaitable[dict[str, Any]]]:
-        """A reload action that re-reads the config with ``load``; a bad file is refused
-        (logged and answered) and the running config stays."""
-
-        async def reloader() -> dict[str, Any]:
-            try:
-                config = load()
-            except SshtunError as exc:
-                event(log, logging.ERROR, "reload refused", reason=exc.message)
-                return {"ok": False, "error": exc.message}
-            return await self.reload(config)
-
-        self._reloader = reloader
-        return reloader
-
     async def run(self, stop: asyncio.Event) -> None:
-        """Run every link until ``stop``; a fatal error on one link stops them all."""
-        sshcompat.announce(log, "agent")  # one line: which asyncssh shims are active
-        admin = AdminServer(
-            self.config.admin_socket or default_socket_path("agent"), self.handle_admin
+        """Serve in-process until ``stop`` (tests, the demo): no signal handlers, no
+        SIGHUP; a fatal error on one link stops them all and is raised."""
+        await self._service(stop, None, None, handle_signals=False).run()
+
+    def _service(
+        self,
+        stop: asyncio.Event | None,
+        reload: asyncio.Event | None,
+        on_ready: Callable[[Agent], None] | None,
+        *,
+        handle_signals: bool,
+    ) -> Service:
+        return Service(
+            self,
+            admin_socket=self.config.admin_socket or default_socket_path("agent"),
+            admin_handler=self.handle_admin,
+            metrics_address=self.config.metrics_address,
+            samples=lambda: agent_samples(self),
+            stop=stop,
+            reload=reload,
+            on_ready=None if on_ready is None else lambda: on_ready(self),
+            handle_signals=handle_signals,
         )
-        await admin.start()
-        metrics = None
-        if self.config.metrics_address is not None:
-            metrics = MetricsServer(*self.config.metrics_address, lambda: agent_samples(self))
-            await metrics.start()
-        try:
-            async with asyncio.TaskGroup() as group:
-                for link in self.links:
-                    group.create_task(link.run(stop))
-                group.create_task(self._health_loop(stop))
-        except BaseExceptionGroup as group_exc:
-            # Surface the first sshtun error as-is, so the CLI reports it plainly.
-            raise group_exc.exceptions[0] from None
-        finally:
-            systemd.notify("STOPPING=1")
-            self.rotator.stop()
-            await admin.stop()
-            if metrics is not None:
-                await metrics.stop()
 
 
 def _drain_limit(request: dict[str, Any]) -> float | None:
@@ -195,27 +215,14 @@ def _drain_limit(request: dict[str, Any]) -> float | None:
 
 async def serve(
     config: AgentConfig,
-    stop: asyncio.Event,
+    stop: asyncio.Event | None = None,
     on_ready: Callable[[Agent], None] | None = None,
     *,
     reload: asyncio.Event | None = None,
     load: Callable[[], AgentConfig] | None = None,
+    handle_signals: bool = False,
 ) -> None:
-    """Run the agent; each time ``reload`` is set (SIGHUP), re-read the config via ``load``."""
-    agent = Agent(config, on_ready)
-    if reload is None or load is None:
-        await agent.run(stop)
-        return
-    reloader = agent.reload_from(load)
-
-    async def on_hup() -> None:
-        while True:
-            await reload.wait()
-            reload.clear()
-            await reloader()
-
-    hup = asyncio.create_task(on_hup())
-    try:
-        await agent.run(stop)
-    finally:
-        hup.cancel()
+    """Run the agent until ``stop`` (or, with ``handle_signals``, SIGINT/SIGTERM; a second
+    one forces the stop); each SIGHUP or ``reload`` re-reads the config via ``load``."""
+    agent = Agent(config, load=load)
+    await agent._service(stop, reload, on_ready, handle_signals=handle_signals).run()

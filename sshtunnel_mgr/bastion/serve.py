@@ -1,10 +1,10 @@
-"""The bastion's lifecycle: start → ready → run until stopped → stop accepting → close
-connections → drain under a timeout."""
+"""The bastion's role: bind → serve → stop accepting → tell agents → drain routed sessions
+under a timeout → close. ``runtime.service`` runs it (signals, admin socket, metrics,
+reloads, ready and the watchdog, the stop sequence)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,9 +12,10 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr import policy, sshcompat, systemd
+from sshtunnel_mgr import policy, sshcompat
 from sshtunnel_mgr.access import AccessPolicy, load_access
-from sshtunnel_mgr.admin import AdminServer, default_socket_path
+from sshtunnel_mgr.admin import default_socket_path
+from sshtunnel_mgr.asyncutil import TaskSet
 from sshtunnel_mgr.bastion.listener import Listener
 from sshtunnel_mgr.bastion.server import BastionConnection
 from sshtunnel_mgr.bastion.state import BastionState
@@ -23,8 +24,9 @@ from sshtunnel_mgr.errors import ConfigError, SshtunError
 from sshtunnel_mgr.keys.hostkeys import load_host_keys
 from sshtunnel_mgr.keys.store import key_fingerprint
 from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.metrics import MetricsServer, bastion_samples
+from sshtunnel_mgr.metrics import bastion_samples
 from sshtunnel_mgr.protocol import DRAIN_NOTICE
+from sshtunnel_mgr.runtime.service import Service
 from sshtunnel_mgr.sshcompat import authlog, hostkeys
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
@@ -312,54 +314,55 @@ class Bastion:
         self.state.audit.close()
 
 
+class BastionRole:
+    """The bastion as ``runtime.service`` runs it (its ``Role``): the lifecycle around it
+    (signals, admin socket, metrics, reloads, ready and the watchdog) is the service's."""
+
+    check_interval: float | None = None  # pinged only for systemd's watchdog
+
+    def __init__(self, bastion: Bastion) -> None:
+        self.bastion = bastion
+
+    async def start(self, tasks: TaskSet) -> None:
+        await self.bastion.start()
+
+    async def ready(self) -> None:
+        """Ready once listening, which ``start()`` did."""
+
+    async def check(self) -> bool:
+        return True  # the event loop runs and the listeners are open
+
+    async def reload(self) -> dict[str, Any]:
+        return await self.bastion.reload_async(from_file=True)
+
+    async def stop(self, grace: float | None) -> None:
+        await self.bastion.stop(grace)
+
+    def status(self) -> str:
+        return self.bastion.status_line()
+
+
 async def serve(
     config: BastionConfig,
-    stop: asyncio.Event,
+    stop: asyncio.Event | None = None,
     on_ready: Callable[[Bastion], None] | None = None,
     *,
     reload: asyncio.Event | None = None,
     load: Callable[[], BastionConfig] | None = None,
+    handle_signals: bool = False,
 ) -> None:
-    """Run the bastion until ``stop``; each time ``reload`` is set (SIGHUP), re-read."""
+    """Run the bastion until ``stop`` (or, with ``handle_signals``, SIGINT/SIGTERM; a
+    second one forces the stop); each SIGHUP or ``reload`` re-reads the files."""
     bastion = Bastion(config, load=load)
-    await bastion.start()
-    hup = asyncio.create_task(_on_reload(bastion, reload)) if reload is not None else None
-    admin = AdminServer(config.admin_socket or default_socket_path("bastion"), bastion.handle_admin)
-    await admin.start()
-    metrics = None
-    if config.metrics_address is not None:
-        metrics = MetricsServer(*config.metrics_address, lambda: bastion_samples(bastion))
-        await metrics.start()
-    systemd.notify(
-        "READY=1\nSTATUS=listening on " + ",".join(f"{h}:{p}" for h, p in bastion.addresses)
+    service = Service(
+        BastionRole(bastion),
+        admin_socket=config.admin_socket or default_socket_path("bastion"),
+        admin_handler=bastion.handle_admin,
+        metrics_address=config.metrics_address,
+        samples=lambda: bastion_samples(bastion),
+        stop=stop,
+        reload=reload,
+        on_ready=None if on_ready is None else lambda: on_ready(bastion),
+        handle_signals=handle_signals,
     )
-    if on_ready is not None:
-        on_ready(bastion)
-    watchdog = systemd.watchdog_interval()
-    try:
-        while watchdog is not None and not stop.is_set():
-            # The event loop is alive and the listeners are open: tell the watchdog.
-            systemd.notify(f"WATCHDOG=1\nSTATUS={bastion.status_line()}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), watchdog)
-        await stop.wait()
-    finally:
-        systemd.notify("STOPPING=1")
-        event(log, logging.INFO, "stopping")
-        if hup is not None:
-            hup.cancel()
-        await admin.stop()
-        if metrics is not None:
-            await metrics.stop()
-        await bastion.stop()
-
-
-async def _on_reload(bastion: Bastion, reload: asyncio.Event) -> None:
-    """SIGHUP: reload; survives an unexpected failure (logged) to serve the next one."""
-    while True:
-        await reload.wait()
-        reload.clear()
-        try:
-            await bastion.reload_async(from_file=True)
-        except Exception as exc:  # logged; the next SIGHUP must still work
-            event(log, logging.ERROR, "reload failed", error=repr(exc))
+    await service.run()

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from sshtunnel_mgr.cli.common import run_until_signal
 from sshtunnel_mgr.cli.status import pick_role, socket_for
 from sshtunnel_mgr.errors import SshtunError
 
@@ -25,13 +24,8 @@ def bastion_cmd(config: ConfigOpt) -> None:
     from sshtunnel_mgr.config import load_config
 
     cfg = load_config(config).require_bastion()
-    hup = asyncio.Event()
-    run_until_signal(
-        lambda stop: bastion.serve(
-            cfg, stop, reload=hup, load=lambda: load_config(config).require_bastion()
-        ),
-        reload=hup,
-    )
+    load = lambda: load_config(config).require_bastion()  # noqa: E731
+    asyncio.run(bastion.serve(cfg, load=load, handle_signals=True))
 
 
 def up_cmd(config: ConfigOpt) -> None:
@@ -42,13 +36,8 @@ def up_cmd(config: ConfigOpt) -> None:
     from sshtunnel_mgr.config import load_config
 
     cfg = load_config(config).require_agent()
-    hup = asyncio.Event()
-    run_until_signal(
-        lambda stop: agent.serve(
-            cfg, stop, reload=hup, load=lambda: load_config(config).require_agent()
-        ),
-        reload=hup,
-    )
+    load = lambda: load_config(config).require_agent()  # noqa: E731
+    asyncio.run(agent.serve(cfg, load=load, handle_signals=True))
 
 
 def register(app: typer.Typer) -> None:
