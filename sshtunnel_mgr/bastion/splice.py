@@ -9,6 +9,11 @@ channel stops being read until the other end opens, so the rest waits in the SSH
 Every byte the bastion holds for a splice is therefore bounded by the two channels'
 windows and send buffers, whatever either peer does.
 
+Once both directions have passed their EOF, the bastion closes both channels itself (what
+is buffered is sent first): a peer may never close on its own. asyncssh's forwarder (the
+``sshtun up`` agent) leaves a channel open forever when its TCP side's EOF came before the
+channel's, and a jump client's ``ssh -W`` waits for the close.
+
 An end whose channel will never open (the open failed or timed out, or its client left
 while it was being opened) is ended with ``never_opened``: the other end is then closed as
 soon as its channel opens, or at once if it is open already.
@@ -42,6 +47,7 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
         self.pending_bytes = 0  # held in ``_pending`` for the peer's channel to open
         self._pending: list[bytes] = []
         self._pending_eof = False
+        self._eof_in = False  # this end's peer (client or agent) has sent its EOF
         self._closed = False
         self._on_close = on_close
         # Why this end's channel is not being read: the peer is not open yet and
@@ -109,11 +115,20 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
                 self._update_reading()
 
     def eof_received(self) -> bool:
+        self._eof_in = True
         peer = self.peer
         if peer is not None and peer.chan is not None:
             _send_eof(peer.chan)
         else:
             self._pending_eof = True
+        if peer is not None and peer._eof_in:
+            # Both directions are done: nothing more can flow, so close both channels
+            # (what is still buffered is sent first). Waiting for a peer to close instead
+            # can wait forever: asyncssh's own forwarder (a stock ``sshtun up`` agent)
+            # never closes a channel whose TCP side sent its EOF before the channel's
+            # EOF arrived, and a jump client (``ssh -W``) waits for our close.
+            self.close()
+            peer.close()
         return True  # keep the channel half-open until the other side is done too
 
     def pause_writing(self) -> None:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from sshtunnel_mgr.bastion.serve import Bastion
@@ -30,6 +31,7 @@ from tests.harness import (
     access_text,
     agent_config,
     bastion_config,
+    bastion_pub,
     home_sshd,
     require_openssh,
     running_agent,
@@ -127,3 +129,46 @@ async def test_half_closes_pass_both_ways_and_end_the_route(keys: Keys, tmp_path
         assert rc == 0, err
         assert len(out) == 200_000
         await assert_all_torn_down(bastion)
+
+
+async def test_the_home_side_ending_first_still_closes_the_route(
+    keys: Keys, tmp_path: Path
+) -> None:
+    """The home service writes and closes before the client's EOF reaches the agent: the
+    agent's forwarder (asyncssh's) sends EOF up and then, given the client's EOF, never
+    closes its channel. The bastion closes both ends once both EOFs have passed, so the
+    client's channel closes, the route ends and the agent's TCP socket goes."""
+    access = tmp_path / "access"
+    access.write_text(access_text(keys, listen="svc:7000", open_="svc:7000"))
+
+    async def say_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello\n")
+        writer.close()
+        await writer.wait_closed()
+
+    service = await asyncio.start_server(say_and_close, "127.0.0.1", 0)
+    home_port = service.sockets[0].getsockname()[1]
+    try:
+        async with (
+            running_bastion(bastion_config(keys, access)) as bastion,
+            running_agent(
+                agent_config(keys, bastion.port, [("svc", 7000, f"127.0.0.1:{home_port}")])
+            ),
+            asyncssh.connect(
+                "127.0.0.1",
+                bastion.port,
+                username="client",
+                client_keys=[str(keys.client.path)],
+                known_hosts=([asyncssh.import_public_key(bastion_pub(keys))], [], []),
+                config=None,
+                agent_path=None,
+            ) as client,
+        ):
+            for _ in range(3):
+                reader, writer = await client.open_connection("svc", 7000)
+                assert await asyncio.wait_for(reader.read(), HANG) == b"hello\n"  # and EOF
+                writer.write_eof()  # only now: the home side has long gone
+                await asyncio.wait_for(writer.channel.wait_closed(), HANG)
+            await assert_all_torn_down(bastion)
+    finally:
+        service.close()
