@@ -11,19 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import asyncssh
+
+from sshtunnel_mgr.access import AccessEntry
+from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.logsetup import event
-
-if TYPE_CHECKING:
-    from sshtunnel_mgr.bastion.server import BastionConnection
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
 MAX_WAIT = 3600.0
 
 
-def schedule(bc: BastionConnection) -> None:
+class Expiring(Protocol):
+    """A logged-in connection whose key may expire (``BastionConnection``)."""
+
+    conn_id: int
+    peer_ip: str
+    entry: AccessEntry | None
+    conn: asyncssh.SSHServerConnection | None
+    state: BastionState
+    expiry_timer: asyncio.TimerHandle | None
+
+    def revoke(self, reason: str) -> None: ...
+
+
+def schedule(bc: Expiring) -> None:
     """(Re-)arm the connection's expiry timer for its current access entry."""
     cancel(bc)
     entry = bc.entry
@@ -34,13 +48,13 @@ def schedule(bc: BastionConnection) -> None:
     bc.expiry_timer = loop.call_at(loop.time() + min(max(remaining, 0.0), MAX_WAIT), _due, bc)
 
 
-def cancel(bc: BastionConnection) -> None:
+def cancel(bc: Expiring) -> None:
     timer, bc.expiry_timer = bc.expiry_timer, None
     if timer is not None:
         timer.cancel()
 
 
-def _due(bc: BastionConnection) -> None:
+def _due(bc: Expiring) -> None:
     bc.expiry_timer = None
     entry = bc.entry
     if entry is None or entry.expiry is None or bc.conn is None:

@@ -31,6 +31,8 @@ the only thing read (stdin is discarded); a session must be answered within
 ``key_request_timeout`` seconds of its open (waiting for the command and for the lock
 included) or it is closed; a connection holds at most ``max_sessions_per_connection``
 sessions (``BastionConnection.session_requested``).
+
+A session sees its connection as a ``KeyRequester``: this module never imports server.py.
 """
 
 from __future__ import annotations
@@ -41,21 +43,19 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import asyncssh
 
-from sshtunnel_mgr.access import KEY_TYPES, decode_key, fingerprint
+from sshtunnel_mgr.access import KEY_TYPES, AccessEntry, decode_key, fingerprint
 from sshtunnel_mgr.accessedit import enrol_successor, retire_predecessor, unenrol_successor
+from sshtunnel_mgr.bastion.state import BastionState
+from sshtunnel_mgr.config import BastionConfig
 from sshtunnel_mgr.errors import ConfigError, RotationError
 from sshtunnel_mgr.fsutil import LockTimeout
 from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.names import InvalidName, normalize_name
 from sshtunnel_mgr.strictmodes import edit_trusted
-
-if TYPE_CHECKING:
-    from sshtunnel_mgr.bastion.server import BastionConnection
-    from sshtunnel_mgr.config import BastionConfig
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
@@ -68,8 +68,25 @@ ONLY_ROUTES = (
 )
 
 
+class KeyRequester(Protocol):
+    """The connection a key request arrives on (``BastionConnection``)."""
+
+    conn_id: int
+    entry: AccessEntry | None
+    state: BastionState
+    home_host_keys: dict[tuple[str, int], str]
+
+    def session_closed(self) -> None: ...
+
+    def log_refused_session(self, reason: str) -> None: ...
+
+    def log_key_request(
+        self, verb: str, detail: str, *, ok: bool, result: dict[str, Any] | None = None
+    ) -> None: ...
+
+
 class KeyRequestSession(asyncssh.SSHServerSession[str]):
-    def __init__(self, conn: BastionConnection, timeout: float) -> None:
+    def __init__(self, conn: KeyRequester, timeout: float) -> None:
         self._conn = conn
         self._timeout = timeout
         self._chan: asyncssh.SSHServerChannel[str] | None = None

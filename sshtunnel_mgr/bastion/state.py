@@ -1,4 +1,8 @@
-"""Everything a running bastion knows, in one object: access policy, routes, connections."""
+"""Everything a running bastion knows, in one object: access policy, routes, connections.
+
+Connections are held as ``LiveConnection`` (peer.py), so this module never imports the
+connection's own (server.py).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,17 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from sshtunnel_mgr.access import AccessPolicy
 from sshtunnel_mgr.bastion.audit import AuditLog
 from sshtunnel_mgr.bastion.limits import KeyUsage
 from sshtunnel_mgr.bastion.lograte import LogRate
+from sshtunnel_mgr.bastion.peer import LiveConnection
 from sshtunnel_mgr.bastion.penalties import SourcePenalties
 from sshtunnel_mgr.config import BastionConfig
 from sshtunnel_mgr.errors import ConfigError
 from sshtunnel_mgr.logsetup import event
 from sshtunnel_mgr.routing import Route, RouteTable
-
-if TYPE_CHECKING:
-    from sshtunnel_mgr.bastion.server import BastionConnection
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
@@ -32,8 +33,8 @@ log = logging.getLogger("sshtunnel_mgr.bastion")
 class BastionState:
     config: BastionConfig
     access: AccessPolicy
-    routes: RouteTable[BastionConnection] = field(default_factory=RouteTable)
-    connections: dict[int, BastionConnection] = field(default_factory=dict)
+    routes: RouteTable[LiveConnection] = field(default_factory=RouteTable)
+    connections: dict[int, LiveConnection] = field(default_factory=dict)
     accepting: bool = True
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     # Event counters for metrics: plain integer increments, read only when scraped.
@@ -44,7 +45,7 @@ class BastionState:
     _picks: itertools.count[int] = field(default_factory=itertools.count)
     # Abuse resistance: failed logins per source, live connections per key, the audit log.
     penalties: SourcePenalties = field(init=False)
-    key_usage: KeyUsage[BastionConnection] = field(default_factory=KeyUsage)
+    key_usage: KeyUsage[LiveConnection] = field(default_factory=KeyUsage)
     audit: AuditLog = field(default_factory=AuditLog)
     # Connections that leave before logging in: logged and audited, rate-limited per source.
     preauth_log: LogRate = field(default_factory=LogRate)
@@ -88,7 +89,7 @@ class BastionState:
     def next_pick(self) -> int:
         return next(self._picks)
 
-    def publish(self, route: Route[BastionConnection]) -> None:
+    def publish(self, route: Route[LiveConnection]) -> None:
         self.routes, replaced = self.routes.publish(route)
         for old in replaced:
             if old.conn_id != route.conn_id:
@@ -106,7 +107,7 @@ class BastionState:
     def withdraw(self, name: str, port: int, conn_id: int) -> None:
         self._swap(self.routes.withdraw(name, port, conn_id), conn_id)
 
-    def _swap(self, routes: RouteTable[BastionConnection], gone: int) -> None:
+    def _swap(self, routes: RouteTable[LiveConnection], gone: int) -> None:
         """Install a new route table; say which standby connections serve again."""
         before = {(r.name, r.port, r.conn_id) for r in self.routes}
         self.routes = routes
