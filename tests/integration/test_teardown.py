@@ -40,8 +40,6 @@ from tests.harness import (
     write_ssh_config,
 )
 
-pytestmark = pytest.mark.openssh
-
 HANG = 60  # far beyond any run on a loaded machine; only a lost close reaches it
 
 
@@ -83,6 +81,7 @@ async def assert_all_torn_down(bastion: Bastion) -> None:
     await wait_for(lambda: bastion.state.routed_channels() == 0, timeout=HANG)
 
 
+@pytest.mark.openssh
 async def test_ssh_jump_true_ends_every_hop_sequential_and_parallel(
     keys: Keys, tmp_path: Path
 ) -> None:
@@ -107,6 +106,7 @@ async def test_ssh_jump_true_ends_every_hop_sequential_and_parallel(
         await assert_all_torn_down(bastion)
 
 
+@pytest.mark.openssh
 async def test_half_closes_pass_both_ways_and_end_the_route(keys: Keys, tmp_path: Path) -> None:
     """The client's EOF reaches the home command (``wc -c`` ends only on it), the home
     side's output and EOF come back, and the jump channel closes after both."""
