@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sshtunnel_mgr.errors import EXIT_CHECKS_FAILED, EXIT_CONFIG, EXIT_OK
+from sshtunnel_mgr.errors import EXIT_CHECKS_FAILED, EXIT_CONFIG, EXIT_OK, EXIT_USAGE
 from sshtunnel_mgr.keys.store import generate_key
 from tests.harness import USER, require_openssh
 
@@ -216,7 +216,9 @@ def test_a_match_block_that_reopens_passwords_on_loopback(tmp_path: Path, host_k
 
 def test_sshd_t_that_fails_is_a_failing_finding(tmp_path: Path) -> None:
     require_openssh(server=True)
-    status, report = doctor("--sshd-config", str(tmp_path / "missing_config"))
+    # An existing file sshd -t rejects (a missing one is a usage error, exit 2).
+    broken = write(tmp_path / "sshd_config", "NotAnSshdKeyword yes\n")
+    status, report = doctor("--sshd-config", str(broken))
     assert status == EXIT_CHECKS_FAILED
     assert by_check(report, "sshd.") == {"sshd.effective-config": ["fail"]}
 
@@ -378,8 +380,8 @@ def test_text_report_and_usage_errors(tmp_path: Path) -> None:
             [*SSHTUN, "doctor", *args], capture_output=True, text=True, timeout=60, check=False
         )
 
-    assert run("--role", "bastion").returncode == EXIT_CONFIG  # needs its config
-    assert run("--role", "nonsense").returncode == EXIT_CONFIG
+    assert run("--role", "bastion").returncode == EXIT_USAGE  # needs its config
+    assert run("--role", "nonsense").returncode == EXIT_USAGE
     assert run("--config", str(tmp_path / "nope.toml")).returncode == EXIT_CONFIG
     missing = run("--config", str(cfg), "--role", "agent")
     assert missing.returncode == EXIT_CONFIG
