@@ -300,10 +300,10 @@ def algo_opts(cipher: str, kex: str | None) -> str:
 
 # Run the sshtun agent with its cipher list narrowed to one cipher, so that the agent hop
 # uses the same cipher as the client's hops (the agent has no cipher setting; without this
-# it always negotiates aes128-gcm, the first in sshtunnel_mgr.policy). Nothing else changes:
+# it always negotiates aes128-gcm, the first in sshtunnel_mgr.core.policy). Nothing else changes:
 # this is ``python -m sshtunnel_mgr up --config FILE``.
 AGENT_SHIM = (
-    "import sys; import sshtunnel_mgr.policy as p; "
+    "import sys; import sshtunnel_mgr.core.policy as p; "
     "p.ENCRYPTION_ALGS = tuple(sys.argv.pop(1).split(',')); "
     "from sshtunnel_mgr.cli.main import run; run()"
 )

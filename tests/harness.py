@@ -23,7 +23,7 @@ import pytest
 
 from sshtunnel_mgr.agent import Agent
 from sshtunnel_mgr.bastion import Bastion
-from sshtunnel_mgr.config import AgentConfig, BastionConfig, BastionEndpoint, TunnelConfig
+from sshtunnel_mgr.core.config import AgentConfig, BastionConfig, BastionEndpoint, TunnelConfig
 from sshtunnel_mgr.keys.store import KeyInfo, generate_key
 
 SSH = shutil.which("ssh")

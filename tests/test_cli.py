@@ -15,7 +15,7 @@ import pytest
 
 from sshtunnel_mgr import __version__
 from sshtunnel_mgr.cli.main import main
-from sshtunnel_mgr.errors import EXIT_CONFIG, EXIT_KEYS, EXIT_OK, EXIT_USAGE
+from sshtunnel_mgr.core.errors import EXIT_CONFIG, EXIT_KEYS, EXIT_OK, EXIT_USAGE
 
 UNKNOWN = "unknown key (not one sshtun knows; check the spelling)"
 

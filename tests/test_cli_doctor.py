@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sshtunnel_mgr.cli.main import main
-from sshtunnel_mgr.errors import EXIT_CHECKS_FAILED, EXIT_CONFIG, EXIT_OK, EXIT_USAGE
+from sshtunnel_mgr.core.errors import EXIT_CHECKS_FAILED, EXIT_CONFIG, EXIT_OK, EXIT_USAGE
 from sshtunnel_mgr.keys.store import generate_key
 
 

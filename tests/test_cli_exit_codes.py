@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import typer
 
-from sshtunnel_mgr import errors
 from sshtunnel_mgr.cli.main import app, main
-from sshtunnel_mgr.errors import EXIT_STATUSES, EXIT_USAGE, SshtunError
+from sshtunnel_mgr.core import errors
+from sshtunnel_mgr.core.errors import EXIT_STATUSES, EXIT_USAGE, SshtunError
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = sorted((ROOT / "sshtunnel_mgr" / "units").glob("*.service"))

@@ -13,7 +13,7 @@ import pytest
 # Heavy imports a help or version run must not pay for (asyncssh pulls cryptography).
 HEAVY = ("asyncssh", "cryptography", "pydantic", "keyring", "bcrypt", "tomli_w")
 # Our own modules that import them, or start the services.
-HEAVY_OURS = ("sshtunnel_mgr.config", "sshtunnel_mgr.agent", "sshtunnel_mgr.bastion")
+HEAVY_OURS = ("sshtunnel_mgr.core.config", "sshtunnel_mgr.agent", "sshtunnel_mgr.bastion")
 
 COMMANDS = ("bastion", "up", "reload", "demo", "status", "ssh-config", "init", "example-config")
 COMMANDS += ("doctor",)

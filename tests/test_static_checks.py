@@ -42,3 +42,8 @@ def test_ruff_format_is_clean(tmp_path: Path) -> None:
 def test_mypy_strict_is_clean(tmp_path: Path) -> None:
     # A cache of its own per run: a stale shared cache can hide an error.
     _run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy")])
+
+
+def test_import_contracts_are_kept() -> None:
+    """The layers of README's "Layout" and a pure core (pyproject's [tool.importlinter])."""
+    _run([_tool("lint-imports"), "--no-cache"])

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import asyncssh
 
 from sshtunnel_mgr.agent.forward import ChannelCount
-from sshtunnel_mgr.config import BastionEndpoint
-from sshtunnel_mgr.errors import ConfigError
-from sshtunnel_mgr.protocol import DRAIN_NOTICE
+from sshtunnel_mgr.core.config import BastionEndpoint
+from sshtunnel_mgr.core.errors import ConfigError
+from sshtunnel_mgr.core.protocol import DRAIN_NOTICE
 from sshtunnel_mgr.sshcompat import kexguess
 from sshtunnel_mgr.sshcompat.sendpath import tune_connection
 

@@ -19,9 +19,9 @@ import asyncssh
 
 from sshtunnel_mgr.agent.client import channels_of, describe
 from sshtunnel_mgr.agent.publish import Listeners, Publisher
-from sshtunnel_mgr.asyncutil import wait_either
-from sshtunnel_mgr.config import TunnelConfig
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.core.config import TunnelConfig
+from sshtunnel_mgr.runtime.asyncutil import wait_either
+from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.agent")
 

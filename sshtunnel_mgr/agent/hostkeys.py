@@ -12,11 +12,11 @@ import logging
 
 import asyncssh
 
-from sshtunnel_mgr.config import BastionEndpoint
-from sshtunnel_mgr.fsutil import edit_atomic
+from sshtunnel_mgr.core.config import BastionEndpoint
+from sshtunnel_mgr.core.knownhosts import host_pattern, update_known_hosts
 from sshtunnel_mgr.keys.store import key_fingerprint, public_line
-from sshtunnel_mgr.knownhosts import host_pattern, update_known_hosts
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.runtime.fsutil import edit_atomic
+from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.agent")
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr import policy
 from sshtunnel_mgr.agent.client import known_hosts_arg
 from sshtunnel_mgr.agent.keyrequest import run_key_request
-from sshtunnel_mgr.config import AgentConfig, BastionEndpoint
+from sshtunnel_mgr.core import policy
+from sshtunnel_mgr.core.config import AgentConfig, BastionEndpoint
 
 
 async def key_request(

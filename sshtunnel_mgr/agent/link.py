@@ -24,18 +24,18 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr import policy
 from sshtunnel_mgr.agent import handover, hostkeys
 from sshtunnel_mgr.agent.client import LinkClient, channels_of, describe, known_hosts_arg
 from sshtunnel_mgr.agent.keyrequest import run_key_request
 from sshtunnel_mgr.agent.publish import Publisher, label_of
 from sshtunnel_mgr.agent.status import LinkStatus
-from sshtunnel_mgr.asyncutil import wait_either
-from sshtunnel_mgr.backoff import Backoff
-from sshtunnel_mgr.config import AgentConfig, BastionEndpoint
-from sshtunnel_mgr.crashpoints import crashpoint
-from sshtunnel_mgr.errors import HostKeyError, PermissionRefused
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.core import policy
+from sshtunnel_mgr.core.backoff import Backoff
+from sshtunnel_mgr.core.config import AgentConfig, BastionEndpoint
+from sshtunnel_mgr.core.errors import HostKeyError, PermissionRefused
+from sshtunnel_mgr.runtime.asyncutil import wait_either
+from sshtunnel_mgr.runtime.crashpoints import crashpoint
+from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.agent")
 

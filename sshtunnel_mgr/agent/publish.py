@@ -16,15 +16,15 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr import policy
 from sshtunnel_mgr.agent.client import channels_of, describe
 from sshtunnel_mgr.agent.forward import forward_to
 from sshtunnel_mgr.agent.keyrequest import run_key_request
 from sshtunnel_mgr.agent.status import LinkStatus
-from sshtunnel_mgr.config import TunnelConfig
+from sshtunnel_mgr.core import policy
+from sshtunnel_mgr.core.config import TunnelConfig
+from sshtunnel_mgr.core.protocol import NOT_PUBLISHED
 from sshtunnel_mgr.keys.store import key_fingerprint, public_line
-from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.protocol import NOT_PUBLISHED
+from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.agent")
 

@@ -19,9 +19,9 @@ from typing import Any, Protocol
 import asyncssh
 
 from sshtunnel_mgr.agent.link import BastionLink
-from sshtunnel_mgr.crashpoints import crashpoint
 from sshtunnel_mgr.keys.store import key_fingerprint, public_line
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.runtime.crashpoints import crashpoint
+from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.agent")
 

@@ -13,16 +13,17 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr import sshcompat, systemd
-from sshtunnel_mgr.admin import default_socket_path
+from sshtunnel_mgr import sshcompat
 from sshtunnel_mgr.agent.link import BastionLink
 from sshtunnel_mgr.agent.rotation import Rotator
-from sshtunnel_mgr.asyncutil import TaskSet
-from sshtunnel_mgr.config import AgentConfig
-from sshtunnel_mgr.errors import SshtunError
+from sshtunnel_mgr.core.config import AgentConfig
+from sshtunnel_mgr.core.errors import SshtunError
 from sshtunnel_mgr.keys.store import load_private_key
-from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.metrics import agent_samples
+from sshtunnel_mgr.runtime import systemd
+from sshtunnel_mgr.runtime.admin import default_socket_path
+from sshtunnel_mgr.runtime.asyncutil import TaskSet
+from sshtunnel_mgr.runtime.logsetup import event
+from sshtunnel_mgr.runtime.metrics import agent_samples
 from sshtunnel_mgr.runtime.service import Service
 
 log = logging.getLogger("sshtunnel_mgr.agent")

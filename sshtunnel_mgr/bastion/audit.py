@@ -30,10 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sshtunnel_mgr.access import AccessEntry
 from sshtunnel_mgr.bastion.splice import Pipe
-from sshtunnel_mgr.errors import ConfigError
-from sshtunnel_mgr.logsetup import event as log_event
+from sshtunnel_mgr.core.access import AccessEntry
+from sshtunnel_mgr.core.errors import ConfigError
+from sshtunnel_mgr.runtime.logsetup import event as log_event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 

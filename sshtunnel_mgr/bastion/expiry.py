@@ -15,9 +15,9 @@ from typing import Protocol
 
 import asyncssh
 
-from sshtunnel_mgr.access import AccessEntry
 from sshtunnel_mgr.bastion.state import BastionState
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.core.access import AccessEntry
+from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 

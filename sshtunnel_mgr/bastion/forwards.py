@@ -13,13 +13,13 @@ import logging
 
 import asyncssh
 
-from sshtunnel_mgr.access import AccessEntry
 from sshtunnel_mgr.bastion.peer import LiveConnection
 from sshtunnel_mgr.bastion.refusals import Refusals
 from sshtunnel_mgr.bastion.state import BastionState
-from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.names import InvalidName, normalize_name
-from sshtunnel_mgr.routing import Route
+from sshtunnel_mgr.core.access import AccessEntry
+from sshtunnel_mgr.core.names import InvalidName, normalize_name
+from sshtunnel_mgr.core.routing import Route
+from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 

@@ -21,14 +21,14 @@ from typing import Protocol
 import asyncssh
 
 from sshtunnel_mgr.bastion.audit import AuditLog
-from sshtunnel_mgr.bastion.limits import KeyUsage, channel_refusal, connection_refusal
-from sshtunnel_mgr.bastion.lograte import LogRate
 from sshtunnel_mgr.bastion.peer import LiveConnection
-from sshtunnel_mgr.bastion.penalties import SourcePenalties
 from sshtunnel_mgr.bastion.preauth import handshake_reason
 from sshtunnel_mgr.bastion.refusals import Refusals
-from sshtunnel_mgr.config import BastionConfig
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.core.config import BastionConfig
+from sshtunnel_mgr.core.limits import KeyUsage, channel_refusal, connection_refusal
+from sshtunnel_mgr.core.lograte import LogRate
+from sshtunnel_mgr.core.penalties import SourcePenalties
+from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 

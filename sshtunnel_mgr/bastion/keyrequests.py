@@ -47,15 +47,15 @@ from typing import Any, Protocol
 
 import asyncssh
 
-from sshtunnel_mgr.access import KEY_TYPES, AccessEntry, decode_key, fingerprint
-from sshtunnel_mgr.accessedit import enrol_successor, retire_predecessor, unenrol_successor
 from sshtunnel_mgr.bastion.state import BastionState
-from sshtunnel_mgr.config import BastionConfig
-from sshtunnel_mgr.errors import ConfigError, RotationError
-from sshtunnel_mgr.fsutil import LockTimeout
-from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.names import InvalidName, normalize_name
-from sshtunnel_mgr.strictmodes import edit_trusted
+from sshtunnel_mgr.core.access import KEY_TYPES, AccessEntry, decode_key, fingerprint
+from sshtunnel_mgr.core.accessedit import enrol_successor, retire_predecessor, unenrol_successor
+from sshtunnel_mgr.core.config import BastionConfig
+from sshtunnel_mgr.core.errors import ConfigError, RotationError
+from sshtunnel_mgr.core.names import InvalidName, normalize_name
+from sshtunnel_mgr.runtime.fsutil import LockTimeout
+from sshtunnel_mgr.runtime.logsetup import event
+from sshtunnel_mgr.runtime.strictmodes import edit_trusted
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 

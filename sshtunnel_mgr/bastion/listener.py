@@ -24,11 +24,11 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr.access import AccessEntry
-from sshtunnel_mgr.bastion.admission import Admission, StartupLimits, Verdict
 from sshtunnel_mgr.bastion.state import BastionState
-from sshtunnel_mgr.config import LimitsConfig
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.core.access import AccessEntry
+from sshtunnel_mgr.core.admission import Admission, StartupLimits, Verdict
+from sshtunnel_mgr.core.config import LimitsConfig
+from sshtunnel_mgr.runtime.logsetup import event
 from sshtunnel_mgr.sshcompat import hostkeys
 
 log = logging.getLogger("sshtunnel_mgr.bastion")

@@ -11,9 +11,9 @@ from typing import Protocol
 
 import asyncssh
 
-from sshtunnel_mgr.access import AccessEntry
 from sshtunnel_mgr.bastion.audit import Peer
 from sshtunnel_mgr.bastion.routeopen import RouteStats
+from sshtunnel_mgr.core.access import AccessEntry
 
 
 class LiveConnection(Peer, Protocol):

@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any, Protocol
 
 from sshtunnel_mgr.bastion.audit import AuditLog, Peer
-from sshtunnel_mgr.logsetup import event as log_event
+from sshtunnel_mgr.runtime.logsetup import event as log_event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 

@@ -34,8 +34,8 @@ import asyncssh
 from asyncssh import ChannelOpenError
 
 from sshtunnel_mgr.bastion.splice import Pipe
-from sshtunnel_mgr.config import LimitsConfig
-from sshtunnel_mgr.routing import Route
+from sshtunnel_mgr.core.config import LimitsConfig
+from sshtunnel_mgr.core.routing import Route
 
 CLIENT_LEFT = "client left during open"
 TIMED_OUT = "open timed out"

@@ -15,17 +15,17 @@ from collections.abc import Callable
 import asyncssh
 from asyncssh import ChannelOpenError
 
-from sshtunnel_mgr.access import AccessEntry
 from sshtunnel_mgr.bastion.audit import RoutedPipe, RouteRecord
 from sshtunnel_mgr.bastion.peer import LiveConnection
 from sshtunnel_mgr.bastion.refusals import Refusals
 from sshtunnel_mgr.bastion.routeopen import CLIENT_LEFT, OpenResult, RouteStats, open_agent_end
 from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.bastion.state import BastionState
-from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.names import InvalidName, normalize_name
-from sshtunnel_mgr.protocol import NOT_PUBLISHED
-from sshtunnel_mgr.routing import Route
+from sshtunnel_mgr.core.access import AccessEntry
+from sshtunnel_mgr.core.names import InvalidName, normalize_name
+from sshtunnel_mgr.core.protocol import NOT_PUBLISHED
+from sshtunnel_mgr.core.routing import Route
+from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 

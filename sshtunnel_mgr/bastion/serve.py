@@ -12,20 +12,22 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr import policy, sshcompat
-from sshtunnel_mgr.access import AccessPolicy, load_access
-from sshtunnel_mgr.admin import default_socket_path
-from sshtunnel_mgr.asyncutil import TaskSet
+from sshtunnel_mgr import sshcompat
 from sshtunnel_mgr.bastion.listener import Listener
 from sshtunnel_mgr.bastion.server import BastionConnection
 from sshtunnel_mgr.bastion.state import BastionState
-from sshtunnel_mgr.config import BastionConfig
-from sshtunnel_mgr.errors import ConfigError, SshtunError
+from sshtunnel_mgr.core import policy
+from sshtunnel_mgr.core.access import AccessPolicy
+from sshtunnel_mgr.core.config import BastionConfig
+from sshtunnel_mgr.core.errors import ConfigError, SshtunError
+from sshtunnel_mgr.core.protocol import DRAIN_NOTICE
 from sshtunnel_mgr.keys.hostkeys import load_host_keys
 from sshtunnel_mgr.keys.store import key_fingerprint
-from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.metrics import bastion_samples
-from sshtunnel_mgr.protocol import DRAIN_NOTICE
+from sshtunnel_mgr.runtime.accessfile import load_access
+from sshtunnel_mgr.runtime.admin import default_socket_path
+from sshtunnel_mgr.runtime.asyncutil import TaskSet
+from sshtunnel_mgr.runtime.logsetup import event
+from sshtunnel_mgr.runtime.metrics import bastion_samples
 from sshtunnel_mgr.runtime.service import Service
 from sshtunnel_mgr.sshcompat import authlog, hostkeys
 

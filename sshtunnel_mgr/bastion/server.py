@@ -25,8 +25,6 @@ from typing import Any
 import asyncssh
 from asyncssh import ChannelOpenError
 
-from sshtunnel_mgr import policy
-from sshtunnel_mgr.access import AccessEntry, fingerprint
 from sshtunnel_mgr.bastion import expiry, forwards, routes
 from sshtunnel_mgr.bastion.guard import ConnectionGuard
 from sshtunnel_mgr.bastion.keyrequests import KeyRequestSession
@@ -34,7 +32,9 @@ from sshtunnel_mgr.bastion.refusals import Refusals
 from sshtunnel_mgr.bastion.routeopen import RouteStats
 from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.bastion.state import BastionState
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.core import policy
+from sshtunnel_mgr.core.access import AccessEntry, fingerprint
+from sshtunnel_mgr.runtime.logsetup import event
 from sshtunnel_mgr.sshcompat import disconnects, forwardreq, kexguess, sigpolicy
 from sshtunnel_mgr.sshcompat.sendpath import tune_connection
 

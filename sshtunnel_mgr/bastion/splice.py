@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import asyncssh
 
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sshtunnel_mgr.access import AccessPolicy
 from sshtunnel_mgr.bastion.audit import AuditLog
-from sshtunnel_mgr.bastion.limits import KeyUsage
-from sshtunnel_mgr.bastion.lograte import LogRate
 from sshtunnel_mgr.bastion.peer import LiveConnection
-from sshtunnel_mgr.bastion.penalties import SourcePenalties
-from sshtunnel_mgr.config import BastionConfig
-from sshtunnel_mgr.errors import ConfigError
-from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.routing import Route, RouteTable
+from sshtunnel_mgr.core.access import AccessPolicy
+from sshtunnel_mgr.core.config import BastionConfig
+from sshtunnel_mgr.core.errors import ConfigError
+from sshtunnel_mgr.core.limits import KeyUsage
+from sshtunnel_mgr.core.lograte import LogRate
+from sshtunnel_mgr.core.penalties import SourcePenalties
+from sshtunnel_mgr.core.routing import Route, RouteTable
+from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 

@@ -16,7 +16,7 @@ def demo_cmd(
     hold: Annotated[bool, typer.Option("--hold", help="Keep running until Ctrl-C.")] = False,
 ) -> None:
     """Start a bastion, an agent and a home service on loopback and connect through them."""
-    from sshtunnel_mgr.demo import run_demo
+    from sshtunnel_mgr.setup.demo import run_demo
 
     if logging.getLogger().level == logging.INFO:
         logging.getLogger().setLevel(logging.ERROR)  # the demo narrates; -v shows the logs

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from sshtunnel_mgr.core.errors import EXIT_CHECKS_FAILED, ConfigError, UsageError
 from sshtunnel_mgr.doctor import Level, summarize, worst
-from sshtunnel_mgr.errors import EXIT_CHECKS_FAILED, ConfigError, UsageError
 
 if TYPE_CHECKING:  # imported when the checks run: `sshtun --help` does not need them
-    from sshtunnel_mgr.config import Config
+    from sshtunnel_mgr.core.config import Config
     from sshtunnel_mgr.doctor.collect import Section
 
 ROLES = ("agent", "bastion")
@@ -43,7 +43,7 @@ def _roles(config: Config | None, role: str | None) -> list[str]:
 def run_checks(
     config_path: Path | None, role: str | None, sshd_config: Path | None
 ) -> tuple[list[str], list[Section]]:
-    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.core.config import load_config
     from sshtunnel_mgr.doctor.collect import bastion_checks, home_checks
 
     config = load_config(config_path) if config_path is not None else None

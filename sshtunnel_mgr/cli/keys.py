@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from sshtunnel_mgr.cli.common import GroupWithPlainOptions
-from sshtunnel_mgr.errors import (
+from sshtunnel_mgr.core.errors import (
     ConfigError,
     KeyFileError,
     SshtunError,
@@ -22,8 +22,8 @@ from sshtunnel_mgr.errors import (
 # The key, config and access modules (asyncssh, pydantic, the keyring) are imported by the
 # command that uses them, so `sshtun keys --help` stays fast.
 if TYPE_CHECKING:
-    from sshtunnel_mgr.access import AccessEntry
-    from sshtunnel_mgr.config import BastionConfig
+    from sshtunnel_mgr.core.access import AccessEntry
+    from sshtunnel_mgr.core.config import BastionConfig
     from sshtunnel_mgr.keys.inventory import KeyFacts
 
 app = typer.Typer(
@@ -69,9 +69,9 @@ def gen(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key.")] = False,
 ) -> None:
     """Write a key pair (private key 0600, OpenSSH format) and print the public key."""
+    from sshtunnel_mgr.core.policy import MIN_RSA_BITS
     from sshtunnel_mgr.keys.secrets import store_passphrase
     from sshtunnel_mgr.keys.store import generate_key
-    from sshtunnel_mgr.policy import MIN_RSA_BITS
 
     algorithm = {"ed25519": "ssh-ed25519", "rsa": "ssh-rsa"}.get(key_type)
     if algorithm is None:
@@ -140,9 +140,9 @@ def _row(facts: KeyFacts, entry: AccessEntry | None, now: datetime) -> dict[str,
 def _access_for(config: Path | None) -> tuple[Path, list[AccessEntry]] | None:
     if config is None:
         return None
-    from sshtunnel_mgr.access import load_access
-    from sshtunnel_mgr.config import load_config
-    from sshtunnel_mgr.strictmodes import running_as_root
+    from sshtunnel_mgr.core.config import load_config
+    from sshtunnel_mgr.runtime.accessfile import load_access
+    from sshtunnel_mgr.runtime.strictmodes import running_as_root
 
     bastion = load_config(config).require_bastion()
     entries = load_access(bastion.access_file, any_owner=running_as_root()).entries
@@ -217,7 +217,7 @@ def _reload_bastion(bastion: BastionConfig, otherwise: str) -> dict[str, Any] | 
     """Have the running bastion re-read its files; None (and a note) if none is running."""
     import asyncio
 
-    from sshtunnel_mgr.admin import default_socket_path, query
+    from sshtunnel_mgr.runtime.admin import default_socket_path, query
 
     try:
         answer = asyncio.run(
@@ -240,9 +240,9 @@ def revoke_cmd(
 ) -> None:
     """Remove a key from the bastion's access file (atomically) and close its live
     sessions at once (the running bastion reloads)."""
-    from sshtunnel_mgr.access import parse_access, remove_key
-    from sshtunnel_mgr.config import load_config
-    from sshtunnel_mgr.strictmodes import edit_trusted, running_as_root
+    from sshtunnel_mgr.core.access import parse_access, remove_key
+    from sshtunnel_mgr.core.config import load_config
+    from sshtunnel_mgr.runtime.strictmodes import edit_trusted, running_as_root
 
     bastion = load_config(config).require_bastion()
     path = bastion.access_file
@@ -280,7 +280,7 @@ def revoke_cmd(
 
 
 def _rotate_host_key(config: Path, finish: bool) -> None:
-    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.core.config import load_config
     from sshtunnel_mgr.keys import hostkeys
 
     bastion = load_config(config).require_bastion()

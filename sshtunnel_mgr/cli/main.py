@@ -10,7 +10,7 @@ import typer
 from sshtunnel_mgr import __version__
 from sshtunnel_mgr.cli import demo, doctor, keys, services, setup, sshconfig, status
 from sshtunnel_mgr.cli.common import GroupWithPlainOptions
-from sshtunnel_mgr.errors import EXIT_STATUSES, EXIT_USAGE, SshtunError
+from sshtunnel_mgr.core.errors import EXIT_STATUSES, EXIT_USAGE, SshtunError
 
 # The command modules import only typer and the standard library at the top: each command
 # imports the SSH stack, the config models or the keyring when it runs, so `--version` and
@@ -60,14 +60,14 @@ def _root(
 ) -> None:
     if log_format not in ("text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
-    from sshtunnel_mgr.logsetup import setup_logging
+    from sshtunnel_mgr.runtime.logsetup import setup_logging
 
     setup_logging(verbose, quiet, log_format)
 
 
 def fail(error: SshtunError) -> int:
     """The one place a user-facing error is printed."""
-    from sshtunnel_mgr import systemd
+    from sshtunnel_mgr.runtime import systemd
 
     typer.echo(f"sshtun: error: {error.message}", err=True)
     if error.hint:

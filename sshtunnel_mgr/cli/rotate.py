@@ -21,14 +21,14 @@ from typing import Any
 import asyncssh
 import typer
 
-from sshtunnel_mgr.admin import default_socket_path, query
 from sshtunnel_mgr.agent import keydirect
-from sshtunnel_mgr.config import AgentConfig, load_config
-from sshtunnel_mgr.crashpoints import crashpoint
-from sshtunnel_mgr.errors import RotationError, SshtunError, UnsafeAdminSocket, UsageError
+from sshtunnel_mgr.core.config import AgentConfig, load_config
+from sshtunnel_mgr.core.errors import RotationError, SshtunError, UnsafeAdminSocket, UsageError
 from sshtunnel_mgr.keys import rotation
 from sshtunnel_mgr.keys.rotation import RotationState
 from sshtunnel_mgr.keys.store import load_private_key, public_line
+from sshtunnel_mgr.runtime.admin import default_socket_path, query
+from sshtunnel_mgr.runtime.crashpoints import crashpoint
 
 LONG = 7 * 86400.0  # "as long as it takes" for an admin request that waits for sessions
 POLL = 1.0  # seconds between progress reads while the old connections drain

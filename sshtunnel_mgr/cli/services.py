@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sshtunnel_mgr.cli.status import pick_role, socket_for
-from sshtunnel_mgr.errors import SshtunError
+from sshtunnel_mgr.core.errors import SshtunError
 
 # The services, the admin client and the config (asyncssh, pydantic) are imported by the
 # command that runs them, so `sshtun --help` stays fast (tests/test_cli_imports.py).
@@ -21,7 +21,7 @@ def bastion_cmd(config: ConfigOpt) -> None:
     import asyncio
 
     from sshtunnel_mgr import bastion
-    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.core.config import load_config
 
     cfg = load_config(config).require_bastion()
     load = lambda: load_config(config).require_bastion()  # noqa: E731
@@ -33,7 +33,7 @@ def up_cmd(config: ConfigOpt) -> None:
     import asyncio
 
     from sshtunnel_mgr import agent
-    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.core.config import load_config
 
     cfg = load_config(config).require_agent()
     load = lambda: load_config(config).require_agent()  # noqa: E731
@@ -55,8 +55,8 @@ def reload_cmd(
     """Ask the running agent or bastion to re-read its config (like SIGHUP)."""
     import asyncio
 
-    from sshtunnel_mgr.admin import query
-    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.core.config import load_config
+    from sshtunnel_mgr.runtime.admin import query
 
     cfg = load_config(config)
     chosen = pick_role(cfg, role)

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from sshtunnel_mgr.cli.common import GroupWithPlainOptions
-from sshtunnel_mgr.errors import ConfigError, UsageError
+from sshtunnel_mgr.core.errors import ConfigError, UsageError
 
 # setup, unitlayout and config (the key store, pydantic) are imported by the command that
 # uses them, so `sshtun --help` stays fast (tests/test_cli_imports.py).
 if TYPE_CHECKING:
-    from sshtunnel_mgr import setup
+    from sshtunnel_mgr.setup import init as setup
 
 systemd_app = typer.Typer(
     help="Install sshtun as a systemd service.", no_args_is_help=True, cls=GroupWithPlainOptions
@@ -26,7 +26,7 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Only show what would be
 
 
 def _run(actions: list[setup.Action], dry_run: bool) -> None:
-    from sshtunnel_mgr import setup
+    from sshtunnel_mgr.setup import init as setup
 
     if dry_run:
         for act in actions:
@@ -78,8 +78,8 @@ def init_cmd(
     dry_run: DryRun = False,
 ) -> None:
     """Write a starter config with generated keys (asks only what it cannot guess)."""
-    from sshtunnel_mgr import setup
-    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.core.config import load_config
+    from sshtunnel_mgr.setup import init as setup
 
     if role == "agent":
         address = _ask(bastion, "Bastion address (host[:port])", "--bastion")
@@ -138,7 +138,7 @@ def install_cmd(
 ) -> None:
     """Write the systemd unit (paths filled in for this installation) and print the
     systemctl commands to run."""
-    from sshtunnel_mgr import setup
+    from sshtunnel_mgr.setup import init as setup
 
     if role not in setup.UNIT_NAMES:
         raise UsageError(f"--role must be agent or bastion, not {role!r}")
@@ -159,8 +159,9 @@ def install_cmd(
 
 def _check_layout(role: str, cfg: Path) -> None:
     """Refuse a config the sandboxed unit could not run (none yet: say what to run)."""
-    from sshtunnel_mgr import setup, unitlayout
-    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.core.config import load_config
+    from sshtunnel_mgr.setup import init as setup
+    from sshtunnel_mgr.setup import unitlayout
 
     if not cfg.exists():
         typer.echo(f"note: {cfg} does not exist yet: sshtun init --role {role} --systemd")
@@ -181,7 +182,7 @@ def _check_layout(role: str, cfg: Path) -> None:
 
 def example_config_cmd() -> None:
     """Print config.example.toml: every key of both roles, documented, with its default."""
-    from sshtunnel_mgr import setup
+    from sshtunnel_mgr.setup import init as setup
 
     typer.echo(setup.example_config(), nl=False)
 

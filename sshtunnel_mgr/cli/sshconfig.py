@@ -17,11 +17,11 @@ from typing import Annotated
 
 import typer
 
-from sshtunnel_mgr import sshconfig
-from sshtunnel_mgr.errors import ConfigError, SshtunError, UnpinnedHop
-from sshtunnel_mgr.fsutil import write_atomic
-from sshtunnel_mgr.knownhosts import host_pattern
-from sshtunnel_mgr.sshconfig import Plan, Unpinned
+from sshtunnel_mgr.core.errors import ConfigError, SshtunError, UnpinnedHop
+from sshtunnel_mgr.core.knownhosts import host_pattern
+from sshtunnel_mgr.runtime.fsutil import write_atomic
+from sshtunnel_mgr.setup import sshconfig
+from sshtunnel_mgr.setup.sshconfig import Plan, Unpinned
 
 LAPTOP_KNOWN_HOSTS = Path("~/.ssh/sshtun_known_hosts")
 ADMIN_HINT = "the admin gets it from `sshtun ssh-config --config BASTION.toml` on the bastion"
@@ -87,7 +87,7 @@ def ssh_config_cmd(
         raise typer.BadParameter("give --bastion (on the laptop) or --config (on the bastion)")
     if config is not None and address is None:
         raise typer.BadParameter("--config needs --address (how clients reach the bastion)")
-    from sshtunnel_mgr.config import split_host_port  # the SSH stack and pydantic: lazily
+    from sshtunnel_mgr.core.config import split_host_port  # the SSH stack and pydantic: lazily
 
     where = bastion if bastion is not None else address
     assert where is not None
@@ -134,8 +134,8 @@ def ssh_config_cmd(
 
 
 def _name(text: str) -> tuple[str, int]:
-    from sshtunnel_mgr.config import split_host_port
-    from sshtunnel_mgr.names import normalize_name
+    from sshtunnel_mgr.core.config import split_host_port
+    from sshtunnel_mgr.core.names import normalize_name
 
     name, port = split_host_port(text, 22)
     return normalize_name(name), port
@@ -162,7 +162,7 @@ def _laptop(
 ) -> Plan:
     import asyncio
 
-    from sshtunnel_mgr.pinhops import Bastion, pin_hops
+    from sshtunnel_mgr.setup.pinhops import Bastion, pin_hops
 
     pattern = host_pattern(host, port)
     keys: list[str] = []

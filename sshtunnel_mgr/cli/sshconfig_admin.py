@@ -10,14 +10,14 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from sshtunnel_mgr import sshconfig
-from sshtunnel_mgr.access import load_access
-from sshtunnel_mgr.admin import default_socket_path, query
-from sshtunnel_mgr.config import load_config
-from sshtunnel_mgr.errors import SshtunError, UnsafeAdminSocket
+from sshtunnel_mgr.core.config import load_config
+from sshtunnel_mgr.core.errors import SshtunError, UnsafeAdminSocket
 from sshtunnel_mgr.keys.store import key_fingerprint
-from sshtunnel_mgr.sshconfig import Plan, Unpinned
-from sshtunnel_mgr.strictmodes import running_as_root
+from sshtunnel_mgr.runtime.accessfile import load_access
+from sshtunnel_mgr.runtime.admin import default_socket_path, query
+from sshtunnel_mgr.runtime.strictmodes import running_as_root
+from sshtunnel_mgr.setup import sshconfig
+from sshtunnel_mgr.setup.sshconfig import Plan, Unpinned
 
 
 def admin_plan(config: Path, host: str, port: int, wanted: list[tuple[str, int]]) -> Plan:

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sshtunnel_mgr.errors import ConfigError, SshtunError, UsageError
-from sshtunnel_mgr.logsetup import escape_line
+from sshtunnel_mgr.core.errors import ConfigError, SshtunError, UsageError
+from sshtunnel_mgr.runtime.logsetup import escape_line
 
 if TYPE_CHECKING:  # imported when a command runs: `sshtun --help` does not need pydantic
-    from sshtunnel_mgr.config import Config
+    from sshtunnel_mgr.core.config import Config
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The sshtun TOML config file.")]
 RoleOpt = Annotated[
@@ -35,7 +35,7 @@ def pick_role(config: Config, role: str | None) -> str:
 
 
 def socket_for(config: Config, role: str) -> Path:
-    from sshtunnel_mgr.admin import default_socket_path
+    from sshtunnel_mgr.runtime.admin import default_socket_path
 
     section = config.agent if role == "agent" else config.bastion
     assert section is not None
@@ -183,9 +183,9 @@ def status_cmd(
     """Show what the running agent or bastion is doing (read over its admin socket)."""
     import asyncio
 
-    from sshtunnel_mgr.admin import query
-    from sshtunnel_mgr.config import load_config
+    from sshtunnel_mgr.core.config import load_config
     from sshtunnel_mgr.keys import rotation
+    from sshtunnel_mgr.runtime.admin import query
 
     cfg = load_config(config)
     chosen = pick_role(cfg, role)

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
 
-from sshtunnel_mgr.access import AccessEntry
+from sshtunnel_mgr.core.access import AccessEntry
+from sshtunnel_mgr.core.names import HostPortPattern
 from sshtunnel_mgr.doctor.findings import Finding, fail, ok, warn
 from sshtunnel_mgr.keys.inventory import weakness
-from sshtunnel_mgr.names import HostPortPattern
 
 REVOKE = "sshtun keys revoke {fp} --config BASTION.toml"
 

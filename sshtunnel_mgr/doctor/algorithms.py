@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sshtunnel_mgr import policy
+from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.doctor.findings import Finding, Level, fail, ok, warn
 
 Category = Literal["kex", "cipher", "mac", "key"]
@@ -168,7 +168,7 @@ def check_policy(
     compression: Sequence[str] = policy.COMPRESSION_ALGS,
 ) -> list[Finding]:
     """sshtun's own algorithm policy (``policy.py``; both the bastion and the agent use it)."""
-    where = "edit sshtunnel_mgr/policy.py:"
+    where = "edit sshtunnel_mgr/core/policy.py:"
     findings = [
         check_algorithms("policy.kex", "kex", kex, "policy KEX_ALGS", f"{where} KEX_ALGS ="),
         check_algorithms(

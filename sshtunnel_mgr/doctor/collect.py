@@ -12,16 +12,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sshtunnel_mgr import sshcompat, strictmodes
-from sshtunnel_mgr.access import decode_key, load_access
-from sshtunnel_mgr.config import AgentConfig, BastionConfig
+from sshtunnel_mgr import sshcompat
+from sshtunnel_mgr.core import keyformat
+from sshtunnel_mgr.core.access import decode_key
+from sshtunnel_mgr.core.config import AgentConfig, BastionConfig
+from sshtunnel_mgr.core.errors import ConfigError, SshtunError
 from sshtunnel_mgr.doctor import accesscheck, files, keycheck, sshd
 from sshtunnel_mgr.doctor.algorithms import check_policy
 from sshtunnel_mgr.doctor.compat import check_shims
 from sshtunnel_mgr.doctor.findings import Finding, Level, fail, ok, warn
-from sshtunnel_mgr.errors import ConfigError, SshtunError
 from sshtunnel_mgr.keys import rotation
 from sshtunnel_mgr.keys.inventory import key_bits
+from sshtunnel_mgr.runtime import strictmodes
+from sshtunnel_mgr.runtime.accessfile import load_access
 
 SSHD_TIMEOUT = 30.0
 _PLAIN_USER = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
@@ -100,7 +103,7 @@ def _public_of(path: Path) -> tuple[str, bytes]:
         if len(parts) < 2:
             raise ValueError(f"{pub} is not a public key line")
         return parts[0], decode_key(parts[0], parts[1])
-    return keycheck.public_from_private(path.read_text(encoding="utf-8"))
+    return keyformat.public_from_private(path.read_text(encoding="utf-8"))
 
 
 def host_key_facts(path: Path) -> sshd.HostKeyFacts:
@@ -350,5 +353,5 @@ def bastion_checks(
             )
         section.add(finding)
     section.add(shims_finding("bastion"))
-    algorithms = Section("algorithm policy (sshtunnel_mgr/policy.py)", check_policy())
+    algorithms = Section("algorithm policy (sshtunnel_mgr/core/policy.py)", check_policy())
     return [section, access, algorithms]

@@ -8,15 +8,13 @@ import binascii
 import hashlib
 import hmac
 import re
-import struct
 from dataclasses import dataclass
 
-from sshtunnel_mgr import policy
-from sshtunnel_mgr.access import KEY_TYPES, decode_key, fingerprint
+from sshtunnel_mgr.core import policy
+from sshtunnel_mgr.core.access import KEY_TYPES, decode_key, fingerprint
 from sshtunnel_mgr.doctor.findings import Finding, Level, fail, ok, warn
 
 MAX_KEY_AGE_DAYS = 365
-_MAGIC = b"openssh-key-v1\0"
 
 
 @dataclass(frozen=True)
@@ -28,35 +26,6 @@ class KeyFileFacts:
     bits: int = 0
     age_days: float | None = None
     error: str = ""
-
-
-def public_from_private(text: str) -> tuple[str, bytes]:
-    """The public key inside an OpenSSH private key file, without the passphrase: the
-    ``openssh-key-v1`` format keeps the public half unencrypted. Raises ValueError."""
-    body = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("-----")]
-    if "BEGIN OPENSSH PRIVATE KEY" not in text:
-        raise ValueError("not an OpenSSH-format private key (use its .pub file)")
-    try:
-        raw = base64.b64decode("".join(body), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("the key file is not valid base64") from None
-    if not raw.startswith(_MAGIC):
-        raise ValueError("not an openssh-key-v1 private key")
-    offset = len(_MAGIC)
-    try:
-        for _ in range(3):  # cipher name, kdf name, kdf options
-            (length,) = struct.unpack(">I", raw[offset : offset + 4])
-            offset += 4 + length
-        (count,) = struct.unpack(">I", raw[offset : offset + 4])
-        offset += 4
-        (length,) = struct.unpack(">I", raw[offset : offset + 4])
-        blob = raw[offset + 4 : offset + 4 + length]
-        (tlen,) = struct.unpack(">I", blob[:4])
-    except struct.error:
-        raise ValueError("the key file is truncated") from None
-    if count < 1 or len(blob) != length:
-        raise ValueError("the key file is truncated")
-    return blob[4 : 4 + tlen].decode("ascii", "replace"), blob
 
 
 def check_key_strength(key: KeyFileFacts, check: str = "agent.key-strength") -> Finding:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncssh
 
-from sshtunnel_mgr.errors import KeyFileError
+from sshtunnel_mgr.core.errors import KeyFileError
 from sshtunnel_mgr.keys.store import generate_key, load_host_key, load_private_key
 
 SUFFIX = ".next"

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sshtunnel_mgr import policy
-from sshtunnel_mgr.access import AccessEntry, decode_key, fingerprint
-from sshtunnel_mgr.errors import KeyFileError
+from sshtunnel_mgr.core import policy
+from sshtunnel_mgr.core.access import AccessEntry, decode_key, fingerprint
+from sshtunnel_mgr.core.errors import KeyFileError
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,15 @@ import secrets
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from sshtunnel_mgr.access import fingerprint
-from sshtunnel_mgr.crashpoints import crashpoint
-from sshtunnel_mgr.doctor.keycheck import public_from_private
-from sshtunnel_mgr.errors import KeyFileError, RotationError
-from sshtunnel_mgr.fsutil import write_atomic
+from sshtunnel_mgr.core.access import fingerprint
+from sshtunnel_mgr.core.errors import KeyFileError, RotationError
+from sshtunnel_mgr.core.keyformat import public_from_private
 from sshtunnel_mgr.keys.inventory import _is_encrypted as is_encrypted
 from sshtunnel_mgr.keys.inventory import facts_from_public
 from sshtunnel_mgr.keys.secrets import forget_passphrase, load_passphrase, store_passphrase
 from sshtunnel_mgr.keys.store import generate_key
+from sshtunnel_mgr.runtime.crashpoints import crashpoint
+from sshtunnel_mgr.runtime.fsutil import write_atomic
 
 SUFFIX = ".next"
 STATE_SUFFIX = ".rotation"

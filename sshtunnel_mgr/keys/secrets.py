@@ -21,8 +21,8 @@ import keyring
 import keyring.backend
 import keyring.errors
 
-from sshtunnel_mgr.errors import KeyFileError
-from sshtunnel_mgr.fsutil import write_atomic
+from sshtunnel_mgr.core.errors import KeyFileError
+from sshtunnel_mgr.runtime.fsutil import write_atomic
 
 SERVICE = "sshtun"
 SUFFIX = ".passphrase"

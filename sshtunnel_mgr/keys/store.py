@@ -9,11 +9,11 @@ from pathlib import Path
 
 import asyncssh
 
-from sshtunnel_mgr.access import fingerprint
-from sshtunnel_mgr.errors import KeyFileError
-from sshtunnel_mgr.fsutil import write_atomic
+from sshtunnel_mgr.core.access import fingerprint
+from sshtunnel_mgr.core.errors import KeyFileError
+from sshtunnel_mgr.core.policy import MIN_RSA_BITS
 from sshtunnel_mgr.keys.secrets import load_passphrase
-from sshtunnel_mgr.policy import MIN_RSA_BITS
+from sshtunnel_mgr.runtime.fsutil import write_atomic
 from sshtunnel_mgr.sshcompat import keyerrors
 
 

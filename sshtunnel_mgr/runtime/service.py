@@ -30,12 +30,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from sshtunnel_mgr import systemd
-from sshtunnel_mgr.admin import AdminServer, Handler
-from sshtunnel_mgr.asyncutil import TaskSet, wait_either
-from sshtunnel_mgr.errors import ForcedStop, SshtunError
-from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.metrics import MetricsServer, Sample
+from sshtunnel_mgr.core.errors import ForcedStop, SshtunError
+from sshtunnel_mgr.runtime import systemd
+from sshtunnel_mgr.runtime.admin import AdminServer, Handler
+from sshtunnel_mgr.runtime.asyncutil import TaskSet, wait_either
+from sshtunnel_mgr.runtime.logsetup import event
+from sshtunnel_mgr.runtime.metrics import MetricsServer, Sample
 
 log = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger(__name__)
 

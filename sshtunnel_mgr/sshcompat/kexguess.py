@@ -28,8 +28,8 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr.kexinit import KexInit, ignore_guessed_packet, parse_kexinit
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.core.kexinit import KexInit, ignore_guessed_packet, parse_kexinit
+from sshtunnel_mgr.runtime.logsetup import event
 from sshtunnel_mgr.sshcompat import Shim, checked, missing, stepped_aside
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.runtime.logsetup import event
 from sshtunnel_mgr.sshcompat import Shim, checked, missing, parameters, stepped_aside
 from sshtunnel_mgr.sshcompat.debuglevel import SHIM as QUIET_PACKET_LOG
 from sshtunnel_mgr.sshcompat.debuglevel import install as quiet_packet_log

@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr.policy import signature_refusal
+from sshtunnel_mgr.core.policy import signature_refusal
 from sshtunnel_mgr.sshcompat import Shim, checked, parameters, stepped_aside
 
 _ATTR = "validate_public_key"

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from sshtunnel_mgr.admin import AdminServer, default_socket_path
 from sshtunnel_mgr.cli.main import main
-from sshtunnel_mgr.errors import EXIT_UNSAFE
-from sshtunnel_mgr.logsetup import setup_logging
+from sshtunnel_mgr.core.errors import EXIT_UNSAFE
+from sshtunnel_mgr.runtime.admin import AdminServer, default_socket_path
+from sshtunnel_mgr.runtime.logsetup import setup_logging
 from tests.harness import Keys, access_text, agent_config, bastion_config, write_toml
 from tests.integration.conftest import logged
 

@@ -9,8 +9,8 @@ import asyncssh
 import pytest
 
 from sshtunnel_mgr.agent import Agent
-from sshtunnel_mgr.config import AgentConfig, BastionEndpoint, TunnelConfig
-from sshtunnel_mgr.errors import EXIT_HOSTKEY, EXIT_PERMISSION, HostKeyError, PermissionRefused
+from sshtunnel_mgr.core.config import AgentConfig, BastionEndpoint, TunnelConfig
+from sshtunnel_mgr.core.errors import EXIT_HOSTKEY, EXIT_PERMISSION, HostKeyError, PermissionRefused
 from sshtunnel_mgr.keys.store import public_line
 from tests.harness import (
     SSHTUN,

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from sshtunnel_mgr.errors import KeyFileError
+from sshtunnel_mgr.core.errors import KeyFileError
 from sshtunnel_mgr.keys.store import generate_key, load_private_key
 from tests.harness import (
     Keys,

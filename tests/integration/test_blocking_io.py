@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sshtunnel_mgr.bastion import Bastion
-from sshtunnel_mgr.config import load_config
+from sshtunnel_mgr.core.config import load_config
 from sshtunnel_mgr.keys.store import load_private_key
 from tests.harness import (
     Keys,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sshtunnel_mgr.errors import EXIT_CHECKS_FAILED, EXIT_CONFIG, EXIT_OK, EXIT_USAGE
+from sshtunnel_mgr.core.errors import EXIT_CHECKS_FAILED, EXIT_CONFIG, EXIT_OK, EXIT_USAGE
 from sshtunnel_mgr.keys.store import generate_key
 from tests.harness import USER, require_openssh
 

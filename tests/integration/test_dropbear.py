@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from sshtunnel_mgr import policy
+from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.keys.store import KeyInfo
 from sshtunnel_mgr.sshcompat import kexguess
 from tests.harness import (

@@ -23,7 +23,7 @@ import pytest
 
 from sshtunnel_mgr.bastion import Bastion
 from sshtunnel_mgr.keys.store import load_private_key
-from sshtunnel_mgr.metrics import bastion_samples
+from sshtunnel_mgr.runtime.metrics import bastion_samples
 from tests.harness import (
     SSHTUN,
     Keys,

@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sshtunnel_mgr.admin import AdminServer
 from sshtunnel_mgr.bastion import Bastion
-from sshtunnel_mgr.config import AgentConfig, BastionEndpoint, TunnelConfig
+from sshtunnel_mgr.core.config import AgentConfig, BastionEndpoint, TunnelConfig
 from sshtunnel_mgr.keys.inventory import facts_from_public
+from sshtunnel_mgr.runtime.admin import AdminServer
 from tests.harness import (
     SSHTUN,
     Keys,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from sshtunnel_mgr.errors import HostKeyError
+from sshtunnel_mgr.core.errors import HostKeyError
 from sshtunnel_mgr.sshcompat import kexguess
 from tests.harness import Keys, agent_config, running_agent, wait_for
 from tests.integration.conftest import logged

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sshtunnel_mgr.errors import EXIT_KEYS
+from sshtunnel_mgr.core.errors import EXIT_KEYS
 from tests.harness import (
     SSHTUN,
     Keys,

@@ -16,7 +16,7 @@ import asyncssh
 import paramiko
 import pytest
 
-from sshtunnel_mgr.access import load_access
+from sshtunnel_mgr.runtime.accessfile import load_access
 from tests.harness import Keys, bastion_pub, require_openssh, run_ssh, write_ssh_config
 from tests.integration.conftest import logged
 from tests.integration.test_abuse import echo_scene, events
@@ -212,6 +212,6 @@ def key_text(key: paramiko.PKey) -> str:
 
 
 def fingerprint_of(key: paramiko.PKey) -> str:
-    from sshtunnel_mgr.access import fingerprint
+    from sshtunnel_mgr.core.access import fingerprint
 
     return fingerprint(key.asbytes())

@@ -14,10 +14,10 @@ import keyring
 import keyring.backend
 import pytest
 
-from sshtunnel_mgr.admin import AdminServer
 from sshtunnel_mgr.cli.main import main
 from sshtunnel_mgr.keys import secrets
 from sshtunnel_mgr.keys.store import load_private_key
+from sshtunnel_mgr.runtime.admin import AdminServer
 from tests.harness import (
     Keys,
     access_text,

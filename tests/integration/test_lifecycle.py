@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from sshtunnel_mgr.admin import query
 from sshtunnel_mgr.agent import serve as agent_serve
 from sshtunnel_mgr.agent.link import BastionLink
 from sshtunnel_mgr.bastion import Bastion
 from sshtunnel_mgr.bastion import serve as bastion_serve
-from sshtunnel_mgr.config import AgentConfig
-from sshtunnel_mgr.errors import EXIT_FORCED, SshtunError
+from sshtunnel_mgr.core.config import AgentConfig
+from sshtunnel_mgr.core.errors import EXIT_FORCED, SshtunError
+from sshtunnel_mgr.runtime.admin import query
 from tests.harness import (
     SSH,
     SSHTUN,

@@ -21,7 +21,7 @@ import asyncssh
 import pytest
 
 from sshtunnel_mgr.bastion import Bastion
-from sshtunnel_mgr.config import AgentConfig, TunnelConfig
+from sshtunnel_mgr.core.config import AgentConfig, TunnelConfig
 from sshtunnel_mgr.keys.store import load_private_key
 from tests.harness import (
     Keys,

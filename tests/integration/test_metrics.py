@@ -92,7 +92,7 @@ async def test_bastion_and_agent_metrics(keys: Keys, tmp_path: Path) -> None:
 
 
 def test_metrics_listen_defaults_to_loopback() -> None:
-    from sshtunnel_mgr.config import parse_config
+    from sshtunnel_mgr.core.config import parse_config
 
     cfg = parse_config('[bastion]\nhost_key="h"\naccess_file="a"\nmetrics_listen="9810"\n')
     assert cfg.require_bastion().metrics_address == ("127.0.0.1", 9810)

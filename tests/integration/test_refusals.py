@@ -13,8 +13,8 @@ import asyncssh
 import paramiko
 import pytest
 
-from sshtunnel_mgr.access import fingerprint
 from sshtunnel_mgr.bastion import Bastion
+from sshtunnel_mgr.core.access import fingerprint
 from sshtunnel_mgr.keys.store import load_private_key
 from tests.harness import (
     SSH,

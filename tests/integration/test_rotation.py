@@ -16,11 +16,11 @@ import asyncssh
 import pytest
 
 import sshtunnel_mgr
-from sshtunnel_mgr.access import load_access
 from sshtunnel_mgr.bastion import Bastion
-from sshtunnel_mgr.errors import EXIT_KEYS
+from sshtunnel_mgr.core.errors import EXIT_KEYS
 from sshtunnel_mgr.keys.inventory import facts_from_public
 from sshtunnel_mgr.keys.store import KeyInfo, load_private_key
+from sshtunnel_mgr.runtime.accessfile import load_access
 from tests.harness import (
     SSH,
     SSHTUN,

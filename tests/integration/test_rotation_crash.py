@@ -23,11 +23,11 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from sshtunnel_mgr.access import load_access
-from sshtunnel_mgr.errors import EXIT_PERMISSION
-from sshtunnel_mgr.fsutil import write_atomic
+from sshtunnel_mgr.core.errors import EXIT_PERMISSION
 from sshtunnel_mgr.keys.inventory import facts_from_public
 from sshtunnel_mgr.keys.store import generate_key, load_private_key
+from sshtunnel_mgr.runtime.accessfile import load_access
+from sshtunnel_mgr.runtime.fsutil import write_atomic
 from tests.harness import (
     SSHTUN,
     HomeSshd,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sshtunnel_mgr.cli.main import main
-from sshtunnel_mgr.setup import UNIT_BINARY, UNIT_NAMES, render_unit, unit_template
+from sshtunnel_mgr.setup.init import UNIT_BINARY, UNIT_NAMES, render_unit, unit_template
 from tests.harness import (
     SSHTUN,
     free_port,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from sshtunnel_mgr.admin import AdminServer
 from sshtunnel_mgr.cli.main import main
-from sshtunnel_mgr.errors import EXIT_HOSTKEY, EXIT_UNPINNED
+from sshtunnel_mgr.core.errors import EXIT_HOSTKEY, EXIT_UNPINNED
+from sshtunnel_mgr.runtime.admin import AdminServer
 from tests.harness import (
     USER,
     Keys,

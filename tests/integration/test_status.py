@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sshtunnel_mgr.admin import AdminServer
 from sshtunnel_mgr.cli.main import main
 from sshtunnel_mgr.cli.status import format_status
+from sshtunnel_mgr.runtime.admin import AdminServer
 from tests.harness import (
     SSHTUN,
     Keys,

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from sshtunnel_mgr.setup import render_unit, unit_template
+from sshtunnel_mgr.setup.init import render_unit, unit_template
 from tests.harness import (
     Keys,
     access_text,

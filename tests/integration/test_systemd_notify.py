@@ -155,7 +155,7 @@ async def test_bastion_notifies_ready_when_listening(
 def test_watchdog_interval_only_for_this_process(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
 ) -> None:
-    from sshtunnel_mgr import systemd
+    from sshtunnel_mgr.runtime import systemd
 
     monkeypatch.delenv("WATCHDOG_USEC", raising=False)
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
@@ -165,7 +165,7 @@ def test_watchdog_interval_only_for_this_process(
 
 
 def test_notify_never_raises(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from sshtunnel_mgr import systemd
+    from sshtunnel_mgr.runtime import systemd
 
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert systemd.notify("READY=1") is False

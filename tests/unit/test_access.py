@@ -1,4 +1,4 @@
-"""The bastion's access file (sshtunnel_mgr/access.py): parsing and decisions, as tables."""
+"""The bastion's access file (sshtunnel_mgr/core/access.py): parsing and decisions, as tables."""
 
 from __future__ import annotations
 
@@ -14,20 +14,20 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from sshtunnel_mgr.access import (
+from sshtunnel_mgr.core.access import (
     AccessEntry,
     AccessPolicy,
     Decision,
     decode_key,
     fingerprint,
-    load_access,
     match_from,
     parse_access,
     parse_expiry,
 )
-from sshtunnel_mgr.errors import EXIT_CONFIG, ConfigError
+from sshtunnel_mgr.core.errors import EXIT_CONFIG, ConfigError
+from sshtunnel_mgr.core.names import HostPortPattern
 from sshtunnel_mgr.keys.store import generate_key
-from sshtunnel_mgr.names import HostPortPattern
+from sshtunnel_mgr.runtime.accessfile import load_access
 
 SSH_KEYGEN = shutil.which("ssh-keygen") or (
     "/usr/bin/ssh-keygen" if os.path.exists("/usr/bin/ssh-keygen") else None

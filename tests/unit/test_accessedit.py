@@ -1,4 +1,4 @@
-"""Access-file edits for key rotation (sshtunnel_mgr/accessedit.py), as tables."""
+"""Access-file edits for key rotation (sshtunnel_mgr/core/accessedit.py), as tables."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import asyncssh
 import pytest
 
-from sshtunnel_mgr.access import fingerprint, parse_access
-from sshtunnel_mgr.accessedit import (
+from sshtunnel_mgr.core.access import fingerprint, parse_access
+from sshtunnel_mgr.core.accessedit import (
     bound_expiry,
     enrol_successor,
     parse_public_line,
@@ -17,7 +17,7 @@ from sshtunnel_mgr.accessedit import (
     retire_predecessor,
     unenrol_successor,
 )
-from sshtunnel_mgr.errors import RotationError
+from sshtunnel_mgr.core.errors import RotationError
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 UNTIL = NOW + timedelta(days=1)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncssh
 import pytest
 
-from sshtunnel_mgr.access import parse_access
-from sshtunnel_mgr.addrmatch import match_from, parse_pattern
-from sshtunnel_mgr.errors import ConfigError
+from sshtunnel_mgr.core.access import parse_access
+from sshtunnel_mgr.core.addrmatch import match_from, parse_pattern
+from sshtunnel_mgr.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from sshtunnel_mgr.adminpolicy import (
+from sshtunnel_mgr.core.adminpolicy import (
     PathFacts,
     client_dir_problem,
     handed_by_root,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from sshtunnel_mgr.bastion.admission import Admission, StartupLimits
-from sshtunnel_mgr.config import LimitsConfig
-from sshtunnel_mgr.startups import MaxStartups, early_drop, parse_max_startups
+from sshtunnel_mgr.core.admission import Admission, StartupLimits
+from sshtunnel_mgr.core.config import LimitsConfig
+from sshtunnel_mgr.core.startups import MaxStartups, early_drop, parse_max_startups
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sshtunnel_mgr.access import AccessEntry, parse_access
 from sshtunnel_mgr.bastion.audit import MAX_FIELD, AuditLog, end_reason, utc_timestamp
-from sshtunnel_mgr.bastion.limits import KeyUsage, channel_refusal, connection_refusal
-from sshtunnel_mgr.errors import ConfigError
+from sshtunnel_mgr.core.access import AccessEntry, parse_access
+from sshtunnel_mgr.core.errors import ConfigError
+from sshtunnel_mgr.core.limits import KeyUsage, channel_refusal, connection_refusal
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)

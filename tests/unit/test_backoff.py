@@ -1,10 +1,10 @@
-"""Reconnect backoff (sshtunnel_mgr/backoff.py) with a fake clock and fixed randomness."""
+"""Reconnect backoff (sshtunnel_mgr/core/backoff.py) with a fake clock and fixed randomness."""
 
 from __future__ import annotations
 
 import pytest
 
-from sshtunnel_mgr.backoff import Backoff
+from sshtunnel_mgr.core.backoff import Backoff
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""Config validation (sshtunnel_mgr/config.py): TOML texts in, models or exact errors out."""
+"""Config validation (sshtunnel_mgr/core/config.py): TOML texts in, models or exact errors out."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from sshtunnel_mgr.config import (
+from sshtunnel_mgr.core.config import (
     AgentConfig,
     BackoffConfig,
     BastionConfig,
@@ -21,7 +21,7 @@ from sshtunnel_mgr.config import (
     parse_config,
     split_host_port,
 )
-from sshtunnel_mgr.errors import EXIT_CONFIG, ConfigError
+from sshtunnel_mgr.core.errors import EXIT_CONFIG, ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 HK = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"

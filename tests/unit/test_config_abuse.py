@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sshtunnel_mgr.config import LimitsConfig, parse_config
-from sshtunnel_mgr.errors import ConfigError
+from sshtunnel_mgr.core.config import LimitsConfig, parse_config
+from sshtunnel_mgr.core.errors import ConfigError
 
 BASTION = """\
 [bastion]

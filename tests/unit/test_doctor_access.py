@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sshtunnel_mgr.access import parse_access
+from sshtunnel_mgr.core.access import parse_access
+from sshtunnel_mgr.core.names import HostPortPattern
 from sshtunnel_mgr.doctor.accesscheck import (
     check_entries,
     globs_intersect,
@@ -16,7 +17,6 @@ from sshtunnel_mgr.doctor.accesscheck import (
     patterns_overlap,
 )
 from sshtunnel_mgr.doctor.findings import Finding, Level
-from sshtunnel_mgr.names import HostPortPattern
 
 OK, WARN, FAIL = Level.OK, Level.WARN, Level.FAIL
 NOW = datetime(2030, 1, 1, tzinfo=UTC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from ssh_audit.ssh2_kexdb import SSH2_KexDB
 
-from sshtunnel_mgr import policy
+from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.doctor.algorithms import (
     _EXACT,
     NIST,

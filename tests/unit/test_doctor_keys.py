@@ -9,7 +9,8 @@ import hmac
 import asyncssh
 import pytest
 
-from sshtunnel_mgr.access import fingerprint
+from sshtunnel_mgr.core.access import fingerprint
+from sshtunnel_mgr.core.keyformat import public_from_private
 from sshtunnel_mgr.doctor.findings import Level
 from sshtunnel_mgr.doctor.keycheck import (
     KeyFileFacts,
@@ -19,7 +20,6 @@ from sshtunnel_mgr.doctor.keycheck import (
     check_pin_known_hosts,
     host_matches,
     parse_known_hosts,
-    public_from_private,
 )
 
 OK, WARN, FAIL = Level.OK, Level.WARN, Level.FAIL

@@ -12,12 +12,12 @@ from typing import Any
 import asyncssh
 import pytest
 
-from sshtunnel_mgr.access import AccessEntry, AccessPolicy
 from sshtunnel_mgr.bastion.audit import AuditLog
 from sshtunnel_mgr.bastion.guard import ConnectionGuard
 from sshtunnel_mgr.bastion.refusals import Refusals
 from sshtunnel_mgr.bastion.state import BastionState
-from sshtunnel_mgr.config import BastionConfig, LimitsConfig
+from sshtunnel_mgr.core.access import AccessEntry, AccessPolicy
+from sshtunnel_mgr.core.config import BastionConfig, LimitsConfig
 
 ALICE = AccessEntry(key_type="ssh-ed25519", key_blob=b"alice-key", comment="alice", line=1)
 

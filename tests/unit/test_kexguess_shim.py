@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 from asyncssh.packet import SSHPacket
 
-from sshtunnel_mgr.kexinit import parse_kexinit
+from sshtunnel_mgr.core.kexinit import parse_kexinit
 from sshtunnel_mgr.sshcompat import kexguess
 from sshtunnel_mgr.sshcompat.kexguess import MSG_KEXINIT
 

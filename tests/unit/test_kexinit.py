@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sshtunnel_mgr.kexinit import KexInit, guess_is_right, ignore_guessed_packet, parse_kexinit
+from sshtunnel_mgr.core.kexinit import KexInit, guess_is_right, ignore_guessed_packet, parse_kexinit
 
 # What the peers in question send (first entries matter; the rest is for realism).
 DROPBEAR = KexInit(

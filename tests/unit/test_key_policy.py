@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from sshtunnel_mgr import policy
+from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.sshcompat import disconnects, sigpolicy
 
 

@@ -1,10 +1,10 @@
-"""known_hosts updates for host key rotation (sshtunnel_mgr/knownhosts.py)."""
+"""known_hosts updates for host key rotation (sshtunnel_mgr/core/knownhosts.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from sshtunnel_mgr.knownhosts import host_pattern, update_known_hosts
+from sshtunnel_mgr.core.knownhosts import host_pattern, update_known_hosts
 
 OLD = "ssh-ed25519 AAAAold"
 NEW = "ssh-ed25519 AAAAnew"

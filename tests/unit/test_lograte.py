@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sshtunnel_mgr.bastion.lograte import LogRate
+from sshtunnel_mgr.core.lograte import LogRate
 
 
 class Clock:

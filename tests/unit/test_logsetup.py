@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sshtunnel_mgr.logsetup import (
+from sshtunnel_mgr.runtime.logsetup import (
     JsonFormatter,
     TextFormatter,
     escape_line,

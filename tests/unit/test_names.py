@@ -1,11 +1,11 @@
-"""Route names and name patterns (sshtunnel_mgr/names.py), as tables."""
+"""Route names and name patterns (sshtunnel_mgr/core/names.py), as tables."""
 
 from __future__ import annotations
 
 import pytest
 
-from sshtunnel_mgr.errors import SshtunError
-from sshtunnel_mgr.names import (
+from sshtunnel_mgr.core.errors import SshtunError
+from sshtunnel_mgr.core.names import (
     MAX_NAME_LEN,
     HostPortPattern,
     InvalidName,

@@ -1,4 +1,4 @@
-"""Per-source penalties (sshtunnel_mgr/bastion/penalties.py): scripted failures against a
+"""Per-source penalties (sshtunnel_mgr/core/penalties.py): scripted failures against a
 fake clock, as tables. No sockets, no sleeping."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from sshtunnel_mgr.bastion.penalties import Penalty, SourcePenalties, source_of
+from sshtunnel_mgr.core.penalties import Penalty, SourcePenalties, source_of
 
 
 class FakeClock:

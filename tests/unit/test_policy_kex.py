@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncssh.kex
 
-from sshtunnel_mgr import policy
+from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.doctor.algorithms import check_algorithms
 from sshtunnel_mgr.doctor.findings import Level
 

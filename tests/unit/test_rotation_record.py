@@ -10,9 +10,9 @@ import pytest
 
 from sshtunnel_mgr.cli.rotate import progress
 from sshtunnel_mgr.cli.status import format_retiring, format_rotation_record
+from sshtunnel_mgr.core.errors import KeyFileError, RotationError
 from sshtunnel_mgr.doctor.findings import Level
 from sshtunnel_mgr.doctor.keycheck import check_rotation
-from sshtunnel_mgr.errors import KeyFileError, RotationError
 from sshtunnel_mgr.keys import rotation
 from sshtunnel_mgr.keys.rotation import RotationState
 

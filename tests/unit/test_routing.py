@@ -1,10 +1,10 @@
-"""The bastion's route table (sshtunnel_mgr/routing.py): plain data, no sockets."""
+"""The bastion's route table (sshtunnel_mgr/core/routing.py): plain data, no sockets."""
 
 from __future__ import annotations
 
 import pytest
 
-from sshtunnel_mgr.routing import Route, RouteTable
+from sshtunnel_mgr.core.routing import Route, RouteTable
 
 AGENT_A = "SHA256:agent-a"
 AGENT_B = "SHA256:agent-b"

@@ -23,9 +23,9 @@ import pytest
 
 from sshtunnel_mgr import sshcompat
 from sshtunnel_mgr.cli.status import format_shims
+from sshtunnel_mgr.core.errors import KeyFileError
 from sshtunnel_mgr.doctor.compat import check_shims
 from sshtunnel_mgr.doctor.findings import Level
-from sshtunnel_mgr.errors import KeyFileError
 from sshtunnel_mgr.keys.store import load_private_key
 from sshtunnel_mgr.sshcompat import ShimState, authlog, forwardreq, keyerrors
 

@@ -8,7 +8,7 @@ import hashlib
 import hmac
 from pathlib import Path
 
-from sshtunnel_mgr import sshconfig
+from sshtunnel_mgr.setup import sshconfig
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from sshtunnel_mgr.strictmodes import problem
+from sshtunnel_mgr.runtime.strictmodes import problem
 
 FILE, DIR = stat.S_IFREG, stat.S_IFDIR
 ME = 1000

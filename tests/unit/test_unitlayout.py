@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sshtunnel_mgr.config import parse_config
-from sshtunnel_mgr.setup import render_unit, unit_template
-from sshtunnel_mgr.unitlayout import (
+from sshtunnel_mgr.core.config import parse_config
+from sshtunnel_mgr.setup.init import render_unit, unit_template
+from sshtunnel_mgr.setup.unitlayout import (
     agent_problems,
     bastion_problems,
     others_may_read,

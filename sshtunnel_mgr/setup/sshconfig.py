@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sshtunnel_mgr.knownhosts import host_pattern
+from sshtunnel_mgr.core.knownhosts import host_pattern
 
 BASTION_ALIAS = "sshtun-bastion"
 BLOCK_BEGIN = "# BEGIN sshtun ssh-config"

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sshtunnel_mgr.bastion.penalties import source_of
+from sshtunnel_mgr.core.penalties import source_of
 
 
 @dataclass(frozen=True)

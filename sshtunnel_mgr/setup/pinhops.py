@@ -13,11 +13,11 @@ from pathlib import Path
 
 import asyncssh
 
-from sshtunnel_mgr import policy
-from sshtunnel_mgr.errors import HostKeyError, KeyFileError
+from sshtunnel_mgr.core import policy
+from sshtunnel_mgr.core.errors import HostKeyError, KeyFileError
 from sshtunnel_mgr.keys.store import key_fingerprint
-from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.sshconfig import Unpinned
+from sshtunnel_mgr.runtime.logsetup import event
+from sshtunnel_mgr.setup.sshconfig import Unpinned
 
 log = logging.getLogger(__name__)
 

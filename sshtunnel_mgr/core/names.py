@@ -16,7 +16,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from sshtunnel_mgr.errors import SshtunError
+from sshtunnel_mgr.core.errors import SshtunError
 
 MAX_NAME_LEN = 253
 _LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")

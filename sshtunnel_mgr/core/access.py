@@ -16,21 +16,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import logging
 import re
 import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
-from sshtunnel_mgr.addrmatch import match_from, parse_pattern
-from sshtunnel_mgr.errors import ConfigError
-from sshtunnel_mgr.logsetup import event
-from sshtunnel_mgr.names import HostPortPattern, InvalidName
-from sshtunnel_mgr.policy import key_refusal
-from sshtunnel_mgr.strictmodes import read_trusted, service_owners
-
-log = logging.getLogger("sshtunnel_mgr.access")
+from sshtunnel_mgr.core.addrmatch import match_from, parse_pattern
+from sshtunnel_mgr.core.errors import ConfigError
+from sshtunnel_mgr.core.names import HostPortPattern, InvalidName
+from sshtunnel_mgr.core.policy import key_refusal
 
 KEY_TYPES = frozenset(
     {
@@ -374,44 +368,10 @@ def parse_access(text: str, source: str = "<access>") -> AccessPolicy:
     return AccessPolicy(tuple(entries), source)
 
 
-def load_access(path: Path, *, any_owner: bool = False, strict: bool = True) -> AccessPolicy:
-    """Read and parse the access file, refusing it (``ConfigError``) when someone other
-    than root or this process's user owns it or can write it or a directory above it
-    (``strictmodes``). ``any_owner``: skip the owner check (an admin's views as root);
-    ``strict`` False: no check at all (``doctor``, which reports modes itself)."""
-    try:
-        text = read_trusted(path, None if any_owner else service_owners(), strict=strict)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"access file {path} does not exist",
-            hint="create it with one authorized_keys line per agent or client key",
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read access file {path}: {exc}") from None
-    policy_ = parse_access(text, str(path))
-    warn_refused_keys(policy_)
-    return policy_
-
-
 def refused_keys(access: AccessPolicy) -> list[tuple[AccessEntry, str]]:
     """Entries whose key the bastion refuses at login (key type or size), with why."""
     found = [(e, key_refusal(e.key_type, e.key_blob)) for e in access.entries]
     return [(e, why) for e, why in found if why]
-
-
-def warn_refused_keys(access: AccessPolicy) -> None:
-    """One warning per access-file line whose key can never log in (``load_access``)."""
-    for entry, why in refused_keys(access):
-        event(
-            log,
-            logging.WARNING,
-            "access key refused by policy",
-            file=access.source,
-            line=entry.line,
-            key=entry.fingerprint,
-            comment=entry.comment,
-            reason=why,
-        )
 
 
 def remove_key(text: str, fingerprint_: str, source: str = "<access>") -> tuple[str, list[str]]:

@@ -19,8 +19,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from sshtunnel_mgr.errors import ConfigError
-from sshtunnel_mgr.fsutil import edit_atomic
+from sshtunnel_mgr.core.errors import ConfigError
+from sshtunnel_mgr.runtime.fsutil import edit_atomic
 
 GROUP_OTHER_WRITE = 0o022
 ACCESS_MODE = 0o600  # what rewrites of the access file get

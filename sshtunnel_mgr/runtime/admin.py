@@ -25,11 +25,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sshtunnel_mgr import adminpolicy
-from sshtunnel_mgr.errors import SshtunError, UnsafeAdminSocket
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.core import adminpolicy
+from sshtunnel_mgr.core.errors import SshtunError, UnsafeAdminSocket
+from sshtunnel_mgr.runtime.logsetup import event
 
-log = logging.getLogger("sshtunnel_mgr.admin")
+log = logging.getLogger("sshtunnel_mgr.runtime.admin")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_REQUEST = 64 * 1024

@@ -23,11 +23,11 @@ from pydantic import (
     model_validator,
 )
 
-from sshtunnel_mgr import configerrors
-from sshtunnel_mgr.access import KEY_TYPES, decode_key
-from sshtunnel_mgr.errors import ConfigError
-from sshtunnel_mgr.names import InvalidName, normalize_name
-from sshtunnel_mgr.startups import MaxStartups, parse_max_startups
+from sshtunnel_mgr.core import configerrors
+from sshtunnel_mgr.core.access import KEY_TYPES, decode_key
+from sshtunnel_mgr.core.errors import ConfigError
+from sshtunnel_mgr.core.names import InvalidName, normalize_name
+from sshtunnel_mgr.core.startups import MaxStartups, parse_max_startups
 
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Seconds = Annotated[float, Field(gt=0, le=86400, strict=True)]

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from sshtunnel_mgr.errors import ConfigError
-from sshtunnel_mgr.logsetup import event
+from sshtunnel_mgr.core.errors import ConfigError
+from sshtunnel_mgr.runtime.logsetup import event
 
-log = logging.getLogger("sshtunnel_mgr.metrics")
+log = logging.getLogger("sshtunnel_mgr.runtime.metrics")
 
 Sample = tuple[str, str, str, dict[str, str], float]  # name, type, help, labels, value
 

@@ -22,7 +22,7 @@ import os
 import stat
 from pathlib import Path
 
-from sshtunnel_mgr.config import AgentConfig, BastionConfig
+from sshtunnel_mgr.core.config import AgentConfig, BastionConfig
 
 STATE_DIR = Path("/var/lib/sshtun")  # StateDirectory=sshtun
 LOGS_DIR = Path("/var/log/sshtun")  # LogsDirectory=sshtun

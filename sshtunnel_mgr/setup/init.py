@@ -14,9 +14,9 @@ from pathlib import Path
 
 import tomli_w
 
-from sshtunnel_mgr.errors import ConfigError
-from sshtunnel_mgr.fsutil import write_atomic
+from sshtunnel_mgr.core.errors import ConfigError
 from sshtunnel_mgr.keys.store import generate_key
+from sshtunnel_mgr.runtime.fsutil import write_atomic
 
 UNIT_NAMES = {"agent": "sshtun-agent.service", "bastion": "sshtun-bastion.service"}
 UNIT_BINARY = "/usr/local/bin/sshtun"  # what the units in systemd/ name; replaced on install

@@ -17,11 +17,11 @@ from pathlib import Path
 import asyncssh
 import tomli_w
 
-from sshtunnel_mgr import policy
 from sshtunnel_mgr.agent import Agent
 from sshtunnel_mgr.bastion import Bastion
-from sshtunnel_mgr.config import BastionConfig, load_config
-from sshtunnel_mgr.errors import SshtunError
+from sshtunnel_mgr.core import policy
+from sshtunnel_mgr.core.config import BastionConfig, load_config
+from sshtunnel_mgr.core.errors import SshtunError
 from sshtunnel_mgr.keys.store import generate_key, load_private_key, public_line
 
 Say = Callable[[str], None]

@@ -9,7 +9,7 @@ import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sshtunnel_mgr.access import (
+from sshtunnel_mgr.core.access import (
     KEY_TYPES,
     ROTATED_FROM,
     AccessEntry,
@@ -18,8 +18,8 @@ from sshtunnel_mgr.access import (
     parse_line,
     split_options,
 )
-from sshtunnel_mgr.errors import ConfigError, RotationError
-from sshtunnel_mgr.keys.inventory import weakness
+from sshtunnel_mgr.core.errors import ConfigError, RotationError
+from sshtunnel_mgr.core.policy import key_refusal
 
 Options = list[tuple[str, str | None]]
 
@@ -85,7 +85,7 @@ def parse_public_line(public: str) -> tuple[str, bytes, str]:
         blob = decode_key(parts[0], parts[1])
     except ValueError as exc:
         raise RotationError(f"the new key is malformed: {exc}") from None
-    problem = weakness(parts[0], blob)
+    problem = key_refusal(parts[0], blob)
     if problem:
         raise RotationError(f"the new key is refused: {problem}")
     comment = parts[2] if len(parts) > 2 else ""

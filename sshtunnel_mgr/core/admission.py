@@ -25,8 +25,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-from sshtunnel_mgr.bastion.penalties import source_of
-from sshtunnel_mgr.startups import MaxStartups, early_drop
+from sshtunnel_mgr.core.penalties import source_of
+from sshtunnel_mgr.core.startups import MaxStartups, early_drop
 
 T = TypeVar("T", bound=Hashable)
 
