@@ -113,7 +113,7 @@ async def test_agent_drops_a_wrong_server_guess_only_with_the_shim(
         monkeypatch.setattr(kexguess, "install", lambda conn: False)
     async with guessing_server() as (port, seen):
         config = agent_config(keys, port, [("homebox", 22, "127.0.0.1:22")])
-        async with running_agent(config, wait=False) as agent:
+        async with running_agent(config, wait=False, expect_failure=shim) as agent:
             if shim:
                 # The real reply was read: its host key is not the pinned one (fatal).
                 with pytest.raises(HostKeyError, match="does not match the pinned one"):

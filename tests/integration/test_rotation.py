@@ -8,15 +8,14 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import asyncssh
 import pytest
 
 import sshtunnel_mgr
-from sshtunnel_mgr.bastion import Bastion
 from sshtunnel_mgr.core.errors import EXIT_KEYS
 from sshtunnel_mgr.keys.inventory import facts_from_public
 from sshtunnel_mgr.keys.store import KeyInfo, load_private_key
@@ -24,41 +23,24 @@ from sshtunnel_mgr.runtime.accessfile import load_access
 from tests.harness import (
     SSH,
     SSHTUN,
-    HomeSshd,
     Keys,
     Result,
-    RunningAgent,
-    access_text,
-    agent_config,
-    bastion_config,
-    bastion_pub,
-    free_port,
-    home_sshd,
     pub_of,
     read_until,
     run_ssh,
-    running_agent,
-    running_bastion,
     wait_for,
-    write_ssh_config,
-    write_toml,
 )
 from tests.integration.conftest import logged
-
-STREAM = "for i in $(seq 1 60); do echo line$i; sleep 0.05; done"
-EXPECTED = "".join(f"line{i}\n" for i in range(1, 61)).encode()
+from tests.integration.scene import Scene as BaseScene
+from tests.integration.scene import scene as base_scene
 
 
 @dataclass
-class Scene:
-    keys: Keys
-    tmp: Path
-    port: int
-    access: Path
-    bastion: Bastion
-    home: HomeSshd
-    agent_toml: Path
-    client_cfg: Path
+class Scene(BaseScene):
+    """The shared scene (home sshd, in-process bastion, alice's ssh config) plus the
+    agent's config file that ``sshtun keys rotate`` reads."""
+
+    agent_toml: Path = Path()
 
     @property
     def key(self) -> Path:
@@ -68,42 +50,14 @@ class Scene:
     def next_key(self) -> Path:
         return Path(str(self.key) + ".next")
 
-    def agent(self) -> AbstractAsyncContextManager[RunningAgent]:
-        return running_agent(
-            agent_config(self.keys, self.port, [("homebox", 22, f"127.0.0.1:{self.home.port}")])
-        )
-
     async def rotate(self, *args: str) -> Result:
-        proc = await asyncio.create_subprocess_exec(
-            *SSHTUN,
-            "keys",
-            "rotate",
-            "--config",
-            str(self.agent_toml),
-            "--drain",
-            "10",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        return await sshtun(
+            "keys", "rotate", "--config", str(self.agent_toml), "--drain", "10", *args, timeout=120
         )
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-        assert proc.returncode is not None
-        return Result(proc.returncode, out, err.decode())
-
-    async def reach(self) -> Result:
-        return await run_ssh(self.client_cfg, "homebox", "echo through", timeout=30)
 
     async def logs_in(self, key_path: Path) -> bool:
         try:
-            conn = await asyncssh.connect(
-                "127.0.0.1",
-                self.port,
-                username="agent",
-                client_keys=[load_private_key(key_path)],
-                known_hosts=([asyncssh.import_public_key(bastion_pub(self.keys))], [], []),
-                config=None,
-                agent_path=None,
-            )
+            conn = await self.connect(key_path, username="agent")
         except asyncssh.PermissionDenied:
             return False
         conn.close()
@@ -112,38 +66,27 @@ class Scene:
 
 @asynccontextmanager
 async def scene(keys: Keys, tmp_path: Path, **bastion_kw: object) -> AsyncIterator[Scene]:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    port = free_port()
-    agent_toml = write_toml(
-        tmp_path / "agent.toml",
-        "agent",
-        agent_config(keys, port, [("homebox", 22, "127.0.0.1:1")]),
-    )
-    async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, access, port, **bastion_kw)) as bastion,
-    ):
-        yield Scene(
-            keys,
-            tmp_path,
-            port,
-            access,
-            bastion,
-            home,
-            agent_toml,
-            write_ssh_config(tmp_path / "alice", keys, port),
-        )
+    async with base_scene(keys, tmp_path, **bastion_kw) as base:
+        shared = {f.name: getattr(base, f.name) for f in fields(base)}
+        s = Scene(**shared)
+        s.agent_toml = s.agent_file([("homebox", 22, "127.0.0.1:1")])
+        yield s
 
 
 async def test_rotation_under_load_no_connection_fails_and_the_stream_survives(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with scene(keys, tmp_path) as s, s.agent():
+    async with scene(keys, tmp_path) as s, s.agent(), s.stream() as flowing:
         old_fp = keys.agent.fingerprint
         assert (await s.reach()).stdout == b"through\n"
-        stream = asyncio.create_task(run_ssh(s.client_cfg, "homebox", STREAM))
-        await asyncio.sleep(0.5)  # the stream flows over the old key's connection
+        await flowing.wait_lines(5)  # the stream flows over the old key's connection
+
+        async def through_the_handover() -> Result:
+            await wait_for(lambda: logged(caplog, "handover", "homebox:22"), timeout=120)
+            await flowing.more(10)  # still flowing, now on the old, draining connection
+            return await flowing.finish()
+
+        stream = asyncio.create_task(through_the_handover())
         rotation = asyncio.create_task(s.rotate())
         # New ssh -J connections every 300 ms for as long as the rotation runs.
         attempts: list[Result] = []
@@ -161,7 +104,7 @@ async def test_rotation_under_load_no_connection_fails_and_the_stream_survives(
         print(f"rotation under load: {len(attempts)} ssh -J connections, none failed")
         streamed = await stream
         assert streamed.returncode == 0, streamed.stderr
-        assert streamed.stdout == EXPECTED  # the stream survived on the draining connection
+        assert streamed.stdout == flowing.expected()  # it survived on the draining connection
 
         new = facts_from_public(s.key)
         assert new.fingerprint != old_fp
@@ -226,11 +169,11 @@ async def test_rotation_run_over_ssh_homebox_is_not_cut_and_retires_when_it_ends
             assert (await s.reach()).stdout == b"through\n"
 
 
-async def sshtun(*args: str) -> Result:
+async def sshtun(*args: str, timeout: float = 60) -> Result:
     proc = await asyncio.create_subprocess_exec(
         *SSHTUN, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return Result(proc.returncode, out, err.decode())
 

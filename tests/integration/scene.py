@@ -1,0 +1,408 @@
+"""One scene for the integration tests: the home box (a throwaway OpenSSH sshd), the sshtun
+bastion (in-process, or a real ``sshtun bastion`` process), agents, keys, pinned
+known_hosts and the real ``ssh -J``; and waits on events, never on fixed sleeps.
+
+    async with scene(keys, tmp_path) as s, s.agent():
+        assert (await s.reach()).stdout == b"through\\n"
+
+Teardown never swallows a crash: an agent that failed during the test (an in-process task,
+see ``harness.running_agent``, or a real process, see ``sshtun_process``) fails the test at
+teardown with its exception or exit status and its last log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from sshtunnel_mgr.bastion import Bastion
+from sshtunnel_mgr.core.config import AgentConfig, BastionConfig
+from sshtunnel_mgr.keys.store import load_private_key
+from tests.harness import (
+    SSH,
+    SSHTUN,
+    HomeSshd,
+    Keys,
+    Result,
+    RunningAgent,
+    access_text,
+    agent_config,
+    bastion_config,
+    bastion_pub,
+    free_port,
+    home_sshd,
+    require_openssh,
+    run_ssh,
+    running_agent,
+    running_bastion,
+    write_ssh_config,
+    write_toml,
+)
+
+Tunnels = Sequence[tuple[str, int, str]]
+
+
+class ServiceCrashed(AssertionError):
+    """A real sshtun process ended on its own during a test (raised at teardown)."""
+
+
+@dataclass
+class SshtunProcess:
+    """A real ``sshtun`` process; its stderr log is read as it comes (``lines``)."""
+
+    proc: asyncio.subprocess.Process
+    what: str
+    lines: list[str] = field(default_factory=list)
+    signalled: bool = False  # the test stopped or signalled it on purpose
+    _grew: asyncio.Event = field(default_factory=asyncio.Event)
+    _ended: bool = False
+
+    def mark(self) -> int:
+        """Where the log is now: ``wait_log(..., start=mark)`` sees only newer lines."""
+        return len(self.lines)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def tail(self, n: int = 20) -> str:
+        return "".join(self.lines[-n:])
+
+    def logged(self, *parts: str, start: int = 0) -> bool:
+        return any(all(p in line for p in parts) for line in self.lines[start:])
+
+    async def wait_log(self, *parts: str, start: int = 0, timeout: float = 30) -> str:
+        """The first log line (from index ``start``) holding every part; fails when the
+        process ends first or after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        seen = start
+        while True:
+            for line in self.lines[seen:]:
+                if all(p in line for p in parts):
+                    return line
+            seen = max(seen, len(self.lines))
+            if self._ended:
+                raise AssertionError(f"{self.what} log ended before {parts!r}:\n{self.tail()}")
+            self._grew.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(f"{self.what} never logged {parts!r}:\n{self.tail()}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._grew.wait(), left)
+
+    def send_signal(self, sig: int) -> None:
+        """Signal it; one that ends it (not SIGHUP, SIGSTOP or SIGCONT) means the test
+        stops it on purpose, so its exit is not a crash."""
+        if sig not in (signal.SIGHUP, signal.SIGSTOP, signal.SIGCONT):
+            self.signalled = True
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 30) -> int:
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.returncode is None:
+            self.send_signal(sig)
+        return await self.wait(timeout)
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        try:
+            async for raw in self.proc.stderr:
+                self.lines.append(raw.decode(errors="replace"))
+                self._grew.set()
+        finally:
+            self._ended = True
+            self._grew.set()
+
+
+@contextlib.asynccontextmanager
+async def sshtun_process(
+    *args: str, ready: str | None = None, timeout: float = 30, check: bool = True
+) -> AsyncIterator[SshtunProcess]:
+    """``sshtun ARGS`` as a real process, stopped by its PID when the block ends. With
+    ``ready``, wait for a log line holding it. With ``check`` (the default), the test fails
+    at teardown when the process ended on its own with a non-zero status, or did not exit
+    0 on the harness's SIGTERM: its status and last log lines are in the failure."""
+    proc = await asyncio.create_subprocess_exec(
+        *SSHTUN,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    svc = SshtunProcess(proc, f"sshtun {args[0]} (pid {proc.pid})")
+    reader = asyncio.create_task(svc._read())
+    try:
+        if ready is not None:
+            await svc.wait_log(ready, timeout=timeout)
+        yield svc
+    finally:
+        crashed = proc.returncode is not None and proc.returncode != 0 and not svc.signalled
+        stopped_here = proc.returncode is None
+        if stopped_here:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader, 5)
+        if check and (crashed or (stopped_here and proc.returncode != 0)):
+            how = "ended on its own" if crashed else "did not stop cleanly on SIGTERM"
+            raise ServiceCrashed(
+                f"{svc.what} {how}: exit status {proc.returncode}\nlast log lines:\n{svc.tail()}"
+            )
+
+
+@dataclass
+class SshStream:
+    """A real ``ssh -J`` session printing ``line1``, ``line2``, ... every 50 ms until
+    ``finish()``: a test proves its claim over time by waiting for more lines, never by
+    sleeping. The remote loop ends when a flag file appears (the home box is this host)."""
+
+    proc: asyncio.subprocess.Process
+    flag: Path
+    out: bytearray = field(default_factory=bytearray)
+    _grew: asyncio.Event = field(default_factory=asyncio.Event)
+    _reader: asyncio.Task[None] | None = None
+
+    COMMAND = "i=0; while [ ! -e {flag} ]; do i=$((i+1)); echo line$i; sleep 0.05; done; echo end"
+
+    @property
+    def lines(self) -> int:
+        return self.out.count(b"\n")
+
+    async def wait_lines(self, n: int, timeout: float = 60) -> int:
+        """Wait until at least ``n`` lines have arrived; return how many have."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.lines < n:
+            assert self._reader is not None
+            if self._reader.done():
+                raise AssertionError(f"stream ended after {self.lines} lines: {bytes(self.out)!r}")
+            self._grew.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(f"stream stalled at {self.lines} lines (waiting for {n})")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._grew.wait(), left)
+        return self.lines
+
+    async def more(self, n: int = 10, timeout: float = 60) -> int:
+        """Wait for ``n`` more lines than have arrived so far: the stream still flows."""
+        return await self.wait_lines(self.lines + n, timeout)
+
+    async def finish(self, timeout: float = 60) -> Result:
+        """Let the remote loop end; the whole output, and ssh's exit status."""
+        self.flag.touch()
+        assert self.proc.stderr is not None and self._reader is not None
+        err = await asyncio.wait_for(self.proc.stderr.read(), timeout)
+        await asyncio.wait_for(self._reader, timeout)
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        return Result(code, bytes(self.out), err.decode(errors="replace"))
+
+    def expected(self) -> bytes:
+        """What the stream sent if not one line was lost: line1 ... lineN, then end."""
+        sent = self.out.count(b"line")
+        return "".join(f"line{i}\n" for i in range(1, sent + 1)).encode() + b"end\n"
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := await self.proc.stdout.read(65536):
+            self.out += chunk
+            self._grew.set()
+        self._grew.set()
+
+
+@contextlib.asynccontextmanager
+async def ssh_stream(cfg: Path, flag: Path, host: str = "homebox") -> AsyncIterator[SshStream]:
+    require_openssh()
+    assert SSH is not None
+    command = SshStream.COMMAND.format(flag=flag)
+    proc = await asyncio.create_subprocess_exec(
+        SSH,
+        "-F",
+        str(cfg),
+        host,
+        command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stream = SshStream(proc, flag)
+    stream._reader = asyncio.create_task(stream._read())
+    try:
+        yield stream
+    finally:
+        flag.touch()
+        if proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        stream._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stream._reader
+
+
+@dataclass
+class Scene:
+    """What most integration tests set up: keys, the access file, the home sshd, a
+    bastion on ``port`` (in-process unless the test starts a process there) and alice's
+    strict ssh config (``client_cfg``)."""
+
+    keys: Keys
+    tmp: Path
+    access: Path
+    port: int
+    home_sshd: HomeSshd | None = None
+    in_process: Bastion | None = None  # the in-process bastion, if the scene started one
+    in_process_cfg: BastionConfig | None = None  # and its config
+    client_cfg: Path = Path()
+
+    @property
+    def home(self) -> HomeSshd:
+        assert self.home_sshd is not None, "this scene has no home sshd"
+        return self.home_sshd
+
+    @property
+    def bastion(self) -> Bastion:
+        assert self.in_process is not None, "this scene has no in-process bastion"
+        return self.in_process
+
+    @property
+    def bastion_cfg(self) -> BastionConfig:
+        assert self.in_process_cfg is not None, "this scene has no in-process bastion"
+        return self.in_process_cfg
+
+    @property
+    def target(self) -> str:
+        """The home sshd's address, as an agent's tunnel target."""
+        return f"127.0.0.1:{self.home.port}"
+
+    def agent_config(
+        self, tunnels: Tunnels | None = None, *, port: int | None = None, **kw: object
+    ) -> AgentConfig:
+        """An agent publishing ``homebox:22`` (the home sshd) unless told otherwise."""
+        tunnels = [("homebox", 22, self.target)] if tunnels is None else tunnels
+        return agent_config(self.keys, port or self.port, tunnels, **kw)
+
+    def agent(
+        self,
+        tunnels: Tunnels | None = None,
+        *,
+        wait: bool = True,
+        expect_failure: bool = False,
+        **kw: object,
+    ) -> AbstractAsyncContextManager[RunningAgent]:
+        """An in-process agent (a crash fails the test at teardown)."""
+        return running_agent(
+            self.agent_config(tunnels, **kw), wait=wait, expect_failure=expect_failure
+        )
+
+    def agent_file(
+        self, tunnels: Tunnels | None = None, name: str = "agent.toml", **kw: object
+    ) -> Path:
+        """The agent's config written for ``sshtun up``/``sshtun keys``."""
+        return write_toml(self.tmp / name, "agent", self.agent_config(tunnels, **kw))
+
+    def bastion_config(self, *, port: int | None = None, **kw: object) -> BastionConfig:
+        return bastion_config(self.keys, self.access, port or self.port, **kw)
+
+    def bastion_file(self, name: str = "bastion.toml", **kw: object) -> Path:
+        return write_toml(self.tmp / name, "bastion", self.bastion_config(**kw))
+
+    def bastion_process(
+        self, name: str = "bastion.toml", **kw: object
+    ) -> AbstractAsyncContextManager[SshtunProcess]:
+        """A real ``sshtun bastion`` on the scene's port, ready once it listens."""
+        toml = self.bastion_file(name, **kw)
+        return sshtun_process("bastion", "--config", str(toml), ready="listening on")
+
+    def agent_process(
+        self, toml: Path | None = None, **kw: object
+    ) -> AbstractAsyncContextManager[SshtunProcess]:
+        """A real ``sshtun up``, ready once it has published a name."""
+        toml = toml or self.agent_file(**kw)
+        return sshtun_process("up", "--config", str(toml), ready="published")
+
+    def ssh_config(self, who: str, *, bastion_port: int | None = None, **kw: Any) -> Path:
+        """Another strict ssh config (pinned bastion and name) in ``tmp/who``."""
+        return write_ssh_config(self.tmp / who, self.keys, bastion_port or self.port, **kw)
+
+    async def ssh(
+        self, *args: str, cfg: Path | None = None, stdin: bytes | None = None, timeout: float = 60
+    ) -> Result:
+        """The real ``ssh -F CFG ARGS`` (alice's ``client_cfg`` unless told)."""
+        return await run_ssh(cfg or self.client_cfg, *args, stdin=stdin, timeout=timeout)
+
+    async def reach(
+        self, command: str = "echo through", cfg: Path | None = None, timeout: float = 60
+    ) -> Result:
+        """``ssh -J bastion homebox COMMAND`` as alice (or with ``cfg``)."""
+        return await self.ssh("homebox", command, cfg=cfg, timeout=timeout)
+
+    def stream(self, cfg: Path | None = None) -> AbstractAsyncContextManager[SshStream]:
+        """A flowing ``ssh -J`` session (see ``SshStream``)."""
+        flags = list(self.tmp.glob("stream-*.done"))
+        return ssh_stream(cfg or self.client_cfg, self.tmp / f"stream-{len(flags)}.done")
+
+    async def connect(
+        self, key: Path, username: str = "alice", port: int | None = None
+    ) -> asyncssh.SSHClientConnection:
+        """An asyncssh client login to the bastion, its host key pinned."""
+        return await asyncssh.connect(
+            "127.0.0.1",
+            port or self.port,
+            username=username,
+            client_keys=[load_private_key(key)],
+            known_hosts=([asyncssh.import_public_key(bastion_pub(self.keys))], [], []),
+            config=None,
+            agent_path=None,
+        )
+
+
+@contextlib.asynccontextmanager
+async def scene(
+    keys: Keys,
+    tmp_path: Path,
+    *,
+    access: str | None = None,
+    home: bool = True,
+    bastion: bool = True,
+    port: int | None = None,
+    **bastion_kw: object,
+) -> AsyncIterator[Scene]:
+    """The access file (``access_text(keys)`` unless given), the home sshd (``home``), an
+    in-process bastion (``bastion``, on ``port`` or one it picks; without one, ``port``
+    or a free port is where the test starts its own) and alice's ssh config for it."""
+    path = tmp_path / "access"
+    path.write_text(access_text(keys) if access is None else access)
+    s = Scene(keys, tmp_path, path, port or 0)
+    async with contextlib.AsyncExitStack() as stack:
+        if home:
+            s.home_sshd = await stack.enter_async_context(home_sshd(keys, tmp_path / "home"))
+        if bastion:
+            s.in_process_cfg = bastion_config(keys, path, s.port, **bastion_kw)
+            s.in_process = await stack.enter_async_context(running_bastion(s.in_process_cfg))
+            s.port = s.in_process.port
+        elif not s.port:
+            s.port = free_port()
+        s.client_cfg = write_ssh_config(tmp_path / "alice", keys, s.port)
+        yield s
