@@ -20,9 +20,9 @@ from sshtunnel_mgr.agent.client import channels_of, describe
 from sshtunnel_mgr.agent.forward import forward_to
 from sshtunnel_mgr.agent.keyrequest import run_key_request
 from sshtunnel_mgr.agent.status import LinkStatus
-from sshtunnel_mgr.agent.web import WebFront, uses_web
 from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.core.config import TunnelConfig
+from sshtunnel_mgr.core.hostport import split_host_port
 from sshtunnel_mgr.core.protocol import NOT_PUBLISHED
 from sshtunnel_mgr.keys.store import key_fingerprint, public_line
 from sshtunnel_mgr.runtime.logsetup import event
@@ -39,9 +39,8 @@ def label_of(tunnel: TunnelConfig) -> str:
 class Publisher:
     """What one link has published on its current connection (``conn``)."""
 
-    def __init__(self, status: LinkStatus, web: WebFront | None = None) -> None:
+    def __init__(self, status: LinkStatus) -> None:
         self.status = status
-        self.web = web or WebFront()  # tunnels with tls/proxy_protocol (agent/web/)
         self.conn: asyncssh.SSHClientConnection | None = None
         self.listeners: Listeners = {}
         self._tasks: set[asyncio.Task[None]] = set()  # home host key announcements
@@ -118,10 +117,7 @@ class Publisher:
         count = channels_of(conn)
         for tunnel in tunnels:
             label = label_of(tunnel)
-            if uses_web(tunnel):
-                factory = self.web.factory(conn, count, tunnel)
-            else:
-                factory = forward_to(conn, count, tunnel.target_host, tunnel.target_port)
+            factory = forward_to(conn, count, tunnel.target_host, tunnel.target_port)
             try:
                 listeners[label] = await conn.create_server(factory, tunnel.name, tunnel.port)
             except asyncssh.ChannelListenError as exc:
@@ -216,9 +212,9 @@ class Publisher:
         conn = self.conn
         assert conn is not None
         for label in list(self.status.published):
-            name, _, port = label.rpartition(":")
+            name, port = split_host_port(label, 22)
             try:
-                writer = await open_uncancelled(conn, name, int(port), timeout)
+                writer = await open_uncancelled(conn, name, port, timeout)
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 self.status.probe_ok = False
                 self.status.probe_error = f"{label}: {describe(exc)}"

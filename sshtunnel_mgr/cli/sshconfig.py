@@ -18,7 +18,8 @@ from typing import Annotated
 import typer
 
 from sshtunnel_mgr.core.errors import ConfigError, SshtunError, UnpinnedHop
-from sshtunnel_mgr.core.knownhosts import host_pattern
+from sshtunnel_mgr.core.hostport import split_host_port
+from sshtunnel_mgr.core.knownhosts import host_pattern, merge_known_hosts, pinned_keys
 from sshtunnel_mgr.runtime.fsutil import write_atomic
 from sshtunnel_mgr.setup import sshconfig
 from sshtunnel_mgr.setup.sshconfig import Plan, Unpinned
@@ -87,7 +88,6 @@ def ssh_config_cmd(
         raise typer.BadParameter("give --bastion (on the laptop) or --config (on the bastion)")
     if config is not None and address is None:
         raise typer.BadParameter("--config needs --address (how clients reach the bastion)")
-    from sshtunnel_mgr.core.config import split_host_port  # the SSH stack and pydantic: lazily
 
     where = bastion if bastion is not None else address
     assert where is not None
@@ -134,7 +134,6 @@ def ssh_config_cmd(
 
 
 def _name(text: str) -> tuple[str, int]:
-    from sshtunnel_mgr.core.config import split_host_port
     from sshtunnel_mgr.core.names import normalize_name
 
     name, port = split_host_port(text, 22)
@@ -147,8 +146,12 @@ def _path(text: str) -> Path | None:
 
 
 def _hop_key(hop: str) -> tuple[str, int]:
-    name, _, port = hop.rpartition(":")
-    return name, int(port) if port.isdigit() else 0
+    """(name, port) of an unpinned hop: ``homebox:22``, or a known_hosts spelling
+    (``homebox``, ``[homebox]:2222``) for a conflicting pin."""
+    try:
+        return split_host_port(hop, 22)
+    except ValueError:
+        return hop, 0
 
 
 def _laptop(
@@ -172,7 +175,7 @@ def _laptop(
     elif key is not None:
         keys = [_check_key(key)]
     elif kh is not None and kh.exists():
-        keys = sshconfig.pinned_keys(kh.read_text(), pattern)
+        keys = pinned_keys(kh.read_text(), pattern)
     if not keys and fingerprint is None:
         raise UnpinnedHop(
             f"no key to check the bastion {host}:{port} against (nothing pinned for {pattern}"
@@ -212,7 +215,7 @@ def _write_known_hosts(kh: Path | None, plan: Plan) -> list[str]:
         text = kh.read_text() if kh.exists() else ""
     except OSError as exc:
         raise SshtunError(f"cannot read {kh}: {exc}") from None
-    merged = sshconfig.merge_known_hosts(text, plan.lines)
+    merged = merge_known_hosts(text, plan.lines)
     if merged.added or (kh.exists() and kh.stat().st_mode & 0o077):
         try:
             write_atomic(kh, merged.text.encode(), 0o600)

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,8 @@ from pydantic import (
 from sshtunnel_mgr.core import configerrors
 from sshtunnel_mgr.core.access import KEY_TYPES, decode_key
 from sshtunnel_mgr.core.errors import ConfigError
+from sshtunnel_mgr.core.hostport import join_host_port
+from sshtunnel_mgr.core.hostport import split_host_port as split_host_port  # its old home
 from sshtunnel_mgr.core.names import InvalidName, normalize_name
 from sshtunnel_mgr.core.startups import MaxStartups, parse_max_startups
 
@@ -43,26 +45,6 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
     if not value.is_absolute() and base is not None:
         value = Path(base) / value
     return value
-
-
-def split_host_port(text: str, default_port: int, allow_zero: bool = False) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port`` to (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host, port_text = text, ""
-    if not host:
-        raise ValueError(f"{text!r} has no host")
-    if not port_text:
-        return host, default_port
-    low = 0 if allow_zero else 1
-    if not (port_text.isascii() and port_text.isdigit()) or not low <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: port must be {low}-65535")
-    return host, int(port_text)
 
 
 def _is_strict_ip(text: str) -> bool:
@@ -98,30 +80,6 @@ class TunnelConfig(_Model):
     name: str
     port: Port = 22
     target: str = "127.0.0.1:22"
-    # Web (issue 11, agent/web/): end TLS here ("files": cert + key), or pass it on; and
-    # tell the target the client's address with a PROXY header.
-    tls: Literal["passthrough", "files", "acme"] | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    proxy_protocol: Literal["v1", "v2"] | None = None
-
-    @field_validator("cert", "key")
-    @classmethod
-    def _tls_paths(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve(value, info)
-
-    @model_validator(mode="after")
-    def _tls(self) -> TunnelConfig:
-        if self.tls == "acme":
-            raise ValueError(
-                'tls = "acme" is not implemented yet: use tls = "files" with a certificate '
-                'from your ACME client (certbot, lego), or "passthrough"'
-            )
-        if self.tls == "files" and (self.cert is None or self.key is None):
-            raise ValueError('tls = "files" needs cert and key (PEM file paths)')
-        if self.tls != "files" and (self.cert is not None or self.key is not None):
-            raise ValueError('cert and key are only for tls = "files"')
-        return self
 
     @field_validator("name")
     @classmethod
@@ -137,7 +95,7 @@ class TunnelConfig(_Model):
         host, port = split_host_port(value, 0)
         if port == 0:
             raise ValueError(f"target {value!r} needs a port, like 127.0.0.1:22")
-        return f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        return join_host_port(host, port)
 
     @property
     def target_host(self) -> str:

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from sshtunnel_mgr.core.errors import SshtunError
+from sshtunnel_mgr.core.hostport import InvalidAddress, split_name_port
 
 MAX_NAME_LEN = 253
 _LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -81,25 +82,15 @@ class HostPortPattern:
 
     @classmethod
     def parse(cls, text: str) -> HostPortPattern:
-        host, sep, port_text = text.strip().rpartition(":")
-        if not sep or not host:
-            raise InvalidName(f"{text!r} must be name:port (port may be *)")
+        try:
+            host, port = split_name_port(text)
+        except InvalidAddress as exc:
+            raise InvalidName(exc.message) from None
         host = host.lower()
-        if not host.replace("*", "x").replace("?", "x").strip():
-            raise InvalidName(f"{text!r} has an empty name")
         if host != "*":
             for label in host.split("."):
                 if not _PATTERN_LABEL_RE.fullmatch(label):
                     raise InvalidName(f"{text!r}: label {label!r} is not a valid name pattern")
-        if port_text == "*":
-            port = None
-        else:
-            if (
-                not (port_text.isascii() and port_text.isdigit())
-                or not 1 <= int(port_text) <= 65535
-            ):
-                raise InvalidName(f"{text!r}: port must be 1-65535 or *")
-            port = int(port_text)
         return cls(host, port)
 
     def matches(self, name: str, port: int) -> bool:

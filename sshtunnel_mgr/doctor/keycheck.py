@@ -3,15 +3,11 @@ agent's config (pure: key facts and file text in, findings out)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import re
 from dataclasses import dataclass
 
 from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.core.access import KEY_TYPES, decode_key, fingerprint
+from sshtunnel_mgr.core.knownhosts import KnownHostsLine, host_pattern, parse_known_hosts
 from sshtunnel_mgr.doctor.findings import Finding, Level, fail, ok, warn
 
 MAX_KEY_AGE_DAYS = 365
@@ -59,67 +55,6 @@ def check_key_age(
     )
 
 
-# known_hosts --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class KnownHost:
-    line: int
-    marker: str  # "", "@revoked" or "@cert-authority"
-    hosts: str  # the comma-separated patterns, or a |1|salt|hash entry
-    key_type: str
-    key_blob: bytes
-
-
-def parse_known_hosts(text: str) -> tuple[list[KnownHost], list[int]]:
-    """Entries, and the numbers of lines that could not be parsed."""
-    entries: list[KnownHost] = []
-    bad: list[int] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        fields = raw.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        marker = ""
-        if fields[0].startswith("@"):
-            marker, fields = fields[0], fields[1:]
-        if len(fields) < 3 or marker not in ("", "@revoked", "@cert-authority"):
-            bad.append(number)
-            continue
-        try:
-            blob = decode_key(fields[1], fields[2])
-        except ValueError:
-            bad.append(number)
-            continue
-        entries.append(KnownHost(number, marker, fields[0], fields[1], blob))
-    return entries, bad
-
-
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    """OpenSSH host patterns know only ``*`` and ``?`` (``[`` is literal: ``[host]:port``)."""
-    return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."))
-
-
-def host_matches(hosts: str, host: str, port: int) -> bool:
-    """OpenSSH's rules: ``host`` for port 22 else ``[host]:port``; hashed ``|1|salt|hash``
-    entries; ``*``/``?`` wildcards and ``!`` negation in a comma-separated list."""
-    name = host.lower() if port == 22 else f"[{host.lower()}]:{port}"
-    if hosts.startswith("|1|"):
-        try:
-            _, _, salt_b64, digest_b64 = hosts.split("|")
-            salt = base64.b64decode(salt_b64)
-            digest = base64.b64decode(digest_b64)
-        except (ValueError, binascii.Error):
-            return False
-        mac = hmac.new(salt, name.encode(), hashlib.sha1).digest()
-        return hmac.compare_digest(mac, digest)
-    matched = False
-    for pattern in hosts.lower().split(","):
-        negate = pattern.startswith("!")
-        if _wildcard(pattern.removeprefix("!")).fullmatch(name):
-            if negate:
-                return False
-            matched = True
-    return matched
-
-
 def check_pinned_key(address: str, key_type: str, key_blob: bytes, how: str) -> Finding:
     what = f"bastion {address}: host key {fingerprint(key_blob)} ({key_type}) pinned {how}"
     if key_type in policy.HOST_KEY_ALGS:
@@ -157,12 +92,20 @@ def check_pin_known_hosts(
     """``known_hosts = FILE`` in the agent's config: the file must exist, parse, and hold an
     entry for the bastion (``[host]:port`` unless the port is 22) of a type the agent takes."""
     check = "agent.bastion-pinned"
-    fix = f"add the bastion's key to {path}: " + (
-        f"{host} ssh-ed25519 AAAA..." if port == 22 else f"[{host}]:{port} ssh-ed25519 AAAA..."
-    )
+    fix = f"add the bastion's key to {path}: {host_pattern(host, port)} ssh-ed25519 AAAA..."
     if text is None:
         return [fail(check, f"bastion {address}: known_hosts {path}: {error}", fix)]
-    entries, bad = parse_known_hosts(text)
+    entries: list[tuple[KnownHostsLine, bytes]] = []
+    bad: list[int] = []
+    for line in parse_known_hosts(text):
+        if line.is_comment:
+            continue
+        try:
+            if line.error:
+                raise ValueError(line.error)
+            entries.append((line, decode_key(line.key_type, line.key_base64)))
+        except ValueError:
+            bad.append(line.number)
     findings: list[Finding] = []
     if bad:
         lines = ",".join(str(n) for n in bad)
@@ -173,15 +116,13 @@ def check_pin_known_hosts(
                 "fix or remove those lines",
             )
         )
-    mine = [e for e in entries if e.marker == "" and host_matches(e.hosts, host, port)]
-    revoked = {
-        e.key_blob for e in entries if e.marker == "@revoked" and host_matches(e.hosts, host, port)
-    }
-    usable = [e for e in mine if e.key_blob not in revoked]
+    mine = [(e, blob) for e, blob in entries if e.matches(host, port)]
+    revoked = {blob for e, blob in mine if e.marker == "@revoked"}
+    usable = [(e, blob) for e, blob in mine if e.marker == "" and blob not in revoked]
     if not usable:
         findings.append(fail(check, f"bastion {address}: no key for it in known_hosts {path}", fix))
         return findings
-    rated = [check_pinned_key(address, e.key_type, e.key_blob, f"in {path}") for e in usable]
+    rated = [check_pinned_key(address, e.key_type, blob, f"in {path}") for e, blob in usable]
     good = [f for f in rated if f.level is Level.OK]
     findings.extend(good or rated)
     return findings

@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sshtunnel_mgr.core.hostport import InvalidAddress, split_host_port
 from sshtunnel_mgr.doctor.algorithms import Category, check_algorithms
 from sshtunnel_mgr.doctor.findings import Finding, Level, fail, ok, warn
 
@@ -103,12 +104,11 @@ def check_allow_users(settings: SshdSettings) -> Finding:
 
 
 def listen_host(address: str) -> str:
-    """The host part of ``127.0.0.1:22``, ``[::1]:22`` or ``::1``."""
-    if address.startswith("["):
-        return address[1:].partition("]")[0]
-    if address.count(":") == 1:
-        return address.partition(":")[0]
-    return address
+    """The host part of ``127.0.0.1:22``, ``[::1]:22`` or ``::1`` (as ``sshd -T`` lists)."""
+    try:
+        return split_host_port(address, 22)[0]
+    except InvalidAddress:
+        return address
 
 
 def is_loopback(host: str) -> bool:

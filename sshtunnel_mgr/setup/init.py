@@ -15,6 +15,7 @@ from pathlib import Path
 import tomli_w
 
 from sshtunnel_mgr.core.errors import ConfigError
+from sshtunnel_mgr.core.hostport import InvalidAddress, split_host_port
 from sshtunnel_mgr.keys.store import generate_key
 from sshtunnel_mgr.runtime.fsutil import write_atomic
 
@@ -44,10 +45,11 @@ def parse_tunnel(spec: str) -> dict[str, object]:
         raise ConfigError(
             f"--tunnel {spec!r} must be name[:port]=host:port, e.g. homebox=127.0.0.1:22"
         )
-    name, _, port = left.partition(":")
-    if port and not (port.isascii() and port.isdigit()):
-        raise ConfigError(f"--tunnel {spec!r}: port must be a number")
-    return {"name": name, "port": int(port) if port else 22, "target": target}
+    try:
+        name, port = split_host_port(left, 22)
+    except InvalidAddress as exc:
+        raise ConfigError(f"--tunnel {spec!r}: {exc.message}") from None
+    return {"name": name, "port": port, "target": target}
 
 
 def plan_agent_init(

@@ -1,12 +1,10 @@
 """What ``sshtun ssh-config`` writes, as pure text: the ``Host`` blocks a client needs to
-reach published names, the known_hosts lines that pin each hop, and the idempotent merges
-of both into files the user already has (nothing of theirs is replaced)."""
+reach published names, the known_hosts lines that pin each hop, and the idempotent merge
+of the blocks into the user's ssh config (nothing of theirs is replaced). Merging the
+known_hosts lines into the user's file is ``core.knownhosts.merge_known_hosts``."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,66 +102,6 @@ def render(
 def names_from_patterns(patterns: Sequence[tuple[str, int | None]]) -> list[tuple[str, int]]:
     """Names a bastion's access file lets agents publish (port * becomes 22)."""
     return [(host, port or 22) for host, port in patterns]
-
-
-def _matches(host_field: str, pattern: str) -> bool:
-    """Whether a known_hosts host field names ``pattern`` (plain list or ``|1|`` hashed)."""
-    if host_field.startswith("|1|"):
-        try:
-            salt_b64, digest_b64 = host_field[3:].split("|", 1)
-            salt, digest = base64.b64decode(salt_b64), base64.b64decode(digest_b64)
-        except ValueError:
-            return False
-        mine = hmac.new(salt, pattern.encode(), hashlib.sha1).digest()
-        return hmac.compare_digest(mine, digest)
-    return pattern in host_field.split(",")
-
-
-@dataclass
-class KnownHostsMerge:
-    text: str
-    added: list[str] = field(default_factory=list)
-    present: list[str] = field(default_factory=list)
-    # (wanted line, the line already there that pins another key of the same type)
-    conflicts: list[tuple[str, str]] = field(default_factory=list)
-
-
-def merge_known_hosts(text: str, wanted: Sequence[str]) -> KnownHostsMerge:
-    """Append the ``wanted`` lines ("pattern type base64") that are not there yet. A line
-    already pinning another key of the same type for that host is a conflict and is left
-    alone: trust that was given is never replaced here."""
-    entries = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and not line.lstrip().startswith(("#", "@")):
-            entries.append((fields[0], fields[1], fields[2], line))
-    merged = KnownHostsMerge(text)
-    new: list[str] = []
-    for line in dict.fromkeys(wanted):
-        pattern, ktype, blob = line.split()[:3]
-        same = [e for e in entries if e[1] == ktype and _matches(e[0], pattern)]
-        if any(e[2] == blob for e in same) or line in new:
-            merged.present.append(line)
-        elif same:
-            merged.conflicts.append((line, same[0][3]))
-        else:
-            new.append(line)
-    if new:
-        body = text if not text or text.endswith("\n") else text + "\n"
-        merged.text = body + "\n".join(new) + "\n"
-        merged.added = new
-    return merged
-
-
-def pinned_keys(text: str, pattern: str) -> list[str]:
-    """The "type base64" keys a known_hosts text pins for ``pattern``."""
-    keys = []
-    for line in text.splitlines():
-        fields = line.split()
-        comment = line.lstrip().startswith(("#", "@"))
-        if len(fields) >= 3 and not comment and _matches(fields[0], pattern):
-            keys.append(f"{fields[1]} {fields[2]}")
-    return keys
 
 
 def merge_config_block(text: str, block: str, tag: str) -> str:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-
 import asyncssh
 import pytest
 
@@ -18,8 +14,6 @@ from sshtunnel_mgr.doctor.keycheck import (
     check_key_strength,
     check_pin_inline,
     check_pin_known_hosts,
-    host_matches,
-    parse_known_hosts,
 )
 
 OK, WARN, FAIL = Level.OK, Level.WARN, Level.FAIL
@@ -87,44 +81,30 @@ def test_an_inline_pin_of_an_ed25519_key_is_ok_and_anything_else_fails() -> None
     assert check_pin_inline("b:2222", "ssh-ed25519 AAAA").level is FAIL
 
 
-def _hashed(name: str) -> str:
-    salt = b"0123456789abcdef0123"
-    digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
-    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
-
-
-@pytest.mark.parametrize(
-    ("hosts", "host", "port", "matches"),
-    [
-        ("[bastion.example.com]:2222", "bastion.example.com", 2222, True),
-        ("[bastion.example.com]:2222", "bastion.example.com", 22, False),
-        ("bastion.example.com", "bastion.example.com", 22, True),
-        ("BASTION.example.com", "bastion.example.com", 22, True),
-        ("other,bastion.example.com", "bastion.example.com", 22, True),
-        ("*.example.com", "bastion.example.com", 22, True),
-        ("*.example.com,!bastion.example.com", "bastion.example.com", 22, False),
-        ("[127.0.0.1]:*", "127.0.0.1", 2222, True),
-        (_hashed("[127.0.0.1]:2222"), "127.0.0.1", 2222, True),
-        (_hashed("[127.0.0.1]:2222"), "127.0.0.1", 2223, False),
-        ("|1|junk", "127.0.0.1", 22, False),
-    ],
-)
-def test_host_matching(hosts: str, host: str, port: int, matches: bool) -> None:
-    assert host_matches(hosts, host, port) is matches
-
-
-def test_parse_known_hosts_reports_bad_lines() -> None:
+def test_known_hosts_lines_that_do_not_parse_are_reported() -> None:
+    """The lookup itself (hashed names, wildcards, negation) is core.knownhosts's, tested
+    in tests/unit/test_knownhosts.py; here: which lines the doctor calls unreadable."""
     text = (
         "# comment\n\n"
         f"[b]:2222 {ED_PUB[0]} {ED_PUB[1]}\n"
         "garbage\n"
-        f"@revoked [b]:2222 {ECDSA_PUB}\n"
+        f"@revoked [other]:2222 {ECDSA_PUB}\n"
         f"@bogus [b]:2222 {ECDSA_PUB}\n"
         "b ssh-ed25519 notbase64!\n"
+        f"|1|junk {ED_PUB[0]} {ED_PUB[1]}\n"
     )
-    entries, bad = parse_known_hosts(text)
-    assert [(e.line, e.marker) for e in entries] == [(3, ""), (5, "@revoked")]
-    assert bad == [4, 6, 7]
+    findings = check_pin_known_hosts("b:2222", "b", 2222, "/kh", text)
+    assert [(f.check, f.level) for f in findings] == [
+        ("agent.known-hosts-syntax", WARN),
+        ("agent.bastion-pinned", OK),
+    ]
+    assert "line(s) 4,6,7,8 could not be parsed" in findings[0].message
+
+
+def test_a_revoked_key_is_not_a_pin() -> None:
+    pin = f"[b]:2222 {ED_PUB[0]} {ED_PUB[1]}\n"
+    assert _kh(pin + f"@revoked [b]:* {ED_PUB[0]} {ED_PUB[1]}\n") == {"agent.bastion-pinned": FAIL}
+    assert _kh(pin + f"@revoked [c]:* {ED_PUB[0]} {ED_PUB[1]}\n") == {"agent.bastion-pinned": OK}
 
 
 def _kh(text: str | None, error: str = "") -> dict[str, Level]:

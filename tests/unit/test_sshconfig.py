@@ -8,6 +8,7 @@ import hashlib
 import hmac
 from pathlib import Path
 
+from sshtunnel_mgr.core.knownhosts import merge_known_hosts, pinned_keys
 from sshtunnel_mgr.setup import sshconfig
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
@@ -23,34 +24,34 @@ def _hashed(pattern: str, salt: bytes = b"0123456789abcdefghij") -> str:
 def test_known_hosts_lines_are_appended_once_and_others_kept() -> None:
     text = "# mine\nother.example ssh-ed25519 AAAAother\n"
     wanted = [f"[b.example]:2222 {KEY_A}", f"homebox {KEY_B}"]
-    first = sshconfig.merge_known_hosts(text, wanted)
+    first = merge_known_hosts(text, wanted)
     assert first.text == text + "\n".join(wanted) + "\n"
     assert first.added == wanted and not first.conflicts
-    again = sshconfig.merge_known_hosts(first.text, wanted)
+    again = merge_known_hosts(first.text, wanted)
     assert again.text == first.text and again.added == [] and again.present == wanted
 
 
 def test_another_key_of_the_same_type_is_a_conflict_never_replaced() -> None:
     text = f"homebox {KEY_A}\n"
-    merged = sshconfig.merge_known_hosts(text, [f"homebox {KEY_B}"])
+    merged = merge_known_hosts(text, [f"homebox {KEY_B}"])
     assert merged.text == text
     assert merged.conflicts == [(f"homebox {KEY_B}", f"homebox {KEY_A}")]
     # A key of another type for the same host is no conflict: both are pinned.
-    rsa = sshconfig.merge_known_hosts(f"homebox {RSA}\n", [f"homebox {KEY_B}"])
+    rsa = merge_known_hosts(f"homebox {RSA}\n", [f"homebox {KEY_B}"])
     assert rsa.added == [f"homebox {KEY_B}"] and not rsa.conflicts
 
 
 def test_hashed_known_hosts_lines_are_recognised() -> None:
     same = f"{_hashed('homebox')} {KEY_A}\n"
-    assert sshconfig.merge_known_hosts(same, [f"homebox {KEY_A}"]).added == []
-    assert sshconfig.merge_known_hosts(same, [f"homebox {KEY_B}"]).conflicts
+    assert merge_known_hosts(same, [f"homebox {KEY_A}"]).added == []
+    assert merge_known_hosts(same, [f"homebox {KEY_B}"]).conflicts
     other = f"{_hashed('otherbox')} {KEY_A}\n"
-    assert sshconfig.merge_known_hosts(other, [f"homebox {KEY_A}"]).added
-    assert sshconfig.pinned_keys(same, "homebox") == [KEY_A]
+    assert merge_known_hosts(other, [f"homebox {KEY_A}"]).added
+    assert pinned_keys(same, "homebox") == [KEY_A]
 
 
 def test_missing_final_newline_does_not_glue_lines() -> None:
-    merged = sshconfig.merge_known_hosts("a.example ssh-ed25519 AAAA", [f"homebox {KEY_A}"])
+    merged = merge_known_hosts("a.example ssh-ed25519 AAAA", [f"homebox {KEY_A}"])
     assert merged.text == f"a.example ssh-ed25519 AAAA\nhomebox {KEY_A}\n"
 
 
