@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sshtunnel_mgr.cli.main import main
 from sshtunnel_mgr.cli.status import format_status
 from sshtunnel_mgr.runtime.admin import AdminServer
-from tests.harness import (
-    SSHTUN,
-    Keys,
-    access_text,
-    agent_config,
-    bastion_config,
-    free_port,
-    home_sshd,
-    process,
-    read_until,
-    run_ssh,
-    running_agent,
-    running_bastion,
-    wait_for,
-    write_ssh_config,
-    write_toml,
-)
+from tests.harness import Keys, agent_config, wait_for, write_toml
+from tests.integration.scene import scene, sshtun_process
 
 
 async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -40,71 +27,60 @@ async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str,
 async def test_status_on_both_ends_while_up_and_after_a_reconnect(
     keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    port = free_port()
-    bcfg = bastion_config(keys, access, port).model_copy(
-        update={"admin_socket": tmp_path / "run" / "bastion.sock"}
-    )
-    bfile = write_toml(tmp_path / "bastion.toml", "bastion", bcfg)
-    async with home_sshd(keys, tmp_path / "home") as home:
-        acfg = agent_config(
-            keys,
-            port,
-            [("homebox", 22, f"127.0.0.1:{home.port}")],
-            backoff={"base": 0.2, "cap": 0.5},
-            admin_socket=tmp_path / "run" / "agent.sock",
-        )
-        afile = write_toml(tmp_path / "agent.toml", "agent", acfg)
-        async with process(*SSHTUN, "bastion", "--config", str(bfile)) as bastion:
-            await read_until(bastion.stderr, "listening on")
-            async with running_agent(acfg) as agent:
-                sock = tmp_path / "run" / "bastion.sock"
-                await wait_for(sock.exists)
-                assert stat.S_IMODE(sock.stat().st_mode) == 0o600
-                client = write_ssh_config(tmp_path / "client", keys, port)
-                result = await run_ssh(client, "homebox", "head -c 100000 /dev/zero")
-                assert len(result.stdout) == 100000, result.stderr
+    async with scene(keys, tmp_path, bastion=False) as s:
+        port = s.port
+        bfile = s.bastion_file(admin_socket=tmp_path / "run" / "bastion.sock")
+        agent_kw: dict[str, Any] = {
+            "backoff": {"base": 0.2, "cap": 0.5},
+            "admin_socket": tmp_path / "run" / "agent.sock",
+        }
+        afile = s.agent_file(**agent_kw)
+        bastion_cm = sshtun_process("bastion", "--config", str(bfile), ready="listening on")
+        async with bastion_cm as bastion, s.agent(**agent_kw) as agent:
+            sock = tmp_path / "run" / "bastion.sock"
+            await wait_for(sock.exists)
+            assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+            result = await s.reach("head -c 100000 /dev/zero")
+            assert len(result.stdout) == 100000, result.stderr
 
-                code, out, err = await cli(capsys, "status", "--config", str(bfile), "--json")
-                assert code == 0, err
-                answer = json.loads(out)
-                [name] = answer["names"]
-                assert (name["name"], name["port"]) == ("homebox", 22)
-                assert name["key"] == keys.agent.fingerprint
-                assert name["comment"] == "agent@home"
-                assert name["source"].startswith("127.0.0.1:")
-                assert name["channels_total"] >= 1
-                assert name["bytes_from_home"] > 100000
-                code, out, _ = await cli(capsys, "status", "--config", str(bfile))
-                assert "homebox:22" in out and keys.agent.fingerprint in out
+            code, out, err = await cli(capsys, "status", "--config", str(bfile), "--json")
+            assert code == 0, err
+            answer = json.loads(out)
+            [name] = answer["names"]
+            assert (name["name"], name["port"]) == ("homebox", 22)
+            assert name["key"] == keys.agent.fingerprint
+            assert name["comment"] == "agent@home"
+            assert name["source"].startswith("127.0.0.1:")
+            assert name["channels_total"] >= 1
+            assert name["bytes_from_home"] > 100000
+            code, out, _ = await cli(capsys, "status", "--config", str(bfile))
+            assert "homebox:22" in out and keys.agent.fingerprint in out
 
-                code, out, err = await cli(capsys, "status", "--config", str(afile), "--json")
-                assert code == 0, err
-                [link] = json.loads(out)["links"]
-                assert link["state"] == "up" and link["published"] == ["homebox:22"]
-                code, out, _ = await cli(capsys, "status", "--config", str(afile))
-                assert f"127.0.0.1:{port}" in out and "up" in out
+            code, out, err = await cli(capsys, "status", "--config", str(afile), "--json")
+            assert code == 0, err
+            [link] = json.loads(out)["links"]
+            assert link["state"] == "up" and link["published"] == ["homebox:22"]
+            code, out, _ = await cli(capsys, "status", "--config", str(afile))
+            assert f"127.0.0.1:{port}" in out and "up" in out
 
-                # The bastion goes away: the agent's status says so, and when it will retry.
-                bastion.kill()
-                await bastion.wait()
-                link_obj = agent.agent.links[0]
-                await wait_for(lambda: link_obj.status.state == "backoff")
+            # The bastion goes away: the agent's status says so, and when it will retry.
+            bastion.send_signal(signal.SIGKILL)
+            await bastion.wait()
+            link_obj = agent.agent.links[0]
+            await wait_for(lambda: link_obj.status.state == "backoff")
+            code, out, _ = await cli(capsys, "status", "--config", str(afile), "--json")
+            [link] = json.loads(out)["links"]
+            assert link["state"] == "backoff"
+            assert link["last_error"]
+            assert link["next_retry_at"] is not None
+            code, out, _ = await cli(capsys, "status", "--config", str(afile))
+            assert "retry in" in out
+
+            async with sshtun_process("bastion", "--config", str(bfile), ready="listening on"):
+                await wait_for(lambda: link_obj.status.state == "up")
                 code, out, _ = await cli(capsys, "status", "--config", str(afile), "--json")
                 [link] = json.loads(out)["links"]
-                assert link["state"] == "backoff"
-                assert link["last_error"]
-                assert link["next_retry_at"] is not None
-                code, out, _ = await cli(capsys, "status", "--config", str(afile))
-                assert "retry in" in out
-
-                async with process(*SSHTUN, "bastion", "--config", str(bfile)) as again:
-                    await read_until(again.stderr, "listening on")
-                    await wait_for(lambda: link_obj.status.state == "up")
-                    code, out, _ = await cli(capsys, "status", "--config", str(afile), "--json")
-                    [link] = json.loads(out)["links"]
-                    assert link["state"] == "up" and link["connects"] == 2
+                assert link["state"] == "up" and link["connects"] == 2
 
 
 async def test_status_without_a_running_service_says_so(
@@ -171,10 +147,8 @@ async def test_status_after_a_revoke(
 ) -> None:
     """Remove the agent's key and reload: the bastion's status no longer lists its name,
     and the agent's status shows the refusal it got when it tried to come back."""
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    bcfg = bastion_config(keys, access)
-    async with running_bastion(bcfg) as bastion:
+    async with scene(keys, tmp_path, home=False) as s:
+        access, bcfg, bastion = s.access, s.bastion_cfg, s.bastion
         bfile = write_toml(
             tmp_path / "bastion.toml",
             "bastion",
@@ -184,23 +158,19 @@ async def test_status_after_a_revoke(
         admin = AdminServer(bcfg.admin_socket, bastion.handle_admin)
         assert await admin.start()
         try:
-            acfg = agent_config(
-                keys,
-                bastion.port,
-                [("homebox", 22, "127.0.0.1:9")],
-                backoff={"base": 0.1, "cap": 0.2},
+            afile = s.agent_file(
+                [("homebox", 22, "127.0.0.1:9")], backoff={"base": 0.1, "cap": 0.2}
             )
-            afile = write_toml(tmp_path / "agent.toml", "agent", acfg)
-            async with process(*SSHTUN, "up", "--config", str(afile)) as agent:
-                await read_until(agent.stderr, "published")
+            # It is meant to exit on its own (5: refused): the test checks that itself.
+            up = sshtun_process("up", "--config", str(afile), ready="published", check=False)
+            async with up as agent:
                 access.write_text(f'permitopen="homebox:22" {keys.client.public_line}\n')
                 answer = bastion.reload(bcfg)
                 assert answer["revoked"] == [keys.agent.fingerprint]
                 code, out, _ = await cli(capsys, "status", "--config", str(bfile), "--json")
                 assert code == 0 and json.loads(out)["names"] == []
                 # The agent is refused on its way back in: a fatal, clearly reported error.
-                assert await asyncio.wait_for(agent.wait(), 20) == 5
-                assert agent.stderr is not None
-                assert "refused key" in (await agent.stderr.read()).decode()
+                assert await agent.wait(20) == 5
+                await agent.wait_log("refused key")
         finally:
             await admin.stop()
