@@ -29,6 +29,7 @@ from sshtunnel_mgr.agent.client import LinkClient, channels_of, describe, known_
 from sshtunnel_mgr.agent.keyrequest import run_key_request
 from sshtunnel_mgr.agent.publish import Publisher, label_of
 from sshtunnel_mgr.agent.status import LinkStatus
+from sshtunnel_mgr.agent.web import WebFront
 from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.core.backoff import Backoff
 from sshtunnel_mgr.core.config import AgentConfig, BastionEndpoint
@@ -49,6 +50,7 @@ class BastionLink:
         *,
         on_published: Callable[[BastionLink], None] | None = None,
         backoff: Backoff | None = None,
+        web: WebFront | None = None,
     ) -> None:
         self.config = config
         self.endpoint = endpoint
@@ -60,7 +62,7 @@ class BastionLink:
             healthy_after=config.backoff.healthy_after,
         )
         self.status = LinkStatus(bastion=endpoint.address)
-        self.publisher = Publisher(self.status)
+        self.publisher = Publisher(self.status, web)
         self.retiring = handover.Retiring(endpoint.address)
         self._known_hosts = known_hosts_arg(endpoint)
         self._changing = asyncio.Lock()  # held by every change to what the link publishes

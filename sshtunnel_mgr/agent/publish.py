@@ -20,6 +20,7 @@ from sshtunnel_mgr.agent.client import channels_of, describe
 from sshtunnel_mgr.agent.forward import forward_to
 from sshtunnel_mgr.agent.keyrequest import run_key_request
 from sshtunnel_mgr.agent.status import LinkStatus
+from sshtunnel_mgr.agent.web import WebFront, uses_web
 from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.core.config import TunnelConfig
 from sshtunnel_mgr.core.hostport import split_host_port
@@ -39,8 +40,9 @@ def label_of(tunnel: TunnelConfig) -> str:
 class Publisher:
     """What one link has published on its current connection (``conn``)."""
 
-    def __init__(self, status: LinkStatus) -> None:
+    def __init__(self, status: LinkStatus, web: WebFront | None = None) -> None:
         self.status = status
+        self.web = web or WebFront()  # tunnels with tls/proxy_protocol (agent/web/)
         self.conn: asyncssh.SSHClientConnection | None = None
         self.listeners: Listeners = {}
         self._tasks: set[asyncio.Task[None]] = set()  # home host key announcements
@@ -117,7 +119,10 @@ class Publisher:
         count = channels_of(conn)
         for tunnel in tunnels:
             label = label_of(tunnel)
-            factory = forward_to(conn, count, tunnel.target_host, tunnel.target_port)
+            if uses_web(tunnel):
+                factory = self.web.factory(conn, count, tunnel)
+            else:
+                factory = forward_to(conn, count, tunnel.target_host, tunnel.target_port)
             try:
                 listeners[label] = await conn.create_server(factory, tunnel.name, tunnel.port)
             except asyncssh.ChannelListenError as exc:

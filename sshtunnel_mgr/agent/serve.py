@@ -16,6 +16,7 @@ import asyncssh
 from sshtunnel_mgr import sshcompat
 from sshtunnel_mgr.agent.link import BastionLink
 from sshtunnel_mgr.agent.rotation import Rotator
+from sshtunnel_mgr.agent.web import WebFront
 from sshtunnel_mgr.core.config import AgentConfig
 from sshtunnel_mgr.core.errors import SshtunError
 from sshtunnel_mgr.keys.store import load_private_key
@@ -44,12 +45,14 @@ class Agent:
         self.config = config
         self._load = load
         self.key = load_private_key(config.key)
+        self.web = WebFront()  # tls/proxy_protocol tunnels; their certificates load now
+        self.web.use(WebFront.prepare(config.tunnels))
         self._on_ready = on_ready
         self._ready = False
         self.ready_event = asyncio.Event()
         self.healthy = False
         self.links = [
-            BastionLink(config, ep, self.key, on_published=self._published)
+            BastionLink(config, ep, self.key, on_published=self._published, web=self.web)
             for ep in config.bastions
         ]
         self.rotator = Rotator(self)
@@ -90,6 +93,7 @@ class Agent:
         grace = STOP_GRACE if grace is None else grace
         if self._link_tasks and grace > 0:
             await asyncio.wait(self._link_tasks, timeout=grace)
+        await self.web.close()
 
     def status(self) -> str:
         return self.status_line() + ("" if self.healthy else " (unhealthy)")
@@ -108,6 +112,7 @@ class Agent:
             "healthy": self.healthy,
             "now": time.time(),
             "links": [dataclasses.asdict(link.status) for link in self.links],
+            "tunnels": self.web.snapshot(self.config.tunnels),  # TLS mode, certificate expiry
             "rotation": self.rotator.snapshot(),
             "asyncssh": sshcompat.summary("agent"),  # release, active shims, stepped aside
         }
@@ -119,9 +124,11 @@ class Agent:
             return {"ok": False, "error": "this agent has no config file to re-read"}
         try:
             config = await asyncio.to_thread(self._load)
+            stores = await asyncio.to_thread(WebFront.prepare, config.tunnels)  # re-read
         except SshtunError as exc:
             event(log, logging.ERROR, "reload refused", reason=exc.message)
             return {"ok": False, "error": exc.message}
+        self.web.use(stores)
         return await self.apply(config)
 
     async def apply(self, config: AgentConfig) -> dict[str, Any]:
@@ -178,6 +185,7 @@ class Agent:
         """Probe every up link through the real forwarded path: healthy (the service pings
         the watchdog) only if at least one link is up and every up link passes."""
         timeout = self.config.connect_timeout
+        await self.web.refresh()  # certificate files changed on disk: serve the new ones
         results = [await link.probe(timeout) for link in self.links if link.conn is not None]
         self.healthy = bool(results) and all(results)
         return self.healthy

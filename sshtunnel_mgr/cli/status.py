@@ -117,7 +117,30 @@ def format_status(answer: dict[str, Any], now: float | None = None) -> str:
     text = f"agent ({health})\n" + _table(
         ["BASTION", "STATE", "SINCE", "NAMES", "REFUSED", "LAST ERROR"], rows
     )
+    text += format_tunnels(answer.get("tunnels"), now)
     return text + format_retiring(answer.get("rotation"))
+
+
+def format_tunnels(tunnels: list[dict[str, Any]] | None, now: float) -> str:
+    """The tunnels with a TLS mode or PROXY header: mode, and the served certificate's
+    expiry (``tls = "files"``)."""
+    rows = []
+    for t in tunnels or []:
+        if not t.get("tls") and not t.get("proxy_protocol"):
+            continue
+        expiry = "-"
+        if t.get("cert_not_after") is not None:
+            days = (t["cert_not_after"] - now) / 86400
+            stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t["cert_not_after"]))
+            expiry = f"{stamp} ({'expired' if days <= 0 else f'in {days:.0f}d'})"
+        if t.get("cert_error"):
+            expiry += f"; reload failed: {t['cert_error']}"
+        rows.append(
+            [t["name"], t["target"], t.get("tls") or "-", t.get("proxy_protocol") or "-", expiry]
+        )
+    if not rows:
+        return ""
+    return "\n" + _table(["TUNNEL", "TARGET", "TLS", "PROXY", "CERTIFICATE EXPIRES"], rows)
 
 
 def format_shims(info: dict[str, Any] | None) -> str:

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -80,6 +80,30 @@ class TunnelConfig(_Model):
     name: str
     port: Port = 22
     target: str = "127.0.0.1:22"
+    # Web (issue 11, agent/web/): end TLS here ("files": cert + key), or pass it on; and
+    # tell the target the client's address with a PROXY header.
+    tls: Literal["passthrough", "files", "acme"] | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    proxy_protocol: Literal["v1", "v2"] | None = None
+
+    @field_validator("cert", "key")
+    @classmethod
+    def _tls_paths(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _tls(self) -> TunnelConfig:
+        if self.tls == "acme":
+            raise ValueError(
+                'tls = "acme" is not implemented yet: use tls = "files" with a certificate '
+                'from your ACME client (certbot, lego), or "passthrough"'
+            )
+        if self.tls == "files" and (self.cert is None or self.key is None):
+            raise ValueError('tls = "files" needs cert and key (PEM file paths)')
+        if self.tls != "files" and (self.cert is not None or self.key is not None):
+            raise ValueError('cert and key are only for tls = "files"')
+        return self
 
     @field_validator("name")
     @classmethod

@@ -13,11 +13,12 @@ from datetime import datetime
 from pathlib import Path
 
 from sshtunnel_mgr import sshcompat
+from sshtunnel_mgr.agent.web.certs import read_cert_info
 from sshtunnel_mgr.core import keyformat
 from sshtunnel_mgr.core.access import decode_key
 from sshtunnel_mgr.core.config import AgentConfig, BastionConfig
 from sshtunnel_mgr.core.errors import ConfigError, SshtunError
-from sshtunnel_mgr.doctor import accesscheck, files, keycheck, sshd
+from sshtunnel_mgr.doctor import accesscheck, certcheck, files, keycheck, sshd
 from sshtunnel_mgr.doctor.algorithms import check_policy
 from sshtunnel_mgr.doctor.compat import check_shims
 from sshtunnel_mgr.doctor.findings import Finding, Level, fail, ok, warn
@@ -242,6 +243,17 @@ def agent_section(agent: AgentConfig, config_path: Path | None, now: datetime) -
     section.add(keycheck.check_key_age(facts))
     section.add(rotation_finding(agent.key, config_path))
     section.add(shims_finding("agent"))
+    for tunnel in agent.tunnels:  # tls = "files": the certificate's expiry, the key's mode
+        if tunnel.cert is not None and tunnel.key is not None:
+            label = f"{tunnel.name}:{tunnel.port}"
+            section.add(
+                certcheck.check_certificate(cert_facts(label, tunnel.cert), now.timestamp())
+            )
+            section.add(
+                files.check_private_key_file(
+                    stat_path(tunnel.key), "agent.tls-key-mode", f"{label} TLS key", owners
+                )
+            )
     for endpoint in agent.bastions:
         if endpoint.host_key is not None:
             section.add(keycheck.check_pin_inline(endpoint.address, endpoint.host_key))
@@ -264,6 +276,14 @@ def agent_section(agent: AgentConfig, config_path: Path | None, now: datetime) -
             files.check_config_file(stat_path(path), "agent.known-hosts-mode", "known_hosts")
         )
     return section
+
+
+def cert_facts(label: str, path: Path) -> certcheck.CertFacts:
+    try:
+        info = read_cert_info(path)
+    except (OSError, ValueError) as exc:
+        return certcheck.CertFacts(label, str(path), error=str(exc))
+    return certcheck.CertFacts(label, str(path), info.not_after)
 
 
 def shims_finding(role: str) -> Finding:

@@ -28,6 +28,7 @@ HINT = "`sshtun example-config` prints every key, documented"
 UNKNOWN = "unknown key (not one sshtun knows; check the spelling)"
 NOT_INT = "Input should be a valid integer"
 GE_1 = "Input should be greater than or equal to 1"
+TUNNEL_KEYS = "cert, key, name, port, proxy_protocol, target, tls"
 LABELS = "is not a valid name (labels are letters, digits and inner hyphens)"
 NOT_ASCII = "is not ASCII (write international names in punycode)"
 KEY_LINE = "host_key must be a public key line like 'ssh-ed25519 AAAA...'"
@@ -468,9 +469,8 @@ def without_line(message: str) -> str:
         (
             agent(tunnel_extra="port = 0\ncolour = 1\nfoo = 2"),
             "3 problems:\n"
-            f"  x.toml:11: agent.tunnels[0].colour: {UNKNOWN}; valid keys here: name, port, "
-            "target\n"
-            f"  x.toml:12: agent.tunnels[0].foo: {UNKNOWN}; valid keys here: name, port, target\n"
+            f"  x.toml:11: agent.tunnels[0].colour: {UNKNOWN}; valid keys here: {TUNNEL_KEYS}\n"
+            f"  x.toml:12: agent.tunnels[0].foo: {UNKNOWN}; valid keys here: {TUNNEL_KEYS}\n"
             f"  x.toml:10: agent.tunnels[0].port: {GE_1}",
         ),
     ],
