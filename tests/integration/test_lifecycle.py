@@ -22,22 +22,18 @@ from sshtunnel_mgr.core.errors import EXIT_FORCED, SshtunError
 from sshtunnel_mgr.runtime.admin import query
 from tests.harness import (
     SSH,
-    SSHTUN,
     Keys,
     access_text,
     agent_config,
     bastion_config,
     free_port,
-    home_sshd,
     process,
-    read_until,
     run_ssh,
     running_bastion,
     wait_for,
-    write_ssh_config,
-    write_toml,
 )
 from tests.integration.conftest import logged
+from tests.integration.scene import scene
 
 
 @contextlib.contextmanager
@@ -146,55 +142,39 @@ async def test_a_reload_that_raises_is_logged_and_answered_and_the_next_one_work
 async def test_sigint_drains_and_a_second_sigint_stops_at_once(keys: Keys, tmp_path: Path) -> None:
     """A real `sshtun bastion`: the first SIGINT drains (a routed session keeps flowing),
     the second cuts it and the process exits with EXIT_FORCED."""
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    port = free_port()
-    bfile = write_toml(
-        tmp_path / "bastion.toml",
-        "bastion",
-        bastion_config(keys, access, port, shutdown_grace=300, admin_socket=keys.dir / "b.sock"),
-    )
     async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        process(*SSHTUN, "bastion", "--config", str(bfile)) as bastion,
+        scene(keys, tmp_path, bastion=False) as s,
+        s.bastion_process(shutdown_grace=300, admin_socket=keys.dir / "b.sock") as bastion,
+        s.agent_process() as agent,
     ):
-        await read_until(bastion.stderr, "listening on")
-        acfg = agent_config(keys, port, [("homebox", 22, f"127.0.0.1:{home.port}")])
-        afile = write_toml(tmp_path / "agent.toml", "agent", acfg)
-        async with process(*SSHTUN, "up", "--config", str(afile)) as agent:
-            await read_until(agent.stderr, "published")
-            client = write_ssh_config(tmp_path / "c", keys, port)
-            assert SSH is not None
-            script = "for i in $(seq 1 6000); do echo line$i; sleep 0.05; done"
-            async with process(SSH, "-F", str(client), "homebox", script) as ssh:
-                assert ssh.stdout is not None
-                assert await asyncio.wait_for(ssh.stdout.readline(), 30) == b"line1\n"
-                bastion.send_signal(signal.SIGINT)
-                await read_until(bastion.stderr, "draining routed_channels=1")
-                # Draining: the session still flows, line after line.
-                for _ in range(5):
-                    assert (await asyncio.wait_for(ssh.stdout.readline(), 30)).startswith(b"line")
-                assert bastion.returncode is None
-                bastion.send_signal(signal.SIGINT)
-                assert await asyncio.wait_for(bastion.wait(), 30) == EXIT_FORCED
-                rest = await asyncio.wait_for(ssh.stdout.read(), 30)
-                assert b"line6000" not in rest  # cut, not finished
-                assert await asyncio.wait_for(ssh.wait(), 30) != 0
-            assert bastion.stderr is not None
-            tail = (await bastion.stderr.read()).decode()
-            assert "forced stop" in tail
-            assert "stopped at once by a second signal" in tail
-            assert not (keys.dir / "b.sock").exists()
-            agent.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(agent.wait(), 30) == 0
+        client = s.client_cfg
+        assert SSH is not None
+        script = "for i in $(seq 1 6000); do echo line$i; sleep 0.05; done"
+        async with process(SSH, "-F", str(client), "homebox", script) as ssh:
+            assert ssh.stdout is not None
+            assert await asyncio.wait_for(ssh.stdout.readline(), 30) == b"line1\n"
+            bastion.send_signal(signal.SIGINT)
+            await bastion.wait_log("draining routed_channels=1")
+            # Draining: the session still flows, line after line.
+            for _ in range(5):
+                assert (await asyncio.wait_for(ssh.stdout.readline(), 30)).startswith(b"line")
+            assert bastion.returncode is None
+            bastion.send_signal(signal.SIGINT)
+            assert await bastion.wait(30) == EXIT_FORCED
+            rest = await asyncio.wait_for(ssh.stdout.read(), 30)
+            assert b"line6000" not in rest  # cut, not finished
+            assert await asyncio.wait_for(ssh.wait(), 30) != 0
+        await bastion.wait_log("stopped at once by a second signal")
+        assert bastion.logged("forced stop")
+        assert not (keys.dir / "b.sock").exists()
+        agent.send_signal(signal.SIGTERM)
+        assert await agent.wait(30) == 0
 
 
 async def test_no_task_is_left_when_serve_returns(keys: Keys, tmp_path: Path) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    port = free_port()
-    bcfg = bastion_config(keys, access, port, metrics_listen=str(free_port()))
-    async with home_sshd(keys, tmp_path / "home") as home:
+    async with scene(keys, tmp_path, bastion=False) as s:
+        client = s.client_cfg
+        bcfg = s.bastion_config(metrics_listen=str(free_port()))
         bstop, hup = asyncio.Event(), asyncio.Event()
         bastion_ready = asyncio.Event()
         bastions: list[Bastion] = []
@@ -208,17 +188,10 @@ async def test_no_task_is_left_when_serve_returns(keys: Keys, tmp_path: Path) ->
             bastion_serve(bcfg, bstop, on_ready, reload=hup, load=lambda: bcfg)
         )
         await asyncio.wait_for(bastion_ready.wait(), 15)
-        acfg = agent_config(
-            keys,
-            port,
-            [("homebox", 22, f"127.0.0.1:{home.port}")],
-            metrics_listen=str(free_port()),
-            probe_interval=0.2,
-        )
+        acfg = s.agent_config(metrics_listen=str(free_port()), probe_interval=0.2)
         astop = asyncio.Event()
         agent = asyncio.create_task(agent_serve(acfg, astop))
         await wait_for(lambda: bastions[0].state.routes.lookup("homebox", 22))
-        client = write_ssh_config(tmp_path / "c", keys, port)
         assert (await run_ssh(client, "homebox", "echo hi")).stdout == b"hi\n"
         hup.set()  # one reload through the loop
         await wait_for(lambda: not hup.is_set())

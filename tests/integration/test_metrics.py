@@ -5,21 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.harness import (
-    SSHTUN,
-    Keys,
-    access_text,
-    agent_config,
-    bastion_config,
-    free_port,
-    home_sshd,
-    process,
-    read_until,
-    run_ssh,
-    running_agent,
-    write_ssh_config,
-    write_toml,
-)
+from tests.harness import Keys, free_port
+from tests.integration.scene import scene, sshtun_process
 
 
 async def scrape(port: int, path: str = "/metrics") -> tuple[str, dict[str, float]]:
@@ -40,33 +27,21 @@ async def scrape(port: int, path: str = "/metrics") -> tuple[str, dict[str, floa
 
 async def test_bastion_and_agent_metrics(keys: Keys, tmp_path: Path) -> None:
     stranger = keys.extra("stranger")
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    port, bmetrics, ametrics = free_port(), free_port(), free_port()
-    bfile = write_toml(
-        tmp_path / "bastion.toml",
-        "bastion",
-        bastion_config(keys, access, port, metrics_listen=str(bmetrics)),
-    )
-    async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        process(*SSHTUN, "bastion", "--config", str(bfile)) as bastion,
-    ):
-        await read_until(bastion.stderr, "metrics on url=http://127.0.0.1:")
-        acfg = agent_config(
-            keys,
-            port,
-            [("homebox", 22, f"127.0.0.1:{home.port}")],
-            metrics_listen=f"127.0.0.1:{ametrics}",
-        )
-        async with running_agent(acfg):
-            client = write_ssh_config(tmp_path / "c", keys, port)
-            ok = await run_ssh(client, "homebox", "head -c 50000 /dev/zero")
+    bmetrics, ametrics = free_port(), free_port()
+    async with scene(keys, tmp_path, bastion=False) as s:
+        port = s.port
+        bfile = s.bastion_file(metrics_listen=str(bmetrics))
+        metrics_up = "metrics on url=http://127.0.0.1:"
+        async with (
+            sshtun_process("bastion", "--config", str(bfile), ready=metrics_up),
+            s.agent(metrics_listen=f"127.0.0.1:{ametrics}"),
+        ):
+            ok = await s.reach("head -c 50000 /dev/zero")
             assert len(ok.stdout) == 50000
-            refused = await run_ssh(client, "-W", "nothere:22", "bastion")
+            refused = await s.ssh("-W", "nothere:22", "bastion")
             assert refused.returncode != 0
-            bad = write_ssh_config(tmp_path / "s", keys, port, identity=stranger.path)
-            assert (await run_ssh(bad, "-W", "homebox:22", "bastion")).returncode == 255
+            bad = s.ssh_config("s", identity=stranger.path)
+            assert (await s.ssh("-W", "homebox:22", "bastion", cfg=bad)).returncode == 255
 
             status, m = await scrape(bmetrics)
             assert status == "HTTP/1.1 200 OK"

@@ -21,24 +21,11 @@ import signal
 import subprocess
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from sshtunnel_mgr.bastion.serve import Bastion
-from tests.harness import (
-    SSH,
-    Keys,
-    access_text,
-    agent_config,
-    bastion_config,
-    bastion_pub,
-    home_sshd,
-    require_openssh,
-    running_agent,
-    running_bastion,
-    wait_for,
-    write_ssh_config,
-)
+from tests.harness import SSH, Keys, access_text, require_openssh, wait_for
+from tests.integration.scene import scene
 
 HANG = 60  # far beyond any run on a loaded machine; only a lost close reaches it
 
@@ -85,16 +72,8 @@ async def assert_all_torn_down(bastion: Bastion) -> None:
 async def test_ssh_jump_true_ends_every_hop_sequential_and_parallel(
     keys: Keys, tmp_path: Path
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, access)) as bastion,
-        running_agent(
-            agent_config(keys, bastion.port, [("homebox", 22, f"127.0.0.1:{home.port}")])
-        ),
-    ):
-        cfg = write_ssh_config(tmp_path / "client", keys, bastion.port)
+    async with scene(keys, tmp_path) as s, s.agent():
+        bastion, cfg = s.bastion, s.client_cfg
         for _ in range(3):
             rc, _, err = await ssh_until_every_hop_is_gone(cfg, "true")
             assert rc == 0, err
@@ -110,16 +89,8 @@ async def test_ssh_jump_true_ends_every_hop_sequential_and_parallel(
 async def test_half_closes_pass_both_ways_and_end_the_route(keys: Keys, tmp_path: Path) -> None:
     """The client's EOF reaches the home command (``wc -c`` ends only on it), the home
     side's output and EOF come back, and the jump channel closes after both."""
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, access)) as bastion,
-        running_agent(
-            agent_config(keys, bastion.port, [("homebox", 22, f"127.0.0.1:{home.port}")])
-        ),
-    ):
-        cfg = write_ssh_config(tmp_path / "client", keys, bastion.port)
+    async with scene(keys, tmp_path) as s, s.agent():
+        bastion, cfg = s.bastion, s.client_cfg
         payload = os.urandom(300_000)
         rc, out, err = await ssh_until_every_hop_is_gone(cfg, "wc -c", stdin=payload)
         assert rc == 0, err
@@ -138,8 +109,7 @@ async def test_the_home_side_ending_first_still_closes_the_route(
     agent's forwarder (asyncssh's) sends EOF up and then, given the client's EOF, never
     closes its channel. The bastion closes both ends once both EOFs have passed, so the
     client's channel closes, the route ends and the agent's TCP socket goes."""
-    access = tmp_path / "access"
-    access.write_text(access_text(keys, listen="svc:7000", open_="svc:7000"))
+    access = access_text(keys, listen="svc:7000", open_="svc:7000")
 
     async def say_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"hello\n")
@@ -150,20 +120,11 @@ async def test_the_home_side_ending_first_still_closes_the_route(
     home_port = service.sockets[0].getsockname()[1]
     try:
         async with (
-            running_bastion(bastion_config(keys, access)) as bastion,
-            running_agent(
-                agent_config(keys, bastion.port, [("svc", 7000, f"127.0.0.1:{home_port}")])
-            ),
-            asyncssh.connect(
-                "127.0.0.1",
-                bastion.port,
-                username="client",
-                client_keys=[str(keys.client.path)],
-                known_hosts=([asyncssh.import_public_key(bastion_pub(keys))], [], []),
-                config=None,
-                agent_path=None,
-            ) as client,
+            scene(keys, tmp_path, access=access, home=False) as s,
+            s.agent([("svc", 7000, f"127.0.0.1:{home_port}")]),
+            await s.connect(keys.client.path, username="client") as client,
         ):
+            bastion = s.bastion
             for _ in range(3):
                 reader, writer = await client.open_connection("svc", 7000)
                 assert await asyncio.wait_for(reader.read(), HANG) == b"hello\n"  # and EOF
