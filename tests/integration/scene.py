@@ -61,7 +61,8 @@ class SshtunProcess:
     proc: asyncio.subprocess.Process
     what: str
     lines: list[str] = field(default_factory=list)
-    signalled: bool = False  # the test stopped or signalled it on purpose
+    signalled: bool = False  # the test ended it on purpose (its exit is no crash)
+    frozen: bool = False  # SIGSTOP: only SIGKILL ends it at teardown
     _grew: asyncio.Event = field(default_factory=asyncio.Event)
     _ended: bool = False
 
@@ -108,6 +109,8 @@ class SshtunProcess:
         stops it on purpose, so its exit is not a crash."""
         if sig not in (signal.SIGHUP, signal.SIGSTOP, signal.SIGCONT):
             self.signalled = True
+        if sig in (signal.SIGSTOP, signal.SIGCONT):
+            self.frozen = sig == signal.SIGSTOP
         self.proc.send_signal(sig)
 
     async def wait(self, timeout: float = 30) -> int:
@@ -152,7 +155,10 @@ async def sshtun_process(
         yield svc
     finally:
         crashed = proc.returncode is not None and proc.returncode != 0 and not svc.signalled
-        stopped_here = proc.returncode is None
+        stopped_here = proc.returncode is None and not svc.frozen
+        if proc.returncode is None and svc.frozen:
+            proc.kill()
+            await proc.wait()
         if stopped_here:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -6,22 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import (
-    SSH,
-    Keys,
-    access_text,
-    agent_config,
-    bastion_config,
-    home_sshd,
-    process,
-    require_openssh,
-    run_ssh,
-    running_agent,
-    running_bastion,
-    wait_for,
-    write_ssh_config,
-)
+from tests.harness import SSH, Keys, access_text, process, require_openssh, wait_for
 from tests.integration.conftest import logged
+from tests.integration.scene import scene
 
 pytestmark = pytest.mark.openssh
 
@@ -29,22 +16,13 @@ pytestmark = pytest.mark.openssh
 async def test_ssh_jump_reaches_home_sshd_through_sshtun(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, access)) as bastion,
-        running_agent(
-            agent_config(keys, bastion.port, [("homebox", 22, f"127.0.0.1:{home.port}")])
-        ),
-    ):
-        cfg = write_ssh_config(tmp_path / "client", keys, bastion.port)
-        result = await run_ssh(cfg, "homebox", "echo through-the-tunnel; id -un")
+    async with scene(keys, tmp_path) as s, s.agent():
+        result = await s.reach("echo through-the-tunnel; id -un")
         assert result.returncode == 0, result.stderr
         assert result.stdout.decode().split() == ["through-the-tunnel", home_user()]
         assert logged(caplog, "route", "name=homebox", "port=22")
         # The home sshd saw the client's own key: the inner session is end to end.
-        assert any("Accepted publickey" in line for line in home.log)
+        assert any("Accepted publickey" in line for line in s.home.log)
 
 
 def home_user() -> str:
@@ -58,15 +36,9 @@ async def test_stock_openssh_agent_publishes_a_name(
 ) -> None:
     require_openssh(server=True)
     assert SSH is not None
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, access)) as bastion,
-    ):
-        agent_cfg = write_ssh_config(
-            tmp_path / "agent", keys, bastion.port, identity=keys.agent.path
-        )
+    async with scene(keys, tmp_path) as s:
+        bastion, home = s.bastion, s.home
+        agent_cfg = s.ssh_config("agent", identity=keys.agent.path)
         async with process(
             SSH,
             "-F",
@@ -84,8 +56,7 @@ async def test_stock_openssh_agent_publishes_a_name(
                 )
             )
             assert stock_agent.returncode is None, "stock ssh -R exited"
-            cfg = write_ssh_config(tmp_path / "client", keys, bastion.port)
-            result = await run_ssh(cfg, "homebox", "echo via-stock-agent")
+            result = await s.reach("echo via-stock-agent")
             assert result.returncode == 0, result.stderr
             assert result.stdout == b"via-stock-agent\n"
         # The stock agent is gone: its name is freed at once.
@@ -109,19 +80,13 @@ async def test_paramiko_client_exchanges_data_through_a_published_name(
 
     service = await asyncio.start_server(echo, "127.0.0.1", 0)
     sport = service.sockets[0].getsockname()[1]
-    access = tmp_path / "access"
-    access.write_text(
-        access_text(keys, listen="echo.home.example.com:7", open_="*.home.example.com:7")
-    )
+    access = access_text(keys, listen="echo.home.example.com:7", open_="*.home.example.com:7")
     try:
         async with (
-            running_bastion(bastion_config(keys, access)) as bastion,
-            running_agent(
-                agent_config(
-                    keys, bastion.port, [("echo.home.example.com", 7, f"127.0.0.1:{sport}")]
-                )
-            ),
+            scene(keys, tmp_path, access=access, home=False) as s,
+            s.agent([("echo.home.example.com", 7, f"127.0.0.1:{sport}")]),
         ):
+            bastion = s.bastion
             known = tmp_path / "paramiko_known_hosts"
             known.write_text(f"[127.0.0.1]:{bastion.port} {keys.bastion_host.public_line}\n")
 
@@ -168,15 +133,9 @@ async def test_stock_agent_with_a_mixed_case_name(keys: Keys, tmp_path: Path) ->
     """Names are case-insensitive, but stock ssh -R must get back its own spelling."""
     require_openssh(server=True)
     assert SSH is not None
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, access)) as bastion,
-    ):
-        agent_cfg = write_ssh_config(
-            tmp_path / "agent", keys, bastion.port, identity=keys.agent.path
-        )
+    async with scene(keys, tmp_path) as s:
+        bastion, home = s.bastion, s.home
+        agent_cfg = s.ssh_config("agent", identity=keys.agent.path)
         async with process(
             SSH,
             "-F",
@@ -196,6 +155,6 @@ async def test_stock_agent_with_a_mixed_case_name(keys: Keys, tmp_path: Path) ->
             [route] = bastion.state.routes.lookup("homebox", 22)
             assert route.spelling == "HomeBox"
             for name in ("homebox", "HOMEBOX"):
-                cfg = write_ssh_config(tmp_path / name, keys, bastion.port, name=name)
-                result = await run_ssh(cfg, name, "echo case-ok")
+                cfg = s.ssh_config(name, name=name)
+                result = await s.ssh(name, "echo case-ok", cfg=cfg)
                 assert result.stdout == b"case-ok\n", result.stderr
