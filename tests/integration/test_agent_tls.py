@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sshtunnel_mgr.agent import Agent
+from sshtunnel_mgr.agent.web import httpfwd
 from sshtunnel_mgr.core.config import AgentConfig, TunnelConfig
 from sshtunnel_mgr.core.errors import ConfigError
 from tests.harness import (
@@ -530,3 +531,41 @@ def test_world_readable_key_refused_at_start_with_the_fix(keys: Keys, tmp_path: 
         Agent(config)
     assert "too open" in caught.value.message
     assert caught.value.hint == f"chmod 600 {s.key}"
+
+
+async def test_slow_or_oversized_request_heads_are_answered_and_closed(
+    keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head that never ends gets 408 once its time is up; one over 64 KiB gets 431; both
+    connections are closed, and nothing reaches the target."""
+    monkeypatch.setattr(httpfwd, "HEAD_TIMEOUT", 1.0)
+    s = scene(keys, tmp_path)
+    async with (
+        echo_server(tmp_path) as echo_port,
+        running_bastion(bastion_config(keys, s.access)) as bastion,
+    ):
+        config = web_agent_config(
+            keys,
+            bastion.port,
+            f"127.0.0.1:{echo_port}",
+            tmp_path,
+            tls="files",
+            cert=s.cert,
+            key=s.key,
+        )
+        async with running(config), client_conn(keys, bastion.port) as conn, bridge(conn) as br:
+            reader, writer = await tls_open(br.port, s.pki)
+            writer.write(f"GET /slow HTTP/1.1\r\nHost: {NAME}\r\nX-A: 1\r\n".encode())
+            answer = await asyncio.wait_for(reader.read(), 30)  # until the agent closes
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            await close(writer)
+
+            reader, writer = await tls_open(br.port, s.pki)
+            filler = "x" * 1000
+            head = f"GET /big HTTP/1.1\r\nHost: {NAME}\r\n" + "".join(
+                f"X-{i}: {filler}\r\n" for i in range(70)
+            )
+            writer.write(head.encode())
+            answer = await asyncio.wait_for(reader.read(), 30)
+            assert answer.startswith(b"HTTP/1.1 431 "), answer
+            await close(writer)

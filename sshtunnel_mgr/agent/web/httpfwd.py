@@ -84,14 +84,14 @@ class HttpForwarder:
         connect: Connect,
         client_ip: str | None,
         *,
-        head_timeout: float = HEAD_TIMEOUT,
-        idle_timeout: float = IDLE_TIMEOUT,
+        head_timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.client = client
         self.connect = connect
         self.client_ip = client_ip
-        self.head_timeout = head_timeout
-        self.idle_timeout = idle_timeout
+        self.head_timeout = HEAD_TIMEOUT if head_timeout is None else head_timeout
+        self.idle_timeout = IDLE_TIMEOUT if idle_timeout is None else idle_timeout
         self.c = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.reader: asyncio.StreamReader | None = target[0]
         self.writer: asyncio.StreamWriter | None = target[1]
