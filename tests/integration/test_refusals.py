@@ -6,14 +6,12 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 import paramiko
 import pytest
 
-from sshtunnel_mgr.bastion import Bastion
 from sshtunnel_mgr.core.access import fingerprint
 from sshtunnel_mgr.keys.store import load_private_key
 from tests.harness import (
@@ -21,26 +19,18 @@ from tests.harness import (
     Keys,
     access_text,
     agent_config,
-    bastion_config,
     bastion_pub,
     free_port,
-    home_sshd,
     process,
     require_openssh,
     run_ssh,
     running_agent,
-    running_bastion,
     wait_for,
     write_ssh_config,
 )
 from tests.integration.conftest import logged
-
-
-@dataclass
-class Scene:
-    bastion: Bastion
-    home_port: int
-    cfg: Path  # the client's ssh config (client key, strict, pinned)
+from tests.integration.scene import Scene
+from tests.integration.scene import scene as shared_scene
 
 
 @contextlib.asynccontextmanager
@@ -52,22 +42,11 @@ async def scene(
     **bastion_kw: object,
 ) -> AsyncIterator[Scene]:
     """Home sshd + sshtun bastion + sshtun agent publishing ``tunnels`` (all to the sshd)."""
-    path = tmp_path / "access"
-    path.write_text(access)
     async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, path, **bastion_kw)) as bastion,
+        shared_scene(keys, tmp_path, access=access, **bastion_kw) as s,
+        s.agent([(n, p, s.target) for n, p in (tunnels or [("homebox", 22)])]),
     ):
-        target = f"127.0.0.1:{home.port}"
-        agent_cm = running_agent(
-            agent_config(
-                keys, bastion.port, [(n, p, target) for n, p in (tunnels or [("homebox", 22)])]
-            )
-        )
-        async with agent_cm:
-            yield Scene(
-                bastion, home.port, write_ssh_config(tmp_path / "client", keys, bastion.port)
-            )
+        yield s
 
 
 def paramiko_client(keys: Keys, port: int, tmp_path: Path) -> paramiko.SSHClient:
@@ -96,9 +75,8 @@ async def test_unknown_key_is_refused(
 async def test_password_and_kbdint_are_never_offered_and_attempts_are_logged(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture, method: str
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(bastion_config(keys, access)) as bastion:
+    async with shared_scene(keys, tmp_path, home=False) as s:
+        bastion = s.bastion
 
         def attempt() -> list[str]:
             client = paramiko_client(keys, bastion.port, tmp_path)
@@ -144,7 +122,7 @@ async def test_expired_key_is_refused(
         'permitopen="homebox:22"', 'permitopen="homebox:22",expiry-time="20200101Z"'
     )
     async with scene(keys, tmp_path, access) as s:
-        result = await run_ssh(s.cfg, "homebox", "true")
+        result = await run_ssh(s.client_cfg, "homebox", "true")
         assert result.returncode == 255
         assert "Permission denied" in result.stderr
         assert logged(
@@ -159,7 +137,7 @@ async def test_key_outside_its_from_addresses_is_refused(
         'permitopen="homebox:22"', 'permitopen="homebox:22",from="192.0.2.0/24"'
     )
     async with scene(keys, tmp_path, access) as s:
-        result = await run_ssh(s.cfg, "homebox", "true")
+        result = await run_ssh(s.client_cfg, "homebox", "true")
         assert result.returncode == 255
         assert logged(caplog, "auth refused", "not allowed from 127.0.0.1", "from=192.0.2.0/24")
 
@@ -167,12 +145,9 @@ async def test_key_outside_its_from_addresses_is_refused(
 async def test_too_many_failed_keys_disconnects(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     strangers = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(9)]
-    async with running_bastion(
-        bastion_config(keys, access, limits={"max_auth_tries": 3})
-    ) as bastion:
+    async with shared_scene(keys, tmp_path, home=False, limits={"max_auth_tries": 3}) as s:
+        bastion = s.bastion
         with pytest.raises((asyncssh.PermissionDenied, asyncssh.DisconnectError, ConnectionError)):
             async with asyncssh.connect(
                 "127.0.0.1",
@@ -192,11 +167,8 @@ async def test_too_many_failed_keys_disconnects(
 async def test_unauthenticated_connection_is_dropped_after_login_timeout(
     keys: Keys, tmp_path: Path
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(
-        bastion_config(keys, access, limits={"login_timeout": 0.5})
-    ) as bastion:
+    async with shared_scene(keys, tmp_path, home=False, limits={"login_timeout": 0.5}) as s:
+        bastion = s.bastion
         reader, writer = await asyncio.open_connection("127.0.0.1", bastion.port)
         banner = await reader.readline()
         assert banner.startswith(b"SSH-2.0-")
@@ -227,9 +199,8 @@ async def test_agent_cannot_publish_a_name_it_is_not_allowed(
 async def test_agent_with_only_refused_names_backs_off_to_the_cap(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(bastion_config(keys, access)) as bastion:
+    async with shared_scene(keys, tmp_path, home=False) as s:
+        bastion = s.bastion
         cfg = agent_config(
             keys, bastion.port, [("secret", 22, "127.0.0.1:9")], backoff={"base": 0.1, "cap": 120}
         )
@@ -278,7 +249,7 @@ async def test_second_key_cannot_hijack_a_published_name(
         )
         owners = {r.owner for r in s.bastion.state.routes.lookup("homebox", 22)}
         assert owners == {keys.agent.fingerprint}
-        result = await run_ssh(s.cfg, "homebox", "echo still-mine")
+        result = await run_ssh(s.client_cfg, "homebox", "echo still-mine")
         assert result.stdout == b"still-mine\n", result.stderr
 
 
@@ -296,10 +267,11 @@ async def test_wildcard_ip_and_dynamic_binds_are_refused(
 ) -> None:
     require_openssh()
     assert SSH is not None
-    access = tmp_path / "access"
-    access.write_text(access_text(keys, listen="*:*"))
-    async with running_bastion(bastion_config(keys, access)) as bastion:
-        cfg = write_ssh_config(tmp_path / "agent", keys, bastion.port, identity=keys.agent.path)
+    async with shared_scene(
+        keys, tmp_path, access=access_text(keys, listen="*:*"), home=False
+    ) as s:
+        bastion = s.bastion
+        cfg = s.ssh_config("agent", identity=keys.agent.path)
         async with process(
             SSH, "-F", str(cfg), "-N", "-o", "ExitOnForwardFailure=yes", "-R", forward, "bastion"
         ) as proc:
@@ -328,7 +300,7 @@ async def test_direct_tcpip_outside_the_route_table_is_refused(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture, dest: str, reason: str
 ) -> None:
     async with scene(keys, tmp_path, access_text(keys, open_="homebox:22,nothere:22")) as s:
-        result = await run_ssh(s.cfg, "-W", dest, "bastion")
+        result = await run_ssh(s.client_cfg, "-W", dest, "bastion")
         assert result.returncode != 0
         assert "open failed" in result.stderr or "stdio forwarding failed" in result.stderr
         assert logged(caplog, "refused open", reason)
@@ -340,7 +312,7 @@ async def test_client_cannot_reach_a_published_name_it_is_not_allowed(
     access = access_text(keys, listen="homebox:22,other:22", open_="homebox:22")
     async with scene(keys, tmp_path, access, tunnels=[("homebox", 22), ("other", 22)]) as s:
         assert s.bastion.state.routes.lookup("other", 22)
-        result = await run_ssh(s.cfg, "-o", "LogLevel=INFO", "-W", "other:22", "bastion")
+        result = await run_ssh(s.client_cfg, "-o", "LogLevel=INFO", "-W", "other:22", "bastion")
         assert result.returncode != 0
         # OpenSSH shows the bastion's reason to the person.
         assert "open failed: administratively prohibited: key" in result.stderr
@@ -370,7 +342,7 @@ async def test_no_shell_exec_or_subsystem_on_the_bastion(
 ) -> None:
     async with scene(keys, tmp_path, access_text(keys)) as s:
         for args in (["bastion", "id"], ["-s", "bastion", "sftp"]):
-            result = await run_ssh(s.cfg, *args)
+            result = await run_ssh(s.client_cfg, *args)
             assert result.returncode != 0
         assert logged(caplog, "refused session", "no shell, exec or subsystem here")
 
@@ -384,7 +356,7 @@ async def test_a_shell_or_ssh_l_without_n_is_told_what_to_do(
     async with scene(keys, tmp_path, access_text(keys)) as s:
         forward = f"127.0.0.1:{free_port()}:homebox:22"
         for args in (["bastion"], ["bastion", "id"], ["-L", forward, "bastion"]):
-            result = await run_ssh(s.cfg, *args)
+            result = await run_ssh(s.client_cfg, *args)
             assert result.returncode == 1, (args, result.stderr)
             assert "this bastion only routes" in result.stderr, (args, result.stderr)
             assert "request failed" not in result.stderr
