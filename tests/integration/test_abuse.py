@@ -36,6 +36,7 @@ from tests.harness import (
     write_ssh_config,
 )
 from tests.integration.conftest import logged
+from tests.integration.scene import scene
 
 
 class FakeClock:
@@ -186,10 +187,9 @@ async def test_failed_logins_put_the_source_in_a_cool_down(
 async def test_a_good_login_clears_earlier_failures(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     limits = {"max_auth_failures_per_source": 3}
-    async with running_bastion(bastion_config(keys, access, limits=limits)) as bastion:
+    async with scene(keys, tmp_path, home=False, limits=limits) as s:
+        bastion = s.bastion
         bastion.state.penalties.clock = FakeClock()
         good = load_private_key(keys.client.path)
         for _ in range(3):
@@ -205,10 +205,9 @@ async def test_a_good_login_clears_earlier_failures(
 async def test_a_connection_opened_before_the_cool_down_cannot_log_in_during_it(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     limits = {"max_auth_failures_per_source": 2}
-    async with running_bastion(bastion_config(keys, access, limits=limits)) as bastion:
+    async with scene(keys, tmp_path, home=False, limits=limits) as s:
+        bastion = s.bastion
         bastion.state.penalties.clock = FakeClock()
 
         def key_exchange() -> paramiko.Transport:
@@ -244,11 +243,8 @@ async def test_a_connection_opened_before_the_cool_down_cannot_log_in_during_it(
 async def test_a_connection_that_does_not_log_in_is_dropped(
     keys: Keys, tmp_path: Path, send: bytes
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(
-        bastion_config(keys, access, limits={"login_timeout": 0.5})
-    ) as bastion:
+    async with scene(keys, tmp_path, home=False, limits={"login_timeout": 0.5}) as s:
+        bastion = s.bastion
         reader, writer = await asyncio.open_connection("127.0.0.1", bastion.port)
         writer.write(send)
         await writer.drain()
@@ -275,10 +271,9 @@ async def test_connections_not_logged_in_are_capped_per_source(
     """A flood of key exchanges from one address (DHEat) is cut at max_startups_per_source
     (with no queue to wait in: see test_floods.py for the queue); logged-in connections and
     other sources are not affected."""
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     limits = {"max_startups_per_source": 2, "startup_queue_per_source": 0}
-    async with running_bastion(bastion_config(keys, access, limits=limits)) as bastion:
+    async with scene(keys, tmp_path, home=False, limits=limits) as s:
+        bastion = s.bastion
         assert bastion.listener is not None
         admission = bastion.listener.admission
         idle = [await asyncio.open_connection("127.0.0.1", bastion.port) for _ in range(2)]
@@ -443,17 +438,9 @@ async def test_audit_log_records_publish_routes_with_byte_counts_and_refusals(
 async def test_audit_log_of_a_real_ssh_session_through_a_real_sshd(
     keys: Keys, tmp_path: Path
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     audit = tmp_path / "audit.jsonl"
-    async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, access, audit_log=audit)) as bastion,
-        running_agent(
-            agent_config(keys, bastion.port, [("homebox", 22, f"127.0.0.1:{home.port}")])
-        ),
-    ):
-        cfg = write_ssh_config(tmp_path / "client", keys, bastion.port)
+    async with scene(keys, tmp_path, audit_log=audit) as s, s.agent():
+        cfg = s.client_cfg
         payload = os.urandom(50_000)
         result = await run_ssh(cfg, "homebox", "wc -c", stdin=payload)
         assert result.stdout.split() == [b"50000"], result.stderr

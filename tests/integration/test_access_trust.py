@@ -37,6 +37,7 @@ from tests.harness import (
     write_toml,
 )
 from tests.integration.conftest import logged
+from tests.integration.scene import scene
 from tests.integration.test_rotation import scene as rotation_scene
 
 STRANGER_UID = 4242  # owns nothing on this machine
@@ -65,16 +66,8 @@ def access_with(keys: Keys, options: str) -> str:
 async def test_excluded_address_is_refused_however_spelled(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture, from_: str, allowed: bool
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_with(keys, f'from="{from_}"'))
-    async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, access)) as bastion,
-        running_agent(
-            agent_config(keys, bastion.port, [("homebox", 22, f"127.0.0.1:{home.port}")])
-        ),
-    ):
-        cfg = write_ssh_config(tmp_path / "alice", keys, bastion.port)
+    async with scene(keys, tmp_path, access=access_with(keys, f'from="{from_}"')) as s, s.agent():
+        cfg = s.client_cfg
         result = await run_ssh(cfg, "homebox", "echo through")
         if allowed:
             assert result.stdout == b"through\n", result.stderr

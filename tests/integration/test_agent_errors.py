@@ -15,14 +15,12 @@ from sshtunnel_mgr.keys.store import public_line
 from tests.harness import (
     SSHTUN,
     Keys,
-    access_text,
     agent_config,
-    bastion_config,
     process,
-    running_bastion,
     write_toml,
 )
 from tests.integration.conftest import logged
+from tests.integration.scene import scene
 
 
 def impostor_pinned(keys: Keys, port: int, known_hosts: Path | None = None) -> AgentConfig:
@@ -45,9 +43,8 @@ def impostor_pinned(keys: Keys, port: int, known_hosts: Path | None = None) -> A
 async def test_host_key_mismatch_is_fatal_not_retried(
     keys: Keys, tmp_path: Path, pin: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(bastion_config(keys, access)) as bastion:
+    async with scene(keys, tmp_path, home=False) as s:
+        bastion = s.bastion
         cfg = impostor_pinned(keys, bastion.port, tmp_path / "kh" if pin == "known_hosts" else None)
         agent = Agent(cfg)
         with pytest.raises(HostKeyError, match="does not match the pinned one"):
@@ -57,9 +54,8 @@ async def test_host_key_mismatch_is_fatal_not_retried(
 
 
 async def test_cli_up_exits_with_hostkey_status_and_a_hint(keys: Keys, tmp_path: Path) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(bastion_config(keys, access)) as bastion:
+    async with scene(keys, tmp_path, home=False) as s:
+        bastion = s.bastion
         cfg = write_toml(tmp_path / "agent.toml", "agent", impostor_pinned(keys, bastion.port))
         async with process(*SSHTUN, "up", "--config", str(cfg)) as proc:
             assert await asyncio.wait_for(proc.wait(), 20) == EXIT_HOSTKEY
@@ -74,9 +70,9 @@ async def test_cli_up_exits_with_hostkey_status_and_a_hint(keys: Keys, tmp_path:
 async def test_refused_login_is_fatal_with_permission_status(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(f'permitopen="homebox:22" {keys.client.public_line}\n')
-    async with running_bastion(bastion_config(keys, access)) as bastion:
+    access = f'permitopen="homebox:22" {keys.client.public_line}\n'
+    async with scene(keys, tmp_path, access=access, home=False) as s:
+        bastion = s.bastion
         agent = Agent(agent_config(keys, bastion.port, [("homebox", 22, "127.0.0.1:9")]))
         with pytest.raises(PermissionRefused, match="refused key"):
             await asyncio.wait_for(agent.run(asyncio.Event()), 15)

@@ -12,17 +12,12 @@ import pytest
 
 from tests.harness import (
     Keys,
-    access_text,
-    agent_config,
-    bastion_config,
-    home_sshd,
     run_ssh,
-    running_agent,
-    running_bastion,
     wait_for,
     write_ssh_config,
 )
 from tests.integration.conftest import logged
+from tests.integration.scene import scene
 from tests.integration.test_abuse import connect
 
 
@@ -36,16 +31,9 @@ def several_identities(workdir: Path, keys: Keys, port: int, *unknown: Path) -> 
 async def test_unknown_keys_offered_first_in_parallel_jumps_never_cool_the_source_down(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     strangers = [keys.extra(f"stranger{i}").path for i in range(2)]
-    async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, access)) as bastion,  # default limits
-        running_agent(
-            agent_config(keys, bastion.port, [("homebox", 22, f"127.0.0.1:{home.port}")])
-        ),
-    ):
+    async with scene(keys, tmp_path) as s, s.agent():
+        bastion = s.bastion
         cfg = several_identities(tmp_path / "client", keys, bastion.port, *strangers)
         # Ten real `ssh -J` at once from one address, each offering two unknown keys
         # (queries, no signature) before the right one.
@@ -72,11 +60,10 @@ async def test_unknown_keys_offered_first_in_parallel_jumps_never_cool_the_sourc
 async def test_connections_that_end_without_logging_in_start_the_cool_down(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     audit = tmp_path / "audit.jsonl"
     strangers = [keys.extra(f"stranger{i}").path for i in range(2)]
-    async with running_bastion(bastion_config(keys, access, audit_log=audit)) as bastion:
+    async with scene(keys, tmp_path, home=False, audit_log=audit) as s:
+        bastion = s.bastion
         only_strangers = write_ssh_config(
             tmp_path / "bad",
             keys,
@@ -103,10 +90,9 @@ async def test_connections_that_end_without_logging_in_start_the_cool_down(
 async def test_max_auth_tries_still_ends_a_connection_which_then_counts_once(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     limits = {"max_auth_tries": 6, "max_auth_failures_per_source": 2}
-    async with running_bastion(bastion_config(keys, access, limits=limits)) as bastion:
+    async with scene(keys, tmp_path, home=False, limits=limits) as s:
+        bastion = s.bastion
         for attempt in (1, 2):
             strangers = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(9)]
             with pytest.raises((asyncssh.Error, OSError)):

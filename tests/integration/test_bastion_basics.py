@@ -21,6 +21,7 @@ from tests.harness import (
     write_ssh_config,
 )
 from tests.integration.conftest import logged
+from tests.integration.scene import scene
 
 
 async def test_missing_host_key_is_an_error_and_a_restart_keeps_the_key(
@@ -59,9 +60,8 @@ async def test_missing_host_key_is_an_error_and_a_restart_keeps_the_key(
     ],
 )
 async def test_weak_algorithms_are_not_offered(keys: Keys, tmp_path: Path, option: str) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(bastion_config(keys, access)) as bastion:
+    async with scene(keys, tmp_path, home=False) as s:
+        bastion = s.bastion
         extra = "  Ciphers aes128-ctr\n" if option.startswith("MACs") else ""
         cfg = write_ssh_config(tmp_path / "c", keys, bastion.port, extra_opts=extra)
         result = await run_ssh(
@@ -72,9 +72,8 @@ async def test_weak_algorithms_are_not_offered(keys: Keys, tmp_path: Path, optio
 
 
 async def test_compression_is_not_offered(keys: Keys, tmp_path: Path) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(bastion_config(keys, access)) as bastion:
+    async with scene(keys, tmp_path, home=False) as s:
+        bastion = s.bastion
         with pytest.raises(asyncssh.KeyExchangeFailed):
             await asyncssh.connect(
                 "127.0.0.1",
@@ -120,10 +119,10 @@ async def test_cancel_tcpip_forward_unpublishes_and_the_connection_stays(
 
 async def test_two_keys_allowed_the_same_name_both_serve_it(keys: Keys, tmp_path: Path) -> None:
     second = keys.extra("second_agent")
-    access = tmp_path / "access"
-    access.write_text(access_text(keys, extra=[f'permitlisten="homebox:22" {second.public_line}']))
     pinned = ([asyncssh.import_public_key(bastion_pub(keys))], [], [])
-    async with running_bastion(bastion_config(keys, access)) as bastion:
+    access = access_text(keys, extra=[f'permitlisten="homebox:22" {second.public_line}'])
+    async with scene(keys, tmp_path, access=access, home=False) as s:
+        bastion = s.bastion
         conns = []
         for path in (keys.agent.path, second.path):
             conn = await asyncssh.connect(
@@ -150,10 +149,8 @@ async def test_the_client_config_can_reach_a_bastion_only_with_the_pinned_key(
     keys: Keys, tmp_path: Path
 ) -> None:
     """Strict host-key checking is real: a wrong pinned key stops the real ssh client."""
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(bastion_config(keys, access)) as bastion:
-        cfg = write_ssh_config(tmp_path / "c", keys, bastion.port)
+    async with scene(keys, tmp_path, home=False) as s:
+        bastion, cfg = s.bastion, s.client_cfg
         known = cfg.parent / "known_hosts"
         other = keys.extra("not_the_bastion")
         known.write_text(f"[127.0.0.1]:{bastion.port} {other.public_line}\n")

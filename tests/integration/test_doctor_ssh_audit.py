@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Keys, access_text, bastion_config, home_sshd, running_bastion
+from tests.harness import Keys, home_sshd
+from tests.integration.scene import scene
 
 POLICY = Path(__file__).resolve().parents[1] / "data" / "ssh-audit-bastion-policy.txt"
 
@@ -42,9 +43,8 @@ async def ssh_audit(port: int, *args: str) -> tuple[int, str]:
 
 
 async def test_bastion_passes_the_committed_ssh_audit_policy(keys: Keys, tmp_path: Path) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(bastion_config(keys, access)) as bastion:
+    async with scene(keys, tmp_path, home=False) as s:
+        bastion = s.bastion
         status, out = await ssh_audit(bastion.port, "-P", str(POLICY))
     assert status == 0, out
     assert "Passed" in out and "sshtun bastion" in out
@@ -53,9 +53,8 @@ async def test_bastion_passes_the_committed_ssh_audit_policy(keys: Keys, tmp_pat
 async def test_bastion_plain_audit_has_no_failures(keys: Keys, tmp_path: Path) -> None:
     """Without the policy ssh-audit always warns (curve25519 is not post-quantum; exit 2),
     but nothing of the bastion's may be a failure (exit 3)."""
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(bastion_config(keys, access)) as bastion:
+    async with scene(keys, tmp_path, home=False) as s:
+        bastion = s.bastion
         status, out = await ssh_audit(bastion.port, "--skip-rate-test")
     assert status in (0, 2), out
     assert "[fail]" not in out

@@ -47,6 +47,7 @@ from tests.harness import (
     write_ssh_config,
 )
 from tests.integration.conftest import logged
+from tests.integration.scene import scene
 
 pytestmark = pytest.mark.openssh
 
@@ -154,13 +155,9 @@ async def test_dbclient_as_the_agent_publishes_a_name_that_ssh_jump_reaches(
     -R and sends it as the tcpip-forward's name; OpenSSH's ``ssh -J`` then reaches the
     real home sshd through it."""
     require_dropbear()
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     agent_key = dropbear_key(keys.agent, tmp_path / "agent.dropbear")
-    async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, access)) as bastion,
-    ):
+    async with scene(keys, tmp_path) as s:
+        home, bastion = s.home, s.bastion
         env = dropbear_home(tmp_path / "db", keys)
         async with dbclient(
             "-N",

@@ -12,14 +12,12 @@ import pytest
 
 from tests.harness import (
     Keys,
-    access_text,
-    bastion_config,
     run_ssh,
-    running_bastion,
     wait_for,
     write_ssh_config,
 )
 from tests.integration.conftest import logged
+from tests.integration.scene import scene
 from tests.integration.test_abuse import events
 
 
@@ -48,11 +46,9 @@ async def test_a_failed_key_exchange_is_logged_at_info_and_audited_with_its_reas
     options: list[str],
     reason: str,
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     audit = tmp_path / "audit.jsonl"
-    async with running_bastion(bastion_config(keys, access, audit_log=audit)) as bastion:
-        cfg = write_ssh_config(tmp_path / "client", keys, bastion.port)
+    async with scene(keys, tmp_path, home=False, audit_log=audit) as s:
+        bastion, cfg = s.bastion, s.client_cfg
         result = await run_ssh(cfg, *options, "-W", "homebox:22", "bastion", stdin=b"")
         assert result.returncode == 255
         await wait_for(lambda: preauth_lines(caplog))
@@ -70,10 +66,9 @@ async def test_a_failed_key_exchange_is_logged_at_info_and_audited_with_its_reas
 async def test_a_burst_of_failed_handshakes_from_one_address_is_rate_limited_in_the_log(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     audit = tmp_path / "audit.jsonl"
-    async with running_bastion(bastion_config(keys, access, audit_log=audit)) as bastion:
+    async with scene(keys, tmp_path, home=False, audit_log=audit) as s:
+        bastion = s.bastion
         bastion.state.preauth_log.clock = lambda: 1000.0  # one window, however slow the run
         cfg = write_ssh_config(tmp_path / "client", keys, bastion.port)
         for _ in range(15):

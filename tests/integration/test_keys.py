@@ -29,6 +29,7 @@ from tests.harness import (
     running_bastion,
     write_toml,
 )
+from tests.integration.scene import scene
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -171,9 +172,9 @@ async def test_agent_runs_with_an_encrypted_key(
 
     info = generate_key(tmp_path / "enc_key", comment="enc", passphrase="long passphrase")
     secrets.store_passphrase(tmp_path / "enc_key", "long passphrase")
-    access = tmp_path / "access"
-    access.write_text(access_text(keys) + f'permitlisten="enc:22" {info.public_line}\n')
-    async with running_bastion(bastion_config(keys, access)) as bastion:
+    access = access_text(keys) + f'permitlisten="enc:22" {info.public_line}\n'
+    async with scene(keys, tmp_path, access=access, home=False) as s:
+        bastion = s.bastion
         cfg = agent_config(
             keys, bastion.port, [("enc", 22, "127.0.0.1:9")], key=tmp_path / "enc_key"
         )

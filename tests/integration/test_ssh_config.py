@@ -31,10 +31,10 @@ from tests.harness import (
     running_agent,
     running_bastion,
     wait_for,
-    write_ssh_config,
     write_toml,
 )
 from tests.integration.conftest import logged
+from tests.integration.scene import scene
 
 # What the laptop user already had in ~/.ssh/config: kept, and after our block.
 USERS_CONFIG = (
@@ -78,14 +78,10 @@ def _mode(path: Path) -> int:
 async def test_laptop_pins_every_hop_and_ssh_gets_in_first_try(
     keys: Keys, tmp_path: Path, laptop: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     ssh_dir = laptop / ".ssh"
     (ssh_dir / "config").write_text(USERS_CONFIG)
-    async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, access)) as bastion,
-    ):
+    async with scene(keys, tmp_path) as s:
+        home, bastion = s.home, s.bastion
         at = f"127.0.0.1:{bastion.port}"
         argv = [
             "--bastion",
@@ -160,9 +156,8 @@ async def test_bastion_down_names_the_hop_and_exits_non_zero(
 async def test_unpublished_name_wrong_key_and_known_hosts_to_stdout(
     keys: Keys, tmp_path: Path, laptop: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(bastion_config(keys, access)) as bastion:
+    async with scene(keys, tmp_path, home=False) as s:
+        bastion = s.bastion
         at = f"127.0.0.1:{bastion.port}"
         ident = ["--identity", str(keys.client.path)]
         # No agent publishes homebox: the bastion hop is pinned, the inner one named.
@@ -276,10 +271,8 @@ async def test_on_a_stopped_bastion_the_missing_home_keys_are_an_error(
 async def test_only_the_publishing_connection_may_announce_a_host_key(
     keys: Keys, tmp_path: Path
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    async with running_bastion(bastion_config(keys, access)) as bastion:
-        client = write_ssh_config(tmp_path / "alice", keys, bastion.port)
+    async with scene(keys, tmp_path, home=False) as s:
+        bastion, client = s.bastion, s.client_cfg
         line = pub_of(keys.home_host)
         for command, error in [
             (f"sshtun-hostkey homebox 22 {line}", b"homebox:22 is not published on this"),
