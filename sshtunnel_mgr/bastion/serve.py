@@ -14,6 +14,7 @@ import asyncssh
 
 from sshtunnel_mgr import sshcompat
 from sshtunnel_mgr.bastion.listener import Listener
+from sshtunnel_mgr.bastion.metricsview import bastion_metrics
 from sshtunnel_mgr.bastion.server import BastionConnection
 from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.core import policy
@@ -361,7 +362,7 @@ async def serve(
         admin_socket=config.admin_socket or default_socket_path("bastion"),
         admin_handler=bastion.handle_admin,
         metrics_address=config.metrics_address,
-        samples=lambda: bastion_samples(bastion),
+        samples=lambda: bastion_samples(bastion_metrics(bastion.state, bastion.listener)),
         stop=stop,
         reload=reload,
         on_ready=None if on_ready is None else lambda: on_ready(bastion),

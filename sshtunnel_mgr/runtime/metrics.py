@@ -1,7 +1,9 @@
 """Optional Prometheus metrics (``pip install 'sshtunnel_mgr[metrics]'``).
 
 Values are read from the running service when scraped (a custom collector), so the data
-path pays nothing but a few integer increments. The endpoint is a tiny asyncio HTTP
+path pays nothing but a few integer increments. The roles hand in plain typed values (a
+``BastionMetrics`` snapshot; the agent's health and its ``LinkMetrics``), never themselves:
+this module reads no role's internals. The endpoint is a tiny asyncio HTTP
 server on loopback by default; it answers ``GET /metrics`` and nothing else.
 """
 
@@ -11,51 +13,55 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from sshtunnel_mgr.core.errors import ConfigError
+from sshtunnel_mgr.core.hostport import join_host_port
 from sshtunnel_mgr.runtime.logsetup import event
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
 
 log = logging.getLogger("sshtunnel_mgr.runtime.metrics")
 
 Sample = tuple[str, str, str, dict[str, str], float]  # name, type, help, labels, value
 
 
-def _require() -> Any:
-    try:
-        import prometheus_client
-    except ImportError:
-        raise ConfigError(
-            "metrics_listen is set but prometheus-client is not installed",
-            hint="pip install 'sshtunnel_mgr[metrics]'",
-        ) from None
-    return prometheus_client
+def _collector(samples: Callable[[], Iterable[Sample]]) -> Collector:
+    """A collector that reads ``samples()`` at each scrape (prometheus_client is optional,
+    so it is imported here, not at the top)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector as Base
 
+    class SampleCollector(Base):
+        def collect(self) -> Iterator[Metric]:
+            families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+            for name, kind, doc, labels, value in samples():
+                family = families.get(name)
+                if family is None:
+                    cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                    family = families[name] = cls(name, doc, labels=sorted(labels))
+                family.add_metric([labels[k] for k in sorted(labels)], value)
+            yield from families.values()
 
-class _Collector:
-    def __init__(self, samples: Callable[[], Iterable[Sample]]) -> None:
-        self._samples = samples
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        families: dict[str, Any] = {}
-        for name, kind, doc, labels, value in self._samples():
-            family = families.get(name)
-            if family is None:
-                cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-                family = families[name] = cls(name, doc, labels=sorted(labels))
-            family.add_metric([labels[k] for k in sorted(labels)], value)
-        yield from families.values()
+    return SampleCollector()
 
 
 class MetricsServer:
     def __init__(self, host: str, port: int, samples: Callable[[], Iterable[Sample]]) -> None:
-        prometheus_client = _require()
-        self.registry = prometheus_client.CollectorRegistry()
-        self.registry.register(_Collector(samples))
-        self._generate = prometheus_client.generate_latest
+        try:
+            from prometheus_client import CollectorRegistry, generate_latest
+        except ImportError:
+            raise ConfigError(
+                "metrics_listen is set but prometheus-client is not installed",
+                hint="pip install 'sshtunnel_mgr[metrics]'",
+            ) from None
+        self.registry = CollectorRegistry()
+        self.registry.register(_collector(samples))
+        self._generate = generate_latest
         self.host, self.port = host, port
         self._server: asyncio.AbstractServer | None = None
 
@@ -63,9 +69,11 @@ class MetricsServer:
         try:
             self._server = await asyncio.start_server(self._serve, self.host, self.port)
         except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on {self.host}:{self.port}: {exc}") from None
+            where = join_host_port(self.host, self.port)
+            raise ConfigError(f"cannot serve metrics on {where}: {exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]
-        event(log, logging.INFO, "metrics on", url=f"http://{self.host}:{self.port}/metrics")
+        url = f"http://{join_host_port(self.host, self.port)}/metrics"
+        event(log, logging.INFO, "metrics on", url=url)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -95,96 +103,105 @@ class MetricsServer:
                 await self._server.wait_closed()
 
 
-def bastion_samples(bastion: Any) -> Iterator[Sample]:
-    """sshtun_bastion_* from a running ``Bastion`` (read at scrape time)."""
-    state = bastion.state
-    counters = state.counters
-    agents = {r.conn_id for r in state.routes}
-    yield (
-        "sshtun_bastion_connections",
-        "gauge",
-        "Open SSH connections",
-        {},
-        len(state.connections),
-    )
+@dataclass(frozen=True)
+class BastionMetrics:
+    """What a running bastion shows its metrics endpoint, read at scrape time
+    (``bastion/metricsview.py`` takes it from the bastion's state)."""
+
+    connections: int
+    agent_connections: int
+    published_names: int
+    routed_channels: int
+    counters: Mapping[str, int]  # the bastion's event counters; a missing one is 0
+    audit_records_dropped: int
+    startups_active: int | None  # None until the listener runs
+    startups_waiting: int | None
+    bytes_to_home: int  # closed channels and live ones
+    bytes_from_home: int
+    web_open: int | None = None  # web connections open now; None: the web front is off
+
+
+class LinkMetrics(Protocol):
+    """What the agent's metrics read of one link (``agent.status.LinkStatus`` is one)."""
+
+    @property
+    def bastion(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def published(self) -> Sequence[str]: ...
+    @property
+    def connects(self) -> int: ...
+    @property
+    def last_connected_at(self) -> float | None: ...
+
+
+def bastion_samples(m: BastionMetrics) -> Iterator[Sample]:
+    """sshtun_bastion_* from a running bastion's ``BastionMetrics``."""
+    counters = m.counters
+
+    def counter(name: str, doc: str, key: str, labels: dict[str, str] | None = None) -> Sample:
+        return (name, "counter", doc, labels or {}, counters.get(key, 0))
+
+    yield ("sshtun_bastion_connections", "gauge", "Open SSH connections", {}, m.connections)
     yield (
         "sshtun_bastion_agent_connections",
         "gauge",
         "Connections serving names",
         {},
-        len(agents),
+        m.agent_connections,
     )
     yield (
         "sshtun_bastion_published_names",
         "gauge",
         "Published name:port routes",
         {},
-        len(state.routes),
+        m.published_names,
     )
     yield (
         "sshtun_bastion_routed_channels",
         "gauge",
         "Client channels open now",
         {},
-        state.routed_channels(),
+        m.routed_channels,
     )
     for outcome in ("ok", "refused", "target_failed", "abandoned"):
-        yield (
+        yield counter(
             "sshtun_bastion_routed_connections",
-            "counter",
             "Routed channel requests",
+            f"routed_{outcome}",
             {"outcome": outcome},
-            counters[f"routed_{outcome}"],
         )
-    yield (
-        "sshtun_bastion_auth_failures",
-        "counter",
-        "Refused authentications",
-        {},
-        counters["auth_failures"],
+    yield counter("sshtun_bastion_auth_failures", "Refused authentications", "auth_failures")
+    yield counter(
+        "sshtun_bastion_publish_refused", "Refused tcpip-forward requests", "publish_refused"
     )
-    yield (
-        "sshtun_bastion_publish_refused",
-        "counter",
-        "Refused tcpip-forward requests",
-        {},
-        counters["publish_refused"],
-    )
-    yield (
+    yield counter(
         "sshtun_bastion_sessions_refused",
-        "counter",
         "Session channels refused (max_sessions_per_connection)",
-        {},
-        counters["sessions_refused"],
+        "sessions_refused",
     )
     yield (
         "sshtun_bastion_audit_records_dropped",
         "counter",
         "Audit log records not written (the disk was full or the file unwritable)",
         {},
-        state.audit.write_errors,
+        m.audit_records_dropped,
     )
-    yield (
+    yield counter(
         "sshtun_bastion_penalties",
-        "counter",
         "Source cool-downs started after failed authentications",
-        {},
-        counters["penalties"],
+        "penalties",
     )
     for reason, key in (("penalty", "penalty_refused"), ("key_limit", "key_limit_refused")):
-        yield (
+        yield counter(
             "sshtun_bastion_refused_connections",
-            "counter",
             "Connections refused by a source cool-down or a per-key limit",
+            key,
             {"reason": reason},
-            counters[key],
         )
-    listener = getattr(bastion, "listener", None)
-    if listener is not None:
-        for kind, value in (
-            ("started", listener.admission.total_active),
-            ("waiting", listener.admission.total_waiting),
-        ):
+    if m.startups_active is not None and m.startups_waiting is not None:
+        for kind, value in (("started", m.startups_active), ("waiting", m.startups_waiting)):
             yield (
                 "sshtun_bastion_startups",
                 "gauge",
@@ -193,48 +210,51 @@ def bastion_samples(bastion: Any) -> Iterator[Sample]:
                 value,
             )
     for outcome in ("queued", "refused", "evicted", "wait_expired"):
-        yield (
+        yield counter(
             "sshtun_bastion_startup_events",
-            "counter",
             "Connections that waited for a slot, were dropped before their key exchange, "
             "were evicted at max_startups, or waited too long",
+            f"startup_{outcome}",
             {"outcome": outcome},
-            counters[f"startup_{outcome}"],
         )
-    live_to = live_from = 0
-    for conn in state.connections.values():
-        for stats in conn.route_stats.values():
-            to_home, from_home = stats.totals()
-            live_to += to_home - stats.bytes_to_home
-            live_from += from_home - stats.bytes_from_home
-    yield (
-        "sshtun_bastion_bytes",
-        "counter",
-        "Bytes routed",
-        {"direction": "to_home"},
-        counters["bytes_to_home"] + live_to,
-    )
-    yield (
-        "sshtun_bastion_bytes",
-        "counter",
-        "Bytes routed",
-        {"direction": "from_home"},
-        counters["bytes_from_home"] + live_from,
-    )
+    for direction, value in (("to_home", m.bytes_to_home), ("from_home", m.bytes_from_home)):
+        yield ("sshtun_bastion_bytes", "counter", "Bytes routed", {"direction": direction}, value)
+    if m.web_open is not None:
+        yield from web_samples(m.web_open, counters)
 
 
-def agent_samples(agent: Any) -> Iterator[Sample]:
-    """sshtun_agent_* from a running ``Agent``."""
+def web_samples(web_open: int, counters: Mapping[str, int]) -> Iterator[Sample]:
+    """sshtun_bastion_web_*: the web front (bastion/web), when it is on."""
+    yield ("sshtun_bastion_web_open", "gauge", "Web connections open now", {}, web_open)
+    for key in sorted(counters):
+        if key == "web_routed_ok":
+            labels = {"outcome": "routed"}
+        elif key.startswith("web_refused_"):
+            labels = {"outcome": "refused", "reason": key.removeprefix("web_refused_")}
+        elif key.startswith("web_answered_"):
+            labels = {"outcome": "answered", "answer": key.removeprefix("web_answered_")}
+        else:
+            continue
+        yield (
+            "sshtun_bastion_web_connections",
+            "counter",
+            "Web connections",
+            labels,
+            counters[key],
+        )
+
+
+def agent_samples(healthy: bool, links: Iterable[LinkMetrics]) -> Iterator[Sample]:
+    """sshtun_agent_* from a running agent: its health and each link's status."""
     now = time.time()
     yield (
         "sshtun_agent_healthy",
         "gauge",
         "1 if every up link passed its probe",
         {},
-        1.0 if agent.healthy else 0.0,
+        1.0 if healthy else 0.0,
     )
-    for link in agent.links:
-        st = link.status
+    for st in links:
         labels = {"bastion": st.bastion}
         yield (
             "sshtun_agent_up",

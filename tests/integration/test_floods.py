@@ -22,6 +22,7 @@ import asyncssh
 import pytest
 
 from sshtunnel_mgr.bastion import Bastion
+from sshtunnel_mgr.bastion.metricsview import bastion_metrics
 from sshtunnel_mgr.keys.store import load_private_key
 from sshtunnel_mgr.runtime.metrics import bastion_samples
 from tests.harness import (
@@ -184,7 +185,10 @@ async def test_a_burst_of_parallel_ssh_from_one_address_all_get_through(
         assert bastion.listener is not None
         assert bastion.listener.admission.total_waiting == 0
         samples = {
-            (name, tuple(labels.items())): v for name, _, _, labels, v in bastion_samples(bastion)
+            (name, tuple(labels.items())): v
+            for name, _, _, labels, v in bastion_samples(
+                bastion_metrics(bastion.state, bastion.listener)
+            )
         }
         assert samples[("sshtun_bastion_startup_events", (("outcome", "queued"),))] > 0
         assert samples[("sshtun_bastion_startups", (("state", "waiting"),))] == 0
