@@ -189,6 +189,8 @@ class WebFront:
             ip = proxyproto.ip_of(orig_host)
             forwarder = HttpForwarder(tls, streams, connect, None if ip is None else str(ip))
             await forwarder.run()
+            if not pipe.closed:
+                await tls.send_eof()  # close_notify: a clean end for the client
             event(log, logging.DEBUG, "web session done", name=label, requests=forwarder.requests)
         except (ssl.SSLError, h11.ProtocolError, SshtunError) as exc:
             event(log, logging.INFO, "web session refused", name=label, reason=repr(exc))

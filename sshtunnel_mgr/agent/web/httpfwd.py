@@ -210,7 +210,7 @@ class HttpForwarder:
             return "closed"
         upload = asyncio.ensure_future(self._upload())
         try:
-            outcome = await self._download()
+            outcome = await self._download(upload)
         finally:
             if not upload.done():
                 upload.cancel()  # answered before the body ended: the connection closes
@@ -230,15 +230,17 @@ class HttpForwarder:
             else:
                 raise ConnectionResetError("the client left during the request body")
 
-    async def _download(self) -> str:
+    async def _download(self, upload: asyncio.Future[None]) -> str:
         """The response, target to client."""
         try:
             while True:
                 event = await self._target_event()
                 if isinstance(event, h11.InformationalResponse):
-                    await self._to_client(event)
                     if event.status_code == 101:
+                        await upload  # the client's h11 must have seen the whole request
+                        await self._to_client(event)
                         return "switched"
+                    await self._to_client(event)
                 elif isinstance(event, h11.Response):
                     await self._to_client(
                         h11.Response(
