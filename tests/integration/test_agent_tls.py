@@ -517,6 +517,8 @@ async def test_certificate_swap_keeps_the_live_connection(keys: Keys, tmp_path: 
             r3, w3 = await tls_open(br.port, s.pki)  # still served, with the third cert
             assert serial_of(w3) == third.serial_number
             assert (await get(r3, w3, "/c"))["request"] == 1
+            assert (await get(r1, w1, "/a-third"))["request"] == 3  # through both reloads
+            assert serial_of(w1) == first_cert.serial_number
             for writer in (w1, w2, w3):
                 await close(writer)
 
@@ -568,4 +570,14 @@ async def test_slow_or_oversized_request_heads_are_answered_and_closed(
             writer.write(head.encode())
             answer = await asyncio.wait_for(reader.read(), 30)
             assert answer.startswith(b"HTTP/1.1 431 "), answer
+            await close(writer)
+
+            # plain HTTP to the TLS tunnel: an alert and a close, nothing forwarded
+            reader, writer = await asyncio.open_connection("127.0.0.1", br.port)
+            writer.write(f"GET / HTTP/1.1\r\nHost: {NAME}\r\n\r\n".encode())
+            answer = await asyncio.wait_for(reader.read(), 30)
+            assert answer[:1] in (b"\x15", b""), answer  # a TLS alert record, or just the close
+            await close(writer)
+            reader, writer = await tls_open(br.port, s.pki)  # and the tunnel still serves
+            assert (await get(reader, writer, "/after"))["request"] == 1
             await close(writer)
