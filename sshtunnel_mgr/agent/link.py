@@ -51,9 +51,14 @@ class BastionLink:
         on_published: Callable[[BastionLink], None] | None = None,
         backoff: Backoff | None = None,
         web: WebFront | None = None,
+        dial: str | None = None,
     ) -> None:
         self.config = config
         self.endpoint = endpoint
+        # The address to connect to when the endpoint names a host that resolves to several
+        # (agent/resolve.py): one link per address, each checking the key under the name.
+        self.dial = dial
+        self.label = endpoint.address if dial is None else f"{endpoint.address}/{dial}"
         self.key = key
         self.on_published = on_published
         self.backoff = backoff or Backoff(
@@ -61,13 +66,14 @@ class BastionLink:
             cap=config.backoff.cap,
             healthy_after=config.backoff.healthy_after,
         )
-        self.status = LinkStatus(bastion=endpoint.address)
+        self.status = LinkStatus(bastion=self.label)
         self.publisher = Publisher(self.status, web)
-        self.retiring = handover.Retiring(endpoint.address)
+        self.retiring = handover.Retiring(self.label)
         self._known_hosts = known_hosts_arg(endpoint)
         self._changing = asyncio.Lock()  # held by every change to what the link publishes
         self._drain_notice = asyncio.Event()
         self._handover = asyncio.Event()
+        self._leave = asyncio.Event()  # leave(): stop for good once the sessions end
         self._lost_reason = ""  # why the current connection ended, from asyncssh
 
     @property
@@ -78,9 +84,9 @@ class BastionLink:
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the link up until ``stop`` is set; raise only on fatal errors."""
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not self._leave.is_set():
                 delay = await self._run_once(stop)
-                if stop.is_set():
+                if stop.is_set() or self._leave.is_set():
                     break
                 self.status.state = "backoff"
                 self.status.next_retry_at = time.time() + delay
@@ -88,11 +94,13 @@ class BastionLink:
                     log,
                     logging.INFO,
                     "reconnect",
-                    bastion=self.endpoint.address,
+                    bastion=self.label,
                     in_=f"{delay:.1f}s",
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    await asyncio.wait_for(wait_either(stop.wait(), self._leave.wait()), delay)
+            if self._leave.is_set() and not stop.is_set():
+                await wait_either(self.retiring.wait_drained(), stop.wait())
         finally:
             self.retiring.stop()
             self.publisher.stop()
@@ -108,7 +116,7 @@ class BastionLink:
             self.status.state = "failed"
             self.status.last_error = f"host key mismatch: {exc}"
             raise HostKeyError(
-                f"bastion {self.endpoint.address} presented a host key that does not match the "
+                f"bastion {self.label} presented a host key that does not match the "
                 f"pinned one ({exc})",
                 hint="if the bastion's key really changed, verify the new key out of band and "
                 "update host_key/known_hosts; never disable the check",
@@ -117,7 +125,7 @@ class BastionLink:
             self.status.state = "failed"
             self.status.last_error = f"login refused: {exc}"
             raise PermissionRefused(
-                f"bastion {self.endpoint.address} refused key {self.config.key} ({exc.reason})",
+                f"bastion {self.label} refused key {self.config.key} ({exc.reason})",
                 hint="add the agent's public key with a permitlisten=... option to the "
                 "bastion's access file",
             ) from None
@@ -130,6 +138,9 @@ class BastionLink:
         self.status.last_connected_at = time.time()
         try:
             async with self._changing:
+                if self._leave.is_set():  # left while connecting
+                    conn.close()
+                    return 0.0
                 self.publisher.start(conn)
                 await self.publisher.publish(self.config.tunnels, self.config.connect_timeout)
                 if not self.status.published:
@@ -137,7 +148,7 @@ class BastionLink:
                         log,
                         logging.ERROR,
                         "no tunnel could be published",
-                        bastion=self.endpoint.address,
+                        bastion=self.label,
                         retry_in=f"{self.backoff.cap:g}s",
                     )
                     conn.close()
@@ -153,6 +164,7 @@ class BastionLink:
                     stop.wait(),
                     self._drain_notice.wait(),
                     self._handover.wait(),
+                    self._leave.wait(),
                 )
                 if not self._handover.is_set() or stop.is_set():
                     break
@@ -164,7 +176,9 @@ class BastionLink:
         except (OSError, asyncssh.Error) as exc:
             self._failed(describe(exc))
         finally:
-            if self._drain_notice.is_set() and not stop.is_set():
+            if self._leave.is_set():
+                pass  # leave() retired the connection: it closes once its sessions end
+            elif self._drain_notice.is_set() and not stop.is_set():
                 # The bastion is draining: leave this connection to finish its routed
                 # sessions (the bastion closes it) and reconnect now.
                 self._drain_notice.clear()
@@ -175,15 +189,17 @@ class BastionLink:
                 conn.close()
             self.publisher.lost()
             self.backoff.disconnected()
-        if not stop.is_set():
+        if not stop.is_set() and not self._leave.is_set():
             self._failed(f"connection to bastion lost: {self._lost_reason or 'closed'}")
         return 0.0 if stop.is_set() else self.backoff.next_delay()
 
     async def _connect(self, key: asyncssh.SSHKey | None = None) -> asyncssh.SSHClientConnection:
         ep = self.endpoint
-        event(log, logging.INFO, "connect", bastion=ep.address)
+        event(log, logging.INFO, "connect", bastion=self.label)
+        # A resolved address is dialled; its host key is still checked under the name.
+        alias = {} if self.dial is None else {"host_key_alias": ep.host}
         return await asyncssh.connect(
-            ep.host,
+            ep.host if self.dial is None else self.dial,
             ep.port,
             client_factory=lambda: LinkClient(self._heard_drain_notice, self._connection_lost),
             username=ep.user,
@@ -201,6 +217,7 @@ class BastionLink:
             keepalive_count_max=self.config.keepalive_count_max,
             connect_timeout=self.config.connect_timeout,
             login_timeout=self.config.connect_timeout,
+            **alias,
             **policy.client_options(),
         )
 
@@ -228,13 +245,38 @@ class BastionLink:
             "published": [label_of(t) for t in added],
         }
 
+    async def leave(self, reason: str) -> None:
+        """Stop this link for good without cutting a routed session (its address is no
+        longer one the bastion's name resolves to): withdraw every name, so the bastion
+        routes new sessions elsewhere (as a reload's withdraw does), stop reconnecting, and
+        close the connection once its routed sessions have ended. ``run`` returns then
+        (or at the agent's stop, which closes it at once)."""
+        async with self._changing:
+            self._leave.set()
+            self.status.state = "leaving"
+            self.status.next_retry_at = None
+            conn = self.conn
+            sessions = 0 if conn is None else channels_of(conn).value
+            event(
+                log,
+                logging.INFO,
+                "link leaving",
+                bastion=self.label,
+                reason=reason,
+                sessions=sessions,
+            )
+            if conn is None:
+                return
+            self.publisher.withdraw(list(self.publisher.listeners), reason)
+            self.retiring.retire(conn, None)
+
     async def key_request(self, command: str, timeout: float = 30) -> dict[str, Any]:
         """Run one of the bastion's key requests (see bastion/keyrequests.py) over the
         live connection; the bastion's JSON answer, or ``{"ok": False, "error": ...}``."""
         async with self._changing:
             conn = self.conn
             if conn is None or self.status.state != "up":
-                return {"ok": False, "error": f"no live connection to {self.endpoint.address}"}
+                return {"ok": False, "error": f"no live connection to {self.label}"}
             return await run_key_request(conn, command, timeout)
 
     async def hand_over(self, key: asyncssh.SSHKey, drain_timeout: float | None) -> dict[str, Any]:
@@ -249,7 +291,7 @@ class BastionLink:
         async with self._changing:
             old = self.conn
             if old is None or self.status.state != "up":
-                return {"ok": False, "error": f"no live connection to {self.endpoint.address}"}
+                return {"ok": False, "error": f"no live connection to {self.label}"}
             ready = await handover.prepare(
                 self._connect,
                 self.publisher,
@@ -265,7 +307,7 @@ class BastionLink:
                 new.close()
                 return {
                     "ok": False,
-                    "error": f"the connection to {self.endpoint.address} dropped during the "
+                    "error": f"the connection to {self.label} dropped during the "
                     "hand-over; run it again",
                 }
             old_listeners = self.publisher.adopt(new, listeners)
@@ -275,7 +317,7 @@ class BastionLink:
                 log,
                 logging.INFO,
                 "handover",
-                bastion=self.endpoint.address,
+                bastion=self.label,
                 names=",".join(listeners),
             )
             crashpoint("agent:handover-published")
@@ -317,7 +359,7 @@ class BastionLink:
     # asyncssh's callbacks ---------------------------------------------------------------
     def _heard_drain_notice(self, conn: asyncssh.SSHClientConnection) -> None:
         if conn is self.conn:
-            event(log, logging.INFO, "drain notice", bastion=self.endpoint.address)
+            event(log, logging.INFO, "drain notice", bastion=self.label)
             self._drain_notice.set()
 
     def _connection_lost(self, conn: asyncssh.SSHClientConnection, exc: Exception | None) -> None:
@@ -333,10 +375,14 @@ class BastionLink:
         revoked: list[asyncssh.SSHKey],
     ) -> None:
         """The bastion listed its host keys after login (hostkeys.py)."""
+        if self.dial is not None:
+            # Other bastions behind the same name may hold keys this one does not list:
+            # never remove a key from the pinning for a name's link.
+            removed = []
         pinned = hostkeys.follow(self.endpoint, added, removed, retained)
         if pinned is not None:
             self._known_hosts = pinned
 
     def _failed(self, message: str) -> None:
         self.status.last_error = message
-        event(log, logging.WARNING, "link down", bastion=self.endpoint.address, error=message)
+        event(log, logging.WARNING, "link down", bastion=self.label, error=message)

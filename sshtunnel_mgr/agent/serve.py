@@ -8,16 +8,19 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncssh
 
 from sshtunnel_mgr import sshcompat
 from sshtunnel_mgr.agent.link import BastionLink
+from sshtunnel_mgr.agent.resolve import NameFollower, Resolve, system_resolve
 from sshtunnel_mgr.agent.rotation import Rotator
 from sshtunnel_mgr.agent.web import WebFront
-from sshtunnel_mgr.core.config import AgentConfig
+from sshtunnel_mgr.core.addrset import is_ip_literal
+from sshtunnel_mgr.core.backoff import Backoff
+from sshtunnel_mgr.core.config import AgentConfig, BastionEndpoint
 from sshtunnel_mgr.core.errors import SshtunError
 from sshtunnel_mgr.keys.store import load_private_key
 from sshtunnel_mgr.runtime import systemd
@@ -41,6 +44,8 @@ class Agent:
         config: AgentConfig,
         on_ready: Callable[[Agent], None] | None = None,
         load: Callable[[], AgentConfig] | None = None,
+        *,
+        resolve: Resolve = system_resolve,
     ) -> None:
         self.config = config
         self._load = load
@@ -51,13 +56,47 @@ class Agent:
         self._ready = False
         self.ready_event = asyncio.Event()
         self.healthy = False
-        self.links = [
+        # A bastion given by IP address has one link; one given by name has one link per
+        # address the name resolves to, followed as the records change (agent/resolve.py).
+        self._fixed = [
             BastionLink(config, ep, self.key, on_published=self._published, web=self.web)
             for ep in config.bastions
+            if is_ip_literal(ep.host)
         ]
+        self.followers = [
+            NameFollower(
+                ep,
+                self._link_maker(ep),
+                interval=lambda: self.config.resolve_interval,
+                retry=Backoff(base=config.backoff.base, cap=config.backoff.cap),
+                resolve=resolve,
+                on_change=self._links_changed,
+            )
+            for ep in config.bastions
+            if not is_ip_literal(ep.host)
+        ]
+        self.links: list[BastionLink] = list(self._fixed)  # swapped whole on a change
         self.rotator = Rotator(self)
         self._stop = asyncio.Event()
         self._link_tasks: list[asyncio.Task[Any]] = []
+
+    def _link_maker(self, endpoint: BastionEndpoint) -> Callable[[str], BastionLink]:
+        def new_link(address: str) -> BastionLink:
+            return BastionLink(
+                self.config,
+                endpoint,
+                self.key,
+                on_published=self._published,
+                web=self.web,
+                dial=address,
+            )
+
+        return new_link
+
+    def _links_changed(self) -> None:
+        """A name's addresses changed: the list of links is rebuilt (and swapped whole)."""
+        self.links = [*self._fixed, *(link for f in self.followers for link in f.all_links())]
+        systemd.notify(f"STATUS={self.status_line()}")
 
     def _published(self, link: BastionLink) -> None:
         systemd.notify(f"STATUS={self.status_line()}")
@@ -78,9 +117,17 @@ class Agent:
         self._stop = asyncio.Event()
         sshcompat.announce(log, "agent")  # one line: which asyncssh shims are active
         self._link_tasks = [
-            tasks.spawn(link.run(self._stop), f"link {link.endpoint.address}")
-            for link in self.links
+            tasks.spawn(link.run(self._stop), f"link {link.label}") for link in self._fixed
         ]
+
+        def spawn(coro: Coroutine[Any, Any, object], name: str) -> asyncio.Task[Any]:
+            task = tasks.spawn(coro, name)
+            self._link_tasks = [t for t in self._link_tasks if not t.done()]
+            self._link_tasks.append(task)
+            return task
+
+        for follower in self.followers:
+            spawn(follower.run(self._stop, spawn), f"resolve {follower.endpoint.address}")
 
     async def ready(self) -> None:
         await self.ready_event.wait()
@@ -102,7 +149,7 @@ class Agent:
         parts = []
         for link in self.links:
             names = ",".join(link.status.published) or "-"
-            parts.append(f"{link.endpoint.address}: {link.status.state} {names}")
+            parts.append(f"{link.label}: {link.status.state} {names}")
         return "; ".join(parts)
 
     def snapshot(self) -> dict[str, Any]:
@@ -112,6 +159,7 @@ class Agent:
             "healthy": self.healthy,
             "now": time.time(),
             "links": [dataclasses.asdict(link.status) for link in self.links],
+            "names": [f.snapshot() for f in self.followers],  # bastions given by name
             "tunnels": self.web.snapshot(self.config.tunnels),  # TLS mode, certificate expiry
             "rotation": self.rotator.snapshot(),
             "asyncssh": sshcompat.summary("agent"),  # release, active shims, stepped aside
@@ -143,10 +191,14 @@ class Agent:
                 "reload",
                 note="bastions or key changed; restart the agent to apply that",
             )
-        changes = [await link.sync_tunnels(config) for link in self.links]
-        self.config = self.config.model_copy(
-            update={"tunnels": config.tunnels, "probe_interval": config.probe_interval}
+        self.config = self.config.model_copy(  # before the links: new ones take it
+            update={
+                "tunnels": config.tunnels,
+                "probe_interval": config.probe_interval,
+                "resolve_interval": config.resolve_interval,
+            }
         )
+        changes = [await link.sync_tunnels(config) for link in list(self.links)]
         withdrawn = sorted({x for c in changes for x in c["withdrawn"]})
         published = sorted({x for c in changes for x in c["published"]})
         event(

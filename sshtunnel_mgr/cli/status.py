@@ -118,7 +118,21 @@ def format_status(answer: dict[str, Any], now: float | None = None) -> str:
         ["BASTION", "STATE", "SINCE", "NAMES", "REFUSED", "LAST ERROR"], rows
     )
     text += format_tunnels(answer.get("tunnels"), now)
+    text += format_names(answer.get("names"), now)
     return text + format_retiring(answer.get("rotation"))
+
+
+def format_names(names: list[dict[str, Any]] | None, now: float) -> str:
+    """A line per bastion given by name: what it resolved to last, and when."""
+    lines = []
+    for n in names or []:
+        found = ", ".join(n["addresses"]) or "no address yet"
+        when = f" ({_ago(n['resolved_at'], now)} ago)" if n.get("resolved_at") else ""
+        line = f"{n['bastion']} resolves to {found}{when}"
+        if n.get("last_error"):
+            line += f"; the last resolution failed ({n['last_error']}), links kept"
+        lines.append(line)
+    return "".join(f"\n{line}" for line in lines)
 
 
 def format_tunnels(tunnels: list[dict[str, Any]] | None, now: float) -> str:

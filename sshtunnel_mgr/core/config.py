@@ -187,6 +187,9 @@ class AgentConfig(_Model):
     keepalive_count_max: Annotated[int, Field(ge=1, le=100, strict=True)] = 3
     connect_timeout: Seconds = 15.0
     probe_interval: Seconds = 30.0
+    # A bastion given by name gets one link per address it resolves to (A and AAAA),
+    # resolved again this often; links follow the records (agent/resolve.py).
+    resolve_interval: Seconds = 60.0
     backoff: BackoffConfig = BackoffConfig()
     admin_socket: Path | None = None
     metrics_listen: str | None = None

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sshtunnel_mgr.core.addrset import is_ip_literal
 from sshtunnel_mgr.core.knownhosts import host_pattern
 
 BASTION_ALIAS = "sshtun-bastion"
@@ -61,6 +62,17 @@ def _common(s: ClientSettings) -> list[str]:
     return lines
 
 
+def _by_name(host: str) -> list[str]:
+    """For a bastion given by name (several bastions may stand behind it): ssh tries each
+    address in turn; a short connect timeout moves on from one that drops packets."""
+    if is_ip_literal(host):
+        return []
+    return [
+        "    # a name: ssh tries each of its addresses in turn (every bastion behind it)",
+        "    ConnectTimeout 10",
+    ]
+
+
 def render(
     settings: ClientSettings,
     names: Iterable[tuple[str, int]],
@@ -77,6 +89,7 @@ def render(
         f"    HostName {s.bastion_host}",
         f"    Port {s.bastion_port}",
         f"    User {s.bastion_user}",
+        *_by_name(s.bastion_host),
         "    # learn a rotated bastion host key (sshtun keys rotate --host-key), no prompt",
         "    UpdateHostKeys yes",
         *_common(s),
