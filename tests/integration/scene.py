@@ -39,10 +39,12 @@ from tests.harness import (
     bastion_pub,
     free_port,
     home_sshd,
+    process,
     require_openssh,
     run_ssh,
     running_agent,
     running_bastion,
+    wait_for,
     write_ssh_config,
     write_toml,
 )
@@ -368,6 +370,26 @@ class Scene:
         """A flowing ``ssh -J`` session (see ``SshStream``)."""
         flags = list(self.tmp.glob("stream-*.done"))
         return ssh_stream(cfg or self.client_cfg, self.tmp / f"stream-{len(flags)}.done")
+
+    @contextlib.asynccontextmanager
+    async def stock_agent(
+        self, forward: str | None = None
+    ) -> AsyncIterator[asyncio.subprocess.Process]:
+        """OpenSSH's own ``ssh -N -o ExitOnForwardFailure=yes -R FORWARD bastion`` as the
+        agent (with the agent's key; ``homebox:22`` to the home sshd unless told), once the
+        in-process bastion routes the name or ssh has exited."""
+        require_openssh()
+        assert SSH is not None
+        forward = forward or f"homebox:22:{self.target}"
+        name, port = forward.split(":")[:2]
+        cfg = self.ssh_config("stock-agent", identity=self.keys.agent.path)
+        argv = ["-N", "-o", "ExitOnForwardFailure=yes", "-R", forward, "bastion"]
+        async with process(SSH, "-F", str(cfg), *argv) as proc:
+            state = self.bastion.state  # its route table is swapped whole: look it up anew
+            await wait_for(
+                lambda: state.routes.lookup(name.lower(), int(port)) or proc.returncode is not None
+            )
+            yield proc
 
     async def connect(
         self, key: Path, username: str = "alice", port: int | None = None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import SSH, Keys, access_text, process, require_openssh, wait_for
+from tests.harness import Keys, access_text, wait_for
 from tests.integration.conftest import logged
 from tests.integration.scene import scene
 
@@ -34,27 +34,9 @@ def home_user() -> str:
 async def test_stock_openssh_agent_publishes_a_name(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    require_openssh(server=True)
-    assert SSH is not None
     async with scene(keys, tmp_path) as s:
-        bastion, home = s.bastion, s.home
-        agent_cfg = s.ssh_config("agent", identity=keys.agent.path)
-        async with process(
-            SSH,
-            "-F",
-            str(agent_cfg),
-            "-N",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-R",
-            f"homebox:22:127.0.0.1:{home.port}",
-            "bastion",
-        ) as stock_agent:
-            await wait_for(
-                lambda: (
-                    bastion.state.routes.lookup("homebox", 22) or stock_agent.returncode is not None
-                )
-            )
+        bastion = s.bastion
+        async with s.stock_agent(f"homebox:22:{s.target}") as stock_agent:
             assert stock_agent.returncode is None, "stock ssh -R exited"
             result = await s.reach("echo via-stock-agent")
             assert result.returncode == 0, result.stderr
@@ -131,27 +113,9 @@ async def test_paramiko_client_exchanges_data_through_a_published_name(
 
 async def test_stock_agent_with_a_mixed_case_name(keys: Keys, tmp_path: Path) -> None:
     """Names are case-insensitive, but stock ssh -R must get back its own spelling."""
-    require_openssh(server=True)
-    assert SSH is not None
     async with scene(keys, tmp_path) as s:
-        bastion, home = s.bastion, s.home
-        agent_cfg = s.ssh_config("agent", identity=keys.agent.path)
-        async with process(
-            SSH,
-            "-F",
-            str(agent_cfg),
-            "-N",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-R",
-            f"HomeBox:22:127.0.0.1:{home.port}",
-            "bastion",
-        ) as stock_agent:
-            await wait_for(
-                lambda: (
-                    bastion.state.routes.lookup("homebox", 22) or stock_agent.returncode is not None
-                )
-            )
+        bastion = s.bastion
+        async with s.stock_agent(f"HomeBox:22:{s.target}"):
             [route] = bastion.state.routes.lookup("homebox", 22)
             assert route.spelling == "HomeBox"
             for name in ("homebox", "HOMEBOX"):
