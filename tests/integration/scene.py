@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,6 +267,19 @@ async def ssh_stream(cfg: Path, flag: Path, host: str = "homebox") -> AsyncItera
         stream._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stream._reader
+
+
+@contextlib.asynccontextmanager
+async def tcp_service(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A local TCP service on a free loopback port (a tunnel's target); yields the port."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @dataclass

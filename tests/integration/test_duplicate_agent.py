@@ -9,21 +9,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import asyncssh
 import pytest
 
-from sshtunnel_mgr.keys.store import load_private_key
 from tests.harness import (
     Keys,
     access_text,
-    agent_config,
-    bastion_config,
-    bastion_pub,
-    running_agent,
-    running_bastion,
     wait_for,
 )
 from tests.integration.conftest import logged
+from tests.integration.scene import Scene, scene, tcp_service
 
 
 @asynccontextmanager
@@ -35,24 +29,12 @@ async def banner_server(banner: bytes) -> AsyncIterator[int]:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with tcp_service(answer) as port:
+        yield port
 
 
-async def who_answers(keys: Keys, port: int) -> bytes:
-    async with asyncssh.connect(
-        "127.0.0.1",
-        port,
-        username="alice",
-        config=None,
-        agent_path=None,
-        client_keys=[load_private_key(keys.client.path)],
-        known_hosts=([asyncssh.import_public_key(bastion_pub(keys))], [], []),
-    ) as client:
+async def who_answers(s: Scene) -> bytes:
+    async with await s.connect(s.keys.client.path) as client:
         reader, writer = await client.open_connection("homebox", 22)
         data = await asyncio.wait_for(reader.read(100), 15)
         writer.close()
@@ -62,33 +44,28 @@ async def who_answers(keys: Keys, port: int) -> bytes:
 async def test_first_agent_serves_again_when_the_duplicate_leaves(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     async with (
-        running_bastion(bastion_config(keys, access)) as bastion,
+        scene(keys, tmp_path, home=False) as s,
         banner_server(b"first\n") as first_port,
         banner_server(b"second\n") as second_port,
     ):
-        first_cfg = agent_config(keys, bastion.port, [("homebox", 22, f"127.0.0.1:{first_port}")])
-        second_cfg = agent_config(
-            keys,
-            bastion.port,
-            [("homebox", 22, f"127.0.0.1:{second_port}")],
-            admin_socket=tmp_path / "second.sock",
+        bastion = s.bastion
+        second = s.agent(
+            [("homebox", 22, f"127.0.0.1:{second_port}")], admin_socket=tmp_path / "second.sock"
         )
-        async with running_agent(first_cfg) as first:
-            assert await who_answers(keys, bastion.port) == b"first\n"
+        async with s.agent([("homebox", 22, f"127.0.0.1:{first_port}")]) as first:
+            assert await who_answers(s) == b"first\n"
             [original] = bastion.state.routes.lookup("homebox", 22)
-            async with running_agent(second_cfg):
+            async with second:
                 # The newest connection of the key serves the name (takeover).
-                assert await who_answers(keys, bastion.port) == b"second\n"
+                assert await who_answers(s) == b"second\n"
                 # The first agent's own probe still works: its forward is on standby.
                 assert await first.agent.links[0].probe(10)
             # The duplicate left: the first agent serves again, with no reconnect.
             await wait_for(lambda: len(bastion.state.routes.lookup("homebox", 22)) == 1)
             [route] = bastion.state.routes.lookup("homebox", 22)
             assert route.conn_id == original.conn_id  # the same, still-connected agent
-            assert await who_answers(keys, bastion.port) == b"first\n"
+            assert await who_answers(s) == b"first\n"
             assert await first.agent.links[0].probe(10)
             assert logged(caplog, "standby serves again", "name=homebox")
 
@@ -98,24 +75,22 @@ async def test_an_agent_whose_probe_finds_its_name_gone_publishes_it_again(
 ) -> None:
     """A reload took the name away (permitlisten removed); once the access file allows it
     again, the agent's next probe finds the name gone and publishes it again itself."""
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     async with (
-        running_bastion(bastion_config(keys, access)) as bastion,
+        scene(keys, tmp_path, home=False) as s,
         banner_server(b"home\n") as home_port,
+        s.agent([("homebox", 22, f"127.0.0.1:{home_port}")]) as agent,
     ):
-        cfg = agent_config(keys, bastion.port, [("homebox", 22, f"127.0.0.1:{home_port}")])
-        async with running_agent(cfg) as agent:
-            link = agent.agent.links[0]
-            access.write_text(access_text(keys, listen="other:22"))
-            assert bastion.reload(bastion.config)["withdrawn"] == ["homebox:22"]
-            assert not await link.probe(10)
-            assert "homebox:22" in link.status.probe_error
-            assert not logged(caplog, "republish")  # the key may not publish it: no retry
-            access.write_text(access_text(keys))
-            bastion.reload(bastion.config)
-            assert not await link.probe(10)  # finds the name gone, and publishes it again
-            assert logged(caplog, "republish", "name=homebox:22")
-            await wait_for(lambda: bool(bastion.state.routes.lookup("homebox", 22)))
-            assert await link.probe(10)
-            assert await who_answers(keys, bastion.port) == b"home\n"
+        bastion, access = s.bastion, s.access
+        link = agent.agent.links[0]
+        access.write_text(access_text(keys, listen="other:22"))
+        assert bastion.reload(bastion.config)["withdrawn"] == ["homebox:22"]
+        assert not await link.probe(10)
+        assert "homebox:22" in link.status.probe_error
+        assert not logged(caplog, "republish")  # the key may not publish it: no retry
+        access.write_text(access_text(keys))
+        bastion.reload(bastion.config)
+        assert not await link.probe(10)  # finds the name gone, and publishes it again
+        assert logged(caplog, "republish", "name=homebox:22")
+        await wait_for(lambda: bool(bastion.state.routes.lookup("homebox", 22)))
+        assert await link.probe(10)
+        assert await who_answers(s) == b"home\n"
