@@ -25,7 +25,7 @@ import pytest
 
 from sshtunnel_mgr.bastion.serve import Bastion
 from tests.harness import SSH, Keys, access_text, require_openssh, wait_for
-from tests.integration.scene import scene
+from tests.integration.scene import scene, tcp_service
 
 HANG = 60  # far beyond any run on a loaded machine; only a lost close reaches it
 
@@ -116,20 +116,15 @@ async def test_the_home_side_ending_first_still_closes_the_route(
         writer.close()
         await writer.wait_closed()
 
-    service = await asyncio.start_server(say_and_close, "127.0.0.1", 0)
-    home_port = service.sockets[0].getsockname()[1]
-    try:
-        async with (
-            scene(keys, tmp_path, access=access, home=False) as s,
-            s.agent([("svc", 7000, f"127.0.0.1:{home_port}")]),
-            await s.connect(keys.client.path, username="client") as client,
-        ):
-            bastion = s.bastion
-            for _ in range(3):
-                reader, writer = await client.open_connection("svc", 7000)
-                assert await asyncio.wait_for(reader.read(), HANG) == b"hello\n"  # and EOF
-                writer.write_eof()  # only now: the home side has long gone
-                await asyncio.wait_for(writer.channel.wait_closed(), HANG)
-            await assert_all_torn_down(bastion)
-    finally:
-        service.close()
+    async with (
+        tcp_service(say_and_close) as home_port,
+        scene(keys, tmp_path, access=access, home=False) as s,
+        s.agent([("svc", 7000, f"127.0.0.1:{home_port}")]),
+        await s.connect(keys.client.path, username="client") as client,
+    ):
+        for _ in range(3):
+            reader, writer = await client.open_connection("svc", 7000)
+            assert await asyncio.wait_for(reader.read(), HANG) == b"hello\n"  # and EOF
+            writer.write_eof()  # only now: the home side has long gone
+            await asyncio.wait_for(writer.channel.wait_closed(), HANG)
+        await assert_all_torn_down(s.bastion)
