@@ -4,7 +4,8 @@ Events: ``login``, ``publish``, ``unpublish``, ``route`` (a routed channel, writ
 when it ends: who, which name, from where, bytes each way, duration, why it ended),
 ``penalty`` (a source starts a cool-down) and ``refused`` (every refusal, with ``stage``
 auth / penalty / limit / publish / open / session / connection / handshake
-(a connection that left before logging in) / revoked, and its reason).
+(a connection that left before logging in) / revoked / web (the web front), and its
+reason). A ``route`` of the web front (bastion/web) has ``via`` ("https" or "http").
 Every event has ``ts`` (ISO-8601, UTC) and ``event``; events about a connection carry
 ``conn``, ``from`` and, once it has authenticated, ``key`` (SHA256 fingerprint) and
 ``comment``. Never a secret: only fingerprints, names, addresses, counts and reasons.
@@ -75,6 +76,7 @@ class RouteRecord:
     agent_conn: int
     agent_key: str
     started: float  # time.monotonic()
+    via: str = ""  # "https"/"http" for a web route (bastion/web); "" for an SSH channel
 
 
 class RoutedPipe(Pipe):
@@ -276,5 +278,6 @@ class AuditLog:
                 "bytes_from_home": home_end.bytes_in if home_end is not None else 0,
                 "duration_s": round(time.monotonic() - record.started, 3),
                 "end": end_reason(client_end.ended, home, shutting_down, client_end.outcome),
+                **({"via": record.via} if record.via else {}),
             },
         )

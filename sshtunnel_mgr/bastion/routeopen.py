@@ -28,7 +28,7 @@ import asyncio
 from asyncio import FIRST_COMPLETED
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 from asyncssh import ChannelOpenError
@@ -40,6 +40,14 @@ from sshtunnel_mgr.core.routing import Route
 CLIENT_LEFT = "client left during open"
 TIMED_OUT = "open timed out"
 NOT_ANSWERING = "agent not answering opens"
+
+
+class ClientSide(Protocol):
+    """The client's side of a routed open: an SSH connection, or a web front's TCP one."""
+
+    def is_closed(self) -> bool: ...
+
+    async def wait_closed(self) -> None: ...
 
 
 @dataclass
@@ -104,7 +112,7 @@ async def open_agent_end(
     orig: tuple[str, int],
     stats: RouteStats,
     limits: LimitsConfig,
-    client: asyncssh.SSHServerConnection,
+    client: ClientSide,
 ) -> OpenResult:
     """Open ``agent_end``'s channel for ``route`` down ``agent_conn`` (in the agent's own
     spelling of the name) and wait for it, at most ``limits.open_timeout`` seconds or

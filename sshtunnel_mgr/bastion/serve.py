@@ -17,6 +17,7 @@ from sshtunnel_mgr.bastion.listener import Listener
 from sshtunnel_mgr.bastion.metricsview import bastion_metrics
 from sshtunnel_mgr.bastion.server import BastionConnection
 from sshtunnel_mgr.bastion.state import BastionState
+from sshtunnel_mgr.bastion.web import WebFront
 from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.core.access import AccessPolicy
 from sshtunnel_mgr.core.config import BastionConfig
@@ -62,6 +63,7 @@ class Bastion:
         self.host_key: asyncssh.SSHKey | None = None
         self.host_keys: list[asyncssh.SSHKey] = []
         self.addresses: list[tuple[str, int]] = []
+        self.web: WebFront | None = None  # [bastion.web], when a web listener is set
         self._load = load
 
     def reload_from_file(self) -> dict[str, Any]:
@@ -156,6 +158,13 @@ class Bastion:
                     hint="check bastion.listen; is another server on that port?",
                 ) from None
         self.addresses = self.listener.addresses
+        if self.config.web.https_listen or self.config.web.http_listen:
+            self.web = WebFront(self.state, self.config.web)
+            try:
+                await self.web.start()
+            except ConfigError:
+                await self.stop()
+                raise
         event(
             log,
             logging.INFO,
@@ -197,6 +206,7 @@ class Bastion:
             "connections": len(self.state.connections),
             "access_keys": len(self.state.access.entries),
             "names": names,
+            "web": self.web.snapshot() if self.web is not None else None,
             "asyncssh": sshcompat.summary("bastion"),  # release, active shims, stepped aside
         }
 
@@ -215,6 +225,14 @@ class Bastion:
         if config.listen != self.config.listen:
             notes.append("listen changed: restart the bastion to apply that")
             event(log, logging.WARNING, "reload", note="listen changed; restart to apply that")
+        web, running = config.web, self.config.web
+        if (web.https_listen, web.http_listen) != (running.https_listen, running.http_listen):
+            notes.append("web listen changed: restart the bastion to apply that")
+            event(log, logging.WARNING, "reload", note="web listen changed; restart to apply that")
+            kept = {"https_listen": running.https_listen, "http_listen": running.http_listen}
+            config = config.model_copy(update={"web": web.model_copy(update=kept)})
+        if self.web is not None:
+            self.web.reconfigure(config.web)  # public names, rules, bounds
         old_fps = [key_fingerprint(k) for k in self.host_keys]
         new_fps = [key_fingerprint(k) for k in host_keys]
         if new_fps != old_fps:
@@ -284,6 +302,8 @@ class Bastion:
         self.state.accepting = False
         for server in self._servers:
             server.close()
+        if self.web is not None:
+            self.web.close()  # stop accepting; heads still being read are closed
         for conn in list(self.state.connections.values()):
             if conn.conn is not None and conn.published:
                 conn.conn.send_debug(DRAIN_NOTICE)
@@ -306,6 +326,9 @@ class Bastion:
                 conn.conn.close()
         waits = [c.conn.wait_closed() for c in self.state.connections.values() if c.conn]
         waits += [s.wait_closed() for s in self._servers]
+        if self.web is not None:
+            self.web.close_all()  # spliced ones too (their agents' channels are closing)
+            waits.append(self.web.wait_closed())
         if waits:
             try:
                 await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 5)
@@ -362,7 +385,13 @@ async def serve(
         admin_socket=config.admin_socket or default_socket_path("bastion"),
         admin_handler=bastion.handle_admin,
         metrics_address=config.metrics_address,
-        samples=lambda: bastion_samples(bastion_metrics(bastion.state, bastion.listener)),
+        samples=lambda: bastion_samples(
+            bastion_metrics(
+                bastion.state,
+                bastion.listener,
+                None if bastion.web is None else len(bastion.web.conns),
+            )
+        ),
         stop=stop,
         reload=reload,
         on_ready=None if on_ready is None else lambda: on_ready(bastion),

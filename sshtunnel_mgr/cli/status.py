@@ -80,6 +80,13 @@ def format_status(answer: dict[str, Any], now: float | None = None) -> str:
             f"bastion listening on {', '.join(answer['listening'])}: "
             f"{len(answer['names'])} names, {answer['connections']} connections"
         )
+        if web := answer.get("web"):
+            head += (
+                f"\nweb: https {', '.join(web['https']) or 'off'}, "
+                f"http {', '.join(web['http']) or 'off'}; "
+                f"public {', '.join(web['public']) or 'none'}; "
+                f"{web['connections']} open, {web['routed_open']} routed"
+            )
         if not answer["names"]:
             return head + "\n(no names published)"
         rows = [

@@ -30,6 +30,7 @@ from sshtunnel_mgr.core.hostport import join_host_port
 from sshtunnel_mgr.core.hostport import split_host_port as split_host_port  # its old home
 from sshtunnel_mgr.core.names import InvalidName, normalize_name
 from sshtunnel_mgr.core.startups import MaxStartups, parse_max_startups
+from sshtunnel_mgr.core.webconfig import WebConfig
 
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Seconds = Annotated[float, Field(gt=0, le=86400, strict=True)]
@@ -297,6 +298,8 @@ class BastionConfig(_Model):
     # key then expires after rotation_grace seconds unless the agent retires it sooner.
     allow_key_rotation: Annotated[bool, Field(strict=True)] = True
     rotation_grace: Annotated[float, Field(ge=60, le=90 * 86400, strict=True)] = 86400.0
+    # [bastion.web]: HTTPS by SNI and HTTP by Host, off unless a listener is set.
+    web: WebConfig = WebConfig()
 
     @field_validator("metrics_listen")
     @classmethod

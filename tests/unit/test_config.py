@@ -21,6 +21,7 @@ from sshtunnel_mgr.core.config import (
     parse_config,
 )
 from sshtunnel_mgr.core.errors import EXIT_CONFIG, ConfigError
+from sshtunnel_mgr.core.webconfig import WebConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 HK = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
@@ -640,7 +641,9 @@ def test_example_config_documents_every_key() -> None:
         + _model_keys(TunnelConfig, "agent.tunnels")
         + _model_keys(BastionConfig, "bastion")
         + _model_keys(LimitsConfig, "bastion.limits")
+        + _model_keys(WebConfig, "bastion.web")
     )
     sections = {"agent.backoff", "agent.bastions", "agent.tunnels", "bastion.limits"}
+    sections |= {"bastion.web", "bastion.web.rules"}
     missing = [k for k in wanted if k not in sections and k.rsplit(".", 1)[1] not in present]
     assert missing == [], f"config.example.toml does not document: {missing}"

@@ -1,0 +1,263 @@
+"""One browser connection on a web listener: read its head, then answer or splice it.
+
+A ``WebConn`` is the asyncio protocol of one accepted TCP connection. It first collects
+what the client sends into one buffer, bounded in size (the reader's cap) and in time (one
+deadline for the whole head: a client that trickles bytes is cut off all the same), and
+asks its ``HeadReader`` (https.py: the ClientHello; http.py: the request head) what to do:
+
+- ``Reply``: write a few bytes (a TLS alert, an HTTP response) and close;
+- ``Forward``: stop reading, open a ``forwarded-tcpip`` channel down the agent's connection
+  with the client's real address as originator (``routeopen.open_agent_end``, with its
+  timeout and caps), replay every byte read so far, then splice the TCP connection and the
+  channel. The TCP side of the splice is a ``RoutedPipe`` whose "channel" is the asyncio
+  transport: it has the same calls (write, write_eof, close, is_closing, pause_reading,
+  resume_reading), so the splice's bounds and backpressure (bastion/splice.py) hold here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import asyncssh
+
+from sshtunnel_mgr.bastion.audit import RoutedPipe, RouteRecord
+from sshtunnel_mgr.bastion.peer import LiveConnection
+from sshtunnel_mgr.bastion.refusals import Refusals
+from sshtunnel_mgr.bastion.routeopen import RouteStats, open_agent_end
+from sshtunnel_mgr.bastion.splice import Pipe
+from sshtunnel_mgr.core.access import AccessEntry
+from sshtunnel_mgr.core.addrmatch import parse_peer
+from sshtunnel_mgr.core.routing import Route
+from sshtunnel_mgr.runtime.logsetup import event
+
+if TYPE_CHECKING:
+    from sshtunnel_mgr.bastion.web.front import WebFront
+
+log = logging.getLogger("sshtunnel_mgr.bastion")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Answer with ``data`` and close; ``refusal`` (if any) goes to the refusal path."""
+
+    data: bytes
+    refusal: str = ""
+    counter: str = ""
+    name: str = ""
+    note: str = ""  # what was answered (for the log): "308", "404", "alert", ...
+
+
+@dataclass(frozen=True)
+class Forward:
+    route: Route[LiveConnection]
+    name: str
+
+
+Decision = Reply | Forward
+
+
+class HeadReader(Protocol):
+    via: str  # "https" or "http"
+    timeout: float
+
+    def feed(self, buffer: bytes, source_ip: str) -> Decision | None:
+        """What to do with everything read so far; None: read more."""
+
+    def timed_out(self) -> Reply:
+        """What to do when the head is not complete in time."""
+
+    def closed_early(self) -> Reply:
+        """What to log when the client sends EOF before its head is complete."""
+
+
+class WebConn(asyncio.Protocol):
+    """An audit ``Peer`` too (``conn``, ``from``; never a key)."""
+
+    entry: AccessEntry | None = None
+
+    def __init__(self, front: WebFront, reader: HeadReader) -> None:
+        self.front = front
+        self.state = front.state
+        self.reader = reader
+        self.conn_id = front.state.next_conn_id()
+        self.peer_ip, self.peer_port = "", 0
+        self.refusals = Refusals(front.state, self)
+        self.transport: asyncio.Transport | None = None
+        self.pipe: RoutedPipe | None = None  # the TCP end of the splice, once open
+        self._buffer = bytearray()
+        self._deciding = True
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # asyncio callbacks ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername") or ("", 0)
+        found = parse_peer(str(peer[0]))
+        self.peer_ip = found.text if found is not None else str(peer[0])
+        self.peer_port = int(peer[1])
+        if not self.front.arrived(self):
+            return
+        self._timer = asyncio.get_running_loop().call_later(self.reader.timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self.pipe is not None:
+            self.pipe.data_received(data, None)
+            return
+        if not self._deciding:
+            return  # paused; a last segment may still arrive with the pause
+        self._buffer += data
+        decision = self.reader.feed(bytes(self._buffer), self.peer_ip)
+        if decision is not None:
+            self._decided(decision)
+
+    def eof_received(self) -> bool:
+        if self.pipe is not None:
+            self.pipe.eof_received()
+            return True
+        if self._deciding:
+            self._decided(self.reader.closed_early())
+        return False
+
+    def pause_writing(self) -> None:
+        if self.pipe is not None:
+            self.pipe.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.pipe is not None:
+            self.pipe.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._cancel_timer()
+        if not self._gone.done():
+            self._gone.set_result(None)
+        if self.pipe is not None:
+            self.pipe.connection_lost(exc)
+        self.front.left(self)
+
+    # what routeopen needs from "the client" ----------------------------------------------
+    def is_closed(self) -> bool:
+        return self._closed
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._gone)
+
+    # Deciding ------------------------------------------------------------------------------
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._deciding and not self._closed:
+            self._decided(self.reader.timed_out())
+
+    def _decided(self, decision: Decision) -> None:
+        self._deciding = False
+        self._cancel_timer()
+        self.front.decided(self)
+        transport = self.transport
+        assert transport is not None
+        if isinstance(decision, Reply):
+            self._reply(decision)
+            return
+        transport.pause_reading()
+        self.front.keep(asyncio.ensure_future(self._forward(decision)))
+
+    def _reply(self, reply: Reply) -> None:
+        fields: dict[str, Any] = {"via": self.reader.via}
+        if reply.name:
+            fields["name"] = reply.name
+        if reply.refusal:
+            self.refusals.refuse(
+                "web",
+                reply.refusal,
+                event="refused web",
+                counter=f"web_refused_{reply.counter}" if reply.counter else "web_refused",
+                log_only={"answer": reply.note} if reply.note else None,
+                **fields,
+            )
+        else:
+            self.state.counters[f"web_answered_{reply.note}"] += 1
+            event(
+                log,
+                logging.INFO,
+                "web answered",
+                conn=self.conn_id,
+                from_=self.peer_ip,
+                **fields,
+                answer=reply.note,
+            )
+        self.close(reply.data)
+
+    def close(self, data: bytes = b"") -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if data:
+            transport.write(data)
+        transport.close()
+
+    # Forwarding ----------------------------------------------------------------------------
+    async def _forward(self, forward: Forward) -> None:
+        route, state = forward.route, self.state
+        stats = route.handle.route_stats.setdefault(
+            (route.name, route.port), RouteStats(state.counters)
+        )
+        client_end = RoutedPipe(on_close=self._pipe_closed)
+        agent_end = RoutedPipe(on_close=stats.closed)
+        client_end.link(agent_end)
+        client_end.record = RouteRecord(
+            route.name, route.port, route.conn_id, route.owner, time.monotonic(), self.reader.via
+        )
+        self.front.routed_open += 1
+        client_end.data_received(bytes(self._buffer), None)  # replayed once the agent opens
+        self._buffer.clear()
+        agent_conn = route.handle.conn
+        if self._closed:
+            outcome, refusal = "client left during open", ""
+        elif agent_conn is None or agent_conn.is_closed():
+            outcome = refusal = "agent connection lost during open"
+        else:
+            result = await open_agent_end(
+                agent_conn,
+                agent_end,
+                route,
+                (self.peer_ip, self.peer_port),
+                stats,
+                state.config.limits,
+                self,
+            )
+            outcome, refusal = result.outcome, result.refusal
+        if not outcome and not self._closed:
+            stats.opened(agent_end)
+            state.counters["web_routed_ok"] += 1
+            transport = self.transport
+            assert transport is not None
+            self.pipe = client_end
+            client_end.connection_made(cast(asyncssh.SSHTCPChannel[bytes], transport))
+            transport.resume_reading()
+            return
+        client_end.never_opened(outcome or "client left during open")
+        if refusal:
+            self.refusals.refuse(
+                "web",
+                refusal,
+                event="refused web",
+                counter="web_refused_target",
+                via=self.reader.via,
+                name=forward.name,
+            )
+        self.close()
+
+    def _pipe_closed(self, pipe: Pipe) -> None:
+        self.front.routed_open -= 1
+        self.state.audit.routed(self, pipe, not self.state.accepting)
+        self.close()
