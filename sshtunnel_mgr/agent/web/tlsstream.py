@@ -78,8 +78,7 @@ class TlsStream:
                 data = self._tls.read(n)
             except ssl.SSLWantReadError:
                 await self._flush()  # e.g. a key update answered
-                if not await self._fill():
-                    continue  # the next read reports the (ragged) EOF
+                await self._fill()  # at EOF, the next read reports it (clean or ragged)
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 self._eof = True
