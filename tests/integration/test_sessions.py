@@ -19,14 +19,10 @@ from sshtunnel_mgr.bastion import Bastion
 from tests.harness import (
     Keys,
     access_text,
-    agent_config,
-    bastion_config,
     bastion_pub,
-    home_sshd,
-    running_agent,
-    running_bastion,
     wait_for,
 )
+from tests.integration.scene import scene
 from tests.integration.test_abuse import echo_scene, events
 
 CAP = 4  # the default max_sessions_per_connection
@@ -183,15 +179,12 @@ async def test_an_agent_announces_the_host_keys_of_many_names_within_the_session
     """An sshtun agent publishing more port-22 names than the session cap still announces
     every name's home host key: it sends its key requests one at a time."""
     names = [f"h{i}" for i in range(CAP * 4)]
-    access = tmp_path / "access"
-    access.write_text(access_text(keys, listen="*:22"))
+    access = access_text(keys, listen="*:22")
     async with (
-        home_sshd(keys, tmp_path / "home") as home,
-        running_bastion(bastion_config(keys, access)) as bastion,
-        running_agent(
-            agent_config(keys, bastion.port, [(n, 22, f"127.0.0.1:{home.port}") for n in names])
-        ),
+        scene(keys, tmp_path, access=access) as s,
+        s.agent([(n, 22, s.target) for n in names]),
     ):
+        bastion = s.bastion
         (agent,) = [c for c in bastion.state.connections.values() if c.published]
         await wait_for(lambda: len(agent.home_host_keys) == len(names), timeout=60)
         assert set(agent.home_host_keys) == {(n, 22) for n in names}

@@ -21,14 +21,10 @@ import pytest
 from tests.harness import (
     Keys,
     access_text,
-    agent_config,
-    bastion_config,
-    bastion_pub,
-    running_agent,
-    running_bastion,
     wait_for,
 )
 from tests.integration.conftest import logged
+from tests.integration.scene import scene
 
 CHANNELS = 160  # in all
 AT_ONCE = 32  # open at the same time
@@ -138,25 +134,15 @@ async def echo_round_trip(conn: asyncssh.SSHClientConnection, size: int) -> byte
 async def test_channels_torn_down_from_both_ends_mid_transfer(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys, listen=f"{NAME}:{PORT}", open_=f"{NAME}:{PORT}"))
+    access = access_text(keys, listen=f"{NAME}:{PORT}", open_=f"{NAME}:{PORT}")
     rng = random.Random(2)
     async with (
         home_service(seed=1) as home_port,
-        running_bastion(bastion_config(keys, access)) as bastion,
-        running_agent(
-            agent_config(keys, bastion.port, [(NAME, PORT, f"127.0.0.1:{home_port}")])
-        ) as agent,
-        asyncssh.connect(
-            "127.0.0.1",
-            bastion.port,
-            username="client",
-            client_keys=[str(keys.client.path)],
-            known_hosts=([asyncssh.import_public_key(bastion_pub(keys))], [], []),
-            config=None,
-            agent_path=None,
-        ) as client,
+        scene(keys, tmp_path, access=access, home=False) as s,
+        s.agent([(NAME, PORT, f"127.0.0.1:{home_port}")]) as agent,
+        await s.connect(keys.client.path, username="client") as client,
     ):
+        bastion = s.bastion
         link = agent.agent.links[0]
         [agent_conn_id] = [c for c, bc in bastion.state.connections.items() if bc.published]
         gate = asyncio.Semaphore(AT_ONCE)
@@ -187,12 +173,11 @@ async def test_channels_torn_down_from_both_ends_mid_transfer(
 async def test_agent_logs_why_the_bastion_dropped_it(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
     async with (
-        running_bastion(bastion_config(keys, access)) as bastion,
-        running_agent(agent_config(keys, bastion.port, [("homebox", 22, "127.0.0.1:9")])) as agent,
+        scene(keys, tmp_path, home=False) as s,
+        s.agent([("homebox", 22, "127.0.0.1:9")]) as agent,
     ):
+        bastion = s.bastion
         [agent_conn] = bastion.state.connections.values()
         assert agent_conn.conn is not None
         agent_conn.conn.disconnect(asyncssh.DISC_PROTOCOL_ERROR, "splice test reason")
