@@ -27,8 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -43,8 +41,9 @@ from bench_tunnel import (
     become_subreaper,
     cancellable,
     cpu_seconds,
-    descendants,
     environment,
+    finish,
+    kill_tree,
     log,
     reap_orphans,
 )
@@ -267,15 +266,9 @@ async def run_attack(args: argparse.Namespace) -> list[dict[str, dict[str, Any]]
                         found.pop("series", None)
                         log(f"  {kind} {phase}: {json.dumps(found, default=str)}")
                 runs.append(run)
-            for pid in descendants(home.proc.pid):  # the home sshd's leftover sessions
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_tree(home.proc.pid)  # the home sshd's leftover sessions
     finally:
-        await procs.stop_all()
-        if args.keep:
-            log(f"kept work dir {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        await finish(procs, work, args.keep)
     return runs
 
 

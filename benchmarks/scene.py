@@ -9,7 +9,7 @@
 
 Every client picks its source address in 127.0.0.0/8 (``BindAddress`` for the real ``ssh``,
 ``local_addr`` for asyncssh), so that one attacker's addresses and the legitimate users'
-are told apart as on the internet. Helpers from bench_tunnel.py (processes, /proc, the
+are told apart as on the internet. Helpers from bench_tunnel (processes, /proc, the
 reference sshd_config) and tests/harness.py (keys, configs) are reused, not copied.
 """
 
@@ -34,6 +34,7 @@ import asyncssh
 from bench_tunnel import (
     HOST_STAR,
     LAUNCHED,
+    LOGIN_OPTIONS,
     Env,
     Mem,
     Procs,
@@ -373,13 +374,7 @@ def asyncssh_client(side: Side, source: str) -> Any:
         client_keys=[asyncssh.read_private_key(str(keys.client.path))],
         known_hosts=([asyncssh.import_public_key(bastion_pub(keys))], [], []),
         local_addr=(source, 0),
-        config=None,
-        agent_path=None,
-        password=None,
-        kbdint_auth=False,
-        gss_auth=False,
-        host_based_auth=False,
-        preferred_auth="publickey",
+        **LOGIN_OPTIONS,
         kex_algs=["curve25519-sha256"],
         connect_timeout=30,
     )

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -43,8 +41,9 @@ from bench_tunnel import (
     Procs,
     become_subreaper,
     cancellable,
-    descendants,
     environment,
+    finish,
+    kill_tree,
     log,
     reap_orphans,
 )
@@ -293,15 +292,9 @@ async def run_soak(args: argparse.Namespace) -> Tally:
                 await soak(side, args, tally)
             finally:
                 await stop_side(side)
-            for pid in descendants(home.proc.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_tree(home.proc.pid)  # the home sshd's leftover sessions
     finally:
-        await procs.stop_all()
-        if args.keep:
-            log(f"kept work dir {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        await finish(procs, work, args.keep)
     return tally
 
 
