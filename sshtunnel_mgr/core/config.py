@@ -25,6 +25,7 @@ from pydantic import (
 
 from sshtunnel_mgr.core import configerrors
 from sshtunnel_mgr.core.access import KEY_TYPES, decode_key
+from sshtunnel_mgr.core.addrset import is_ip_literal
 from sshtunnel_mgr.core.errors import ConfigError
 from sshtunnel_mgr.core.hostport import join_host_port
 from sshtunnel_mgr.core.hostport import split_host_port as split_host_port  # its old home
@@ -48,19 +49,11 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
-def _is_strict_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _metrics_address(value: str) -> str:
     """``PORT`` (on 127.0.0.1) or ``IP:PORT`` for the Prometheus endpoint."""
     text = f"127.0.0.1:{value}" if value.isascii() and value.isdigit() else value
     host, _port = split_host_port(text, 0, allow_zero=True)
-    if not _is_strict_ip(host):
+    if not is_ip_literal(host):
         raise ValueError(f"metrics_listen {value!r} must be PORT or IP:PORT")
     return text
 
@@ -329,7 +322,7 @@ class BastionConfig(_Model):
     def _listen(cls, value: list[str]) -> list[str]:
         for item in value:
             host, _port = split_host_port(item, 22, allow_zero=True)
-            if not _is_strict_ip(host) and host != "localhost":
+            if not is_ip_literal(host) and host != "localhost":
                 raise ValueError(f"listen address {item!r} must be an IP address and port")
         return value
 
