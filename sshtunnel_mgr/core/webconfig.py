@@ -19,6 +19,7 @@ max_new_per_source = 10
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sshtunnel_mgr.core.addrmatch import match_from, parse_pattern
+from sshtunnel_mgr.core.hostport import split_host_port
 from sshtunnel_mgr.core.names import HostPortPattern, InvalidName, match_name
 
 Count = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
@@ -39,13 +41,19 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _listen(value: str | None) -> str | None:
     if value is None:
         return None
-    from sshtunnel_mgr.core.config import _is_strict_ip, split_host_port
-
     host, _port = split_host_port(value, 0, allow_zero=True)
-    if not _is_strict_ip(host) and host != "localhost":
+    if not _is_ip(host) and host != "localhost":
         raise ValueError(f"{value!r} must be IP:PORT, like 0.0.0.0:443")
     if ":" not in value.rsplit("]", 1)[-1]:
         raise ValueError(f"{value!r} needs a port, like 0.0.0.0:443")
@@ -116,8 +124,6 @@ class WebConfig(_Model):
 
 
 def _address(text: str) -> tuple[str, int]:
-    from sshtunnel_mgr.core.config import split_host_port
-
     return split_host_port(text, 0, allow_zero=True)
 
 

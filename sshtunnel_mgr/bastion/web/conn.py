@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 import asyncssh
 
@@ -29,13 +29,12 @@ from sshtunnel_mgr.bastion.peer import LiveConnection
 from sshtunnel_mgr.bastion.refusals import Refusals
 from sshtunnel_mgr.bastion.routeopen import RouteStats, open_agent_end
 from sshtunnel_mgr.bastion.splice import Pipe
+from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.core.access import AccessEntry
 from sshtunnel_mgr.core.addrmatch import parse_peer
 from sshtunnel_mgr.core.routing import Route
+from sshtunnel_mgr.core.webconfig import SourceRate, WebConfig, WebPolicy
 from sshtunnel_mgr.runtime.logsetup import event
-
-if TYPE_CHECKING:
-    from sshtunnel_mgr.bastion.web.front import WebFront
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
@@ -60,6 +59,27 @@ class Forward:
 Decision = Reply | Forward
 
 
+class Front(Protocol):
+    """What a connection and its reader use of the web front (``WebFront``, front.py)."""
+
+    state: BastionState
+    config: WebConfig
+    policy: WebPolicy
+    rate: SourceRate
+    routed_open: int
+
+    @property
+    def https_port(self) -> int: ...
+
+    def arrived(self, conn: WebConn) -> bool: ...
+
+    def decided(self, conn: WebConn) -> None: ...
+
+    def left(self, conn: WebConn) -> None: ...
+
+    def keep(self, task: asyncio.Future[None]) -> None: ...
+
+
 class HeadReader(Protocol):
     via: str  # "https" or "http"
     timeout: float
@@ -79,7 +99,7 @@ class WebConn(asyncio.Protocol):
 
     entry: AccessEntry | None = None
 
-    def __init__(self, front: WebFront, reader: HeadReader) -> None:
+    def __init__(self, front: Front, reader: HeadReader) -> None:
         self.front = front
         self.state = front.state
         self.reader = reader

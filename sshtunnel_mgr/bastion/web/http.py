@@ -14,15 +14,11 @@ deadline for the whole head, however slowly it trickles in). Then, for a public 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import h11
 
-from sshtunnel_mgr.bastion.web.conn import Decision, Forward, Reply
+from sshtunnel_mgr.bastion.web.conn import Decision, Forward, Front, Reply
 from sshtunnel_mgr.bastion.web.decide import Refused, pick, public_name, serving
-
-if TYPE_CHECKING:
-    from sshtunnel_mgr.bastion.web.front import WebFront
+from sshtunnel_mgr.core.hostport import InvalidAddress, split_host_port
 
 HTTP_PORT = 80
 HTTPS_PORT = 443
@@ -44,18 +40,21 @@ def response(status: int, *headers: tuple[str, str]) -> bytes:
 
 
 def host_name(value: bytes) -> str:
-    """The name in a ``Host`` header, without its port (``[v6]`` stays, and is refused)."""
+    """The name in a ``Host`` header, without its port (``[v6]`` stays, and is refused; so
+    is anything whose port is not one: it is returned whole, never a name)."""
     text = value.decode("ascii", "replace").strip()
     if text.startswith("["):
         return text.partition("]")[0] + "]"
-    name, sep, port = text.rpartition(":")
-    return name if sep and port.isdigit() else text
+    try:
+        return split_host_port(text, 0, allow_zero=True)[0]
+    except InvalidAddress:
+        return text
 
 
 class HttpReader:
     via = "http"
 
-    def __init__(self, front: WebFront) -> None:
+    def __init__(self, front: Front) -> None:
         self.front = front
         self.timeout = front.config.head_timeout
         self.max_bytes = front.config.head_max_bytes

@@ -7,14 +7,9 @@ same for every reason: a client learns nothing about which names exist.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from sshtunnel_mgr.bastion.web.conn import Decision, Forward, Reply
+from sshtunnel_mgr.bastion.web.conn import Decision, Forward, Front, Reply
 from sshtunnel_mgr.bastion.web.decide import Refused, pick, public_name, serving
 from sshtunnel_mgr.core.tlshello import ALERT_UNRECOGNIZED_NAME, Bad, Hello, read_hello
-
-if TYPE_CHECKING:
-    from sshtunnel_mgr.bastion.web.front import WebFront
 
 HTTPS_PORT = 443  # the published port an HTTPS name is routed to
 
@@ -22,7 +17,7 @@ HTTPS_PORT = 443  # the published port an HTTPS name is routed to
 class HelloReader:
     via = "https"
 
-    def __init__(self, front: WebFront) -> None:
+    def __init__(self, front: Front) -> None:
         self.front = front
         self.timeout = front.config.hello_timeout
         self.max_bytes = front.config.hello_max_bytes
