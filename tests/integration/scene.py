@@ -149,7 +149,8 @@ async def sshtun_process(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    svc = SshtunProcess(proc, f"sshtun {args[0]} (pid {proc.pid})")
+    role = next((a for a in args if a in ("bastion", "up")), args[0])
+    svc = SshtunProcess(proc, f"sshtun {role} (pid {proc.pid})")
     reader = asyncio.create_task(svc._read())
     try:
         if ready is not None:

@@ -18,35 +18,25 @@ import pytest
 from tests.harness import (
     SSHTUN,
     Keys,
-    access_text,
     agent_config,
-    bastion_config,
     bastion_pub,
-    free_port,
     process,
     read_until,
     run_ssh,
     write_ssh_config,
     write_toml,
 )
+from tests.integration.scene import scene, sshtun_process
 
 
 async def test_json_logs_carry_each_refusal_as_fields(keys: Keys, tmp_path: Path) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    port = free_port()
-    bfile = write_toml(tmp_path / "bastion.toml", "bastion", bastion_config(keys, access, port))
-    async with process(
-        *SSHTUN, "--log-format", "json", "bastion", "--config", str(bfile)
-    ) as bastion:
-        await read_until(bastion.stderr, "listening on")
-        client = write_ssh_config(tmp_path / "c", keys, port)
-        result = await run_ssh(client, "-W", "127.0.0.1:22", "bastion")
-        assert result.returncode != 0
-        bastion.send_signal(signal.SIGTERM)
-        await bastion.wait()
-        assert bastion.stderr is not None
-        lines = (await bastion.stderr.read()).decode().splitlines()
+    async with scene(keys, tmp_path, home=False, bastion=False) as s:
+        argv = ["--log-format", "json", "bastion", "--config", str(s.bastion_file())]
+        async with sshtun_process(*argv, ready="listening on") as bastion:
+            result = await s.ssh("-W", "127.0.0.1:22", "bastion")
+            assert result.returncode != 0
+            await bastion.stop()
+        lines = "".join(bastion.lines).splitlines()
     events = [json.loads(line) for line in lines]  # every line is one JSON object
     [refusal] = [e for e in events if e["event"] == "refused open"]
     assert refusal["level"] == "warning"
@@ -127,25 +117,16 @@ async def logs_of(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run a real bastion process (``-v``: debug lines too) while ``peers(port)`` talk to it;
     its log as parsed events (every line must be one) and its audit log records."""
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    port = free_port()
     audit = tmp_path / "audit.jsonl"
-    config = bastion_config(
-        keys, access, port, audit_log=audit, limits={"max_auth_failures_per_source": 0}
-    )
-    bfile = write_toml(tmp_path / "bastion.toml", "bastion", config)
-    argv = [*SSHTUN, "-v", "--log-format", fmt, "bastion", "--config", str(bfile)]
-    async with process(*argv) as bastion:
-        lines = await read_until(bastion.stderr, "listening on")
-        assert bastion.stderr is not None
-        rest = asyncio.create_task(bastion.stderr.read())  # drained while the peers run
-        try:
-            await peers(port)
-        finally:
-            bastion.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(bastion.wait(), 30)
-        lines += (await rest).decode().splitlines(keepends=True)
+    async with scene(keys, tmp_path, home=False, bastion=False) as s:
+        bfile = s.bastion_file(audit_log=audit, limits={"max_auth_failures_per_source": 0})
+        argv = ["-v", "--log-format", fmt, "bastion", "--config", str(bfile)]
+        async with sshtun_process(*argv, ready="listening on") as bastion:
+            try:
+                await peers(s.port)
+            finally:
+                await bastion.stop()
+        lines = list(bastion.lines)
     assert all(line.endswith("\n") for line in lines)
     parse = json.loads if fmt == "json" else parse_text_line
     events = [parse(line.removesuffix("\n")) for line in lines]
