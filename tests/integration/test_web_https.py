@@ -4,6 +4,7 @@ The bastion reads only the ClientHello; TLS ends at home (the bastion has no key
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,35 @@ async def test_a_slow_or_oversized_hello_is_cut_off(keys: Keys, tmp_path: Path) 
         assert "no ClientHello in 0.5 s" in reasons
         assert "a ClientHello of 4096 bytes (more than 512)" in reasons
         assert "no complete ClientHello in" in reasons
+
+
+async def test_per_source_caps(keys: Keys, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "home", ["cloud.test"])
+    caps = {
+        "public": ["cloud.test"],
+        "rules": {"cloud.test": {"max_new_per_source": 2}},
+        "max_pending_per_source": 2,
+    }
+    async with (
+        tls_server(pki) as home,
+        web_bastion(keys, tmp_path, tunnels(home)[:1], "cloud.test:443", **caps) as web,
+    ):
+        # Two connections that send nothing hold this source's two slots: a third is
+        # closed at once, before it sends a byte.
+        held = [await asyncio.open_connection("127.0.0.1", web.https) for _ in range(2)]
+        await wait_for(lambda: web.bastion.web is not None and len(web.bastion.web.conns) == 2)
+        assert await raw_exchange(web.https, []) == b""
+        for _reader, writer in held:
+            writer.close()
+        await wait_for(lambda: web.bastion.web is not None and not web.bastion.web.conns)
+        # Two new connections a minute to cloud.test from one source: the third is refused.
+        for _ in range(2):
+            cert, _body = await tls_get(web.https, "cloud.test", pki.ca)
+            assert cert == pki.cert_der
+        assert await raw_exchange(web.https, [hello_for(b"cloud.test")]) == ALERT_UNRECOGNIZED_NAME
+        await wait_for(lambda: len(web.records("refused")) >= 2)
+        reasons = " | ".join(r["reason"] for r in web.records("refused"))
+        assert "127.0.0.1 has 2 connections still sending their head" in reasons
+        assert "more than 2 new connections a minute from 127.0.0.1 to cloud.test" in reasons
+        counters = web.bastion.state.counters
+        assert counters["web_refused_pending"] == 1 and counters["web_refused_rate"] == 1
