@@ -119,14 +119,14 @@ async def real_bastion(
                 await drain
 
 
-def client_config(workdir: Path, keys: Keys, port: int) -> Path:
+def client_config(workdir: Path, keys: Keys, port: int, key3: str | None = None) -> Path:
     """``homebox`` over the name (OpenSSH tries each address), ``homebox-via-N`` over one
-    bastion's address; every hop pinned."""
+    bastion's address; every hop pinned (``key3``: bastion 3's own host key)."""
     known = workdir / "known_hosts"
     bastion = bastion_pub(keys)
     known.write_text(
         f"[{NAME}]:{port} {bastion}\n[127.0.0.2]:{port} {bastion}\n"
-        f"[127.0.0.3]:{port} {bastion}\nhomebox {pub_of(keys.home_host)}\n"
+        f"[127.0.0.3]:{port} {key3 or bastion}\nhomebox {pub_of(keys.home_host)}\n"
     )
     blocks = [f"Host bastion\n  HostName {NAME}\n  Port {port}\n  User sshtun\n"]
     blocks.append(f"Host homebox\n  HostName homebox\n  ProxyJump bastion\n  User {USER}\n")
@@ -287,14 +287,22 @@ async def test_a_dropped_address_drains_its_link_without_cutting_a_session(
     """In-process agent with an injected resolver: when an address leaves the answer, its
     link withdraws the name at once (that bastion routes no new session to it) but the
     session already routed through it goes on; the link is listed until that session has
-    ended, then it is gone, and the other bastion serves throughout."""
+    ended, then it is gone, and the other bastion serves throughout.
+
+    The two bastions have different host keys, both pinned under the name in the agent's
+    known_hosts file: each link checks its bastion's key under the name, and neither
+    bastion's host-key announcement (which lists only its own key) removes the other's."""
     require_openssh(server=True)
     port = shared_port("127.0.0.2", "127.0.0.3")
     access = tmp_path / "access"
     access.write_text(access_text(keys))
     access.chmod(0o600)
     (tmp_path / "client").mkdir()
-    cfg = client_config(tmp_path / "client", keys, port)
+    host3 = keys.extra("bastion3_host_key")
+    cfg = client_config(tmp_path / "client", keys, port, key3=pub_of(host3))
+    agent_known = tmp_path / "agent_known_hosts"
+    pinned = f"[{NAME}]:{port} {bastion_pub(keys)}\n[{NAME}]:{port} {pub_of(host3)}\n"
+    agent_known.write_text(pinned)
     answer = ["127.0.0.2", "127.0.0.3"]
     asked: list[tuple[str, int]] = []
 
@@ -305,7 +313,7 @@ async def test_a_dropped_address_drains_its_link_without_cutting_a_session(
     def bastion(address: str) -> BastionConfig:
         return BastionConfig(
             listen=[f"{address}:{port}"],
-            host_key=keys.bastion_host_path,
+            host_key=keys.bastion_host_path if address == "127.0.0.2" else host3.path,
             access_file=access,
             admin_socket=keys.dir / f"b-{address}.sock",
             shutdown_grace=1.0,
@@ -319,7 +327,7 @@ async def test_a_dropped_address_drains_its_link_without_cutting_a_session(
         agent = Agent(
             AgentConfig(
                 key=keys.agent.path,
-                bastions=[BastionEndpoint(address=f"{NAME}:{port}", host_key=bastion_pub(keys))],
+                bastions=[BastionEndpoint(address=f"{NAME}:{port}", known_hosts=agent_known)],
                 tunnels=[TunnelConfig(name="homebox", port=22, target=f"127.0.0.1:{home.port}")],
                 admin_socket=keys.dir / "agent.sock",
                 resolve_interval=0.2,
@@ -343,6 +351,8 @@ async def test_a_dropped_address_drains_its_link_without_cutting_a_session(
             ]
             assert agent.snapshot()["names"][0]["addresses"] == ["127.0.0.2", "127.0.0.3"]
             assert "/127.0.0.2: up homebox:22" in agent.status_line()
+            assert (await run_ssh(cfg, "homebox-via-3", "echo", "three")).stdout == b"three\n"
+            assert agent_known.read_text() == pinned  # no announcement removed a key
 
             assert SSH is not None
             session = await asyncio.create_subprocess_exec(
