@@ -19,7 +19,6 @@ max_new_per_source = 10
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sshtunnel_mgr.core.addrmatch import match_from, parse_pattern
+from sshtunnel_mgr.core.addrset import is_ip_literal
 from sshtunnel_mgr.core.hostport import split_host_port
 from sshtunnel_mgr.core.names import HostPortPattern, InvalidName, match_name
 
@@ -41,19 +41,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _listen(value: str | None) -> str | None:
     if value is None:
         return None
     host, _port = split_host_port(value, 0, allow_zero=True)
-    if not _is_ip(host) and host != "localhost":
+    if not is_ip_literal(host) and host != "localhost":
         raise ValueError(f"{value!r} must be IP:PORT, like 0.0.0.0:443")
     if ":" not in value.rsplit("]", 1)[-1]:
         raise ValueError(f"{value!r} needs a port, like 0.0.0.0:443")

@@ -106,3 +106,24 @@ def test_parse_port(text: str, allow_zero: bool, allow_any: bool, expected: int 
 def test_join_is_the_inverse_of_split(host: str, port: int, text: str) -> None:
     assert join_host_port(host, port) == text
     assert split_host_port(text, 1, allow_zero=True) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        (b"homebox.example.com", "homebox.example.com"),
+        (b"homebox.example.com:8080", "homebox.example.com"),
+        (b" homebox.example.com:80 ", "homebox.example.com"),
+        (b"homebox.example.com:", "homebox.example.com"),  # RFC 9110: the port may be empty
+        (b"homebox.example.com:http", "homebox.example.com:http"),  # whole: not a name
+        (b"homebox.example.com:99999", "homebox.example.com:99999"),
+        (b"[::1]:443", "[::1]"),  # bracketed: kept so, and refused as no name
+        (b"::1", "::1"),
+    ],
+)
+def test_the_bastions_http_host_header_goes_through_the_same_parser(
+    header: bytes, name: str
+) -> None:
+    from sshtunnel_mgr.bastion.web.http import host_name
+
+    assert host_name(header) == name
