@@ -178,3 +178,11 @@ async def test_per_source_caps(keys: Keys, tmp_path: Path) -> None:
         assert "more than 2 new connections a minute from 127.0.0.1 to cloud.test" in reasons
         counters = web.bastion.state.counters
         assert counters["web_refused_pending"] == 1 and counters["web_refused_rate"] == 1
+        # A flood of refusals from one source is counted in full and recorded (logged and
+        # audited) ten times a minute, then every hundredth: 4 above (the two idle ones
+        # closed early too), so 6 of these 12.
+        for _ in range(12):
+            assert await raw_exchange(web.https, [b"GET / HTTP/1.0\r\n\r\n"]) == b""
+        await wait_for(lambda: counters["web_refused_bad_hello"] == 12)
+        garbage = [r for r in web.records("refused") if r["reason"] == "not a TLS handshake"]
+        assert len(garbage) == 6

@@ -75,6 +75,8 @@ class Front(Protocol):
 
     def decided(self, conn: WebConn) -> None: ...
 
+    def worth_recording(self, source: str) -> bool: ...
+
     def left(self, conn: WebConn) -> None: ...
 
     def keep(self, task: asyncio.Future[None]) -> None: ...
@@ -201,6 +203,7 @@ class WebConn(asyncio.Protocol):
                 reply.refusal,
                 event="refused web",
                 counter=f"web_refused_{reply.counter}" if reply.counter else "web_refused",
+                record=self.front.worth_recording(self.peer_ip),
                 log_only={"answer": reply.note} if reply.note else None,
                 **fields,
             )

@@ -114,7 +114,7 @@ class WebFront:
                 f"{source} has {self.pending[source]} connections still sending their head",
                 event="refused web",
                 counter="web_refused_pending",
-                record=bool(self._flood_log.hit(source)),
+                record=self.worth_recording(source),
                 via=conn.reader.via,
             )
             conn.close()
@@ -123,6 +123,11 @@ class WebFront:
         self._deciding.add(conn)
         self.pending[source] += 1
         return True
+
+    def worth_recording(self, source: str) -> bool:
+        """Whether a refusal from ``source`` is logged and audited (always counted): the
+        first ten a minute from a source, then every hundredth (core/lograte.py)."""
+        return self._flood_log.hit(source).write
 
     def decided(self, conn: WebConn) -> None:
         if conn in self._deciding:
