@@ -186,3 +186,28 @@ async def test_per_source_caps(keys: Keys, tmp_path: Path) -> None:
         await wait_for(lambda: counters["web_refused_bad_hello"] == 12)
         garbage = [r for r in web.records("refused") if r["reason"] == "not a TLS handshake"]
         assert len(garbage) == 6
+
+
+async def test_reload_applies_public_names_and_keeps_the_listeners(
+    keys: Keys, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "home", ["cloud.test"])
+    async with (
+        tls_server(pki) as home,
+        web_bastion(keys, tmp_path, tunnels(home), PERMIT, **WEB) as web,
+    ):
+        cert, _body = await tls_get(web.https, "cloud.test", pki.ca)
+        assert cert == pki.cert_der
+        bastion = web.bastion
+        changed = bastion.config.web.model_copy(
+            update={"public": ["guarded.test"], "https_listen": "127.0.0.1:1"}
+        )
+        answer = bastion.reload(bastion.config.model_copy(update={"web": changed}))
+        assert (
+            answer["ok"]
+            and "web listen changed: restart the bastion to apply that" in (answer["notes"])
+        )
+        assert bastion.config.web.https_listen == "127.0.0.1:0"  # the running one stays
+        assert await raw_exchange(web.https, [hello_for(b"cloud.test")]) == ALERT_UNRECOGNIZED_NAME
+        await wait_for(lambda: any("cloud.test is not public" in r["reason"]
+                                   for r in web.records("refused")))  # fmt: skip
