@@ -23,6 +23,7 @@ HANDSHAKE_CLIENT_HELLO: Final = 1
 EXT_SERVER_NAME: Final = 0
 NAME_HOST: Final = 0
 MAX_RECORD: Final = 16384 + 2048  # TLSCiphertext's cap; a plaintext record is 2^14
+MAX_RECORDS: Final = 64  # a ClientHello cut into more records than this is refused
 # A fatal unrecognized_name (112) alert, as a TLS 1.0 record (every client takes it).
 ALERT_UNRECOGNIZED_NAME: Final = bytes([21, 3, 1, 0, 2, 2, 112])
 
@@ -75,8 +76,11 @@ class _Reader:
 def _handshake_bytes(data: bytes) -> tuple[bytes, bool] | Bad:
     """The handshake bytes in ``data`` (a record's as far as it came); whether one is cut."""
     out = bytearray()
-    pos = 0
+    pos = records = 0
     while pos < len(data):
+        records += 1
+        if records > MAX_RECORDS:
+            return Bad(f"a ClientHello in more than {MAX_RECORDS} records")
         if data[pos] != RECORD_HANDSHAKE:
             if pos == 0:
                 return Bad("not a TLS handshake")
@@ -94,6 +98,19 @@ def _handshake_bytes(data: bytes) -> tuple[bytes, bool] | Bad:
         out += data[pos + 5 : pos + 5 + length]
         pos += 5 + length
     return bytes(out), False
+
+
+def next_boundary(data: bytes) -> int:
+    """How long ``data`` must grow before ``read_hello`` can say more than ``NEED_MORE``
+    again: the end of the first record not complete yet (or of its header). A reader that
+    waits for it parses a hello once per record, not once per TCP segment."""
+    pos = 0
+    while len(data) - pos >= 5:
+        end = pos + 5 + int.from_bytes(data[pos + 3 : pos + 5], "big")
+        if end > len(data):
+            return end
+        pos = end
+    return pos + 5
 
 
 def read_hello(data: bytes, max_bytes: int = 16384) -> HelloResult:
@@ -118,8 +135,8 @@ def read_hello(data: bytes, max_bytes: int = 16384) -> HelloResult:
 
 
 def _more(data: bytes, max_bytes: int) -> HelloResult:
-    # Record headers add 5 bytes per record: allow for a hello fragmented into many.
-    if len(data) > max_bytes + 5 * (max_bytes // 256 + 1) + 4:
+    # Record headers add 5 bytes per record, and there are at most MAX_RECORDS of them.
+    if len(data) > max_bytes + 4 + 5 * MAX_RECORDS:
         return Bad(f"no complete ClientHello in {len(data)} bytes")
     return NEED_MORE
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sshtunnel_mgr.core.tlshello import NEED_MORE, Bad, Hello, read_hello
+from sshtunnel_mgr.core.tlshello import NEED_MORE, Bad, Hello, next_boundary, read_hello
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "tlshello"
 
@@ -48,7 +48,7 @@ def fragment(data: bytes, size: int) -> bytes:
     return out
 
 
-@pytest.mark.parametrize("size", [1, 3, 64, 200])
+@pytest.mark.parametrize("size", [8, 9, 64, 200])
 def test_fragmented_records(size: int) -> None:
     data = fragment(hello("curl_sni"), size)
     assert read_hello(data, max_bytes=16384) == Hello("cloud.test")
@@ -91,7 +91,7 @@ def test_endless_tiny_records_are_bounded() -> None:
     # A hello that claims 16 KiB and is fed one byte per record never ends: it is cut off.
     data = b"\x16\x03\x01\x00\x04\x01\x00\x3f\xf0" + b"\x16\x03\x01\x00\x01\x00" * 3000
     found = read_hello(data, max_bytes=16384)
-    assert isinstance(found, Bad) and "no complete ClientHello" in found.reason
+    assert found == Bad("a ClientHello in more than 64 records")
 
 
 def test_lengths_that_lie() -> None:
@@ -107,3 +107,21 @@ def test_a_server_name_that_is_not_printable() -> None:
     spoiled = data[:at] + b"cl\x00ud.test" + data[at + 10 :]
     found = read_hello(spoiled)
     assert isinstance(found, Bad) and "not printable" in found.reason
+
+
+def test_next_boundary_is_where_a_parse_can_tell_more() -> None:
+    data = fragment(hello("curl_sni"), 100)
+    assert next_boundary(b"") == 5
+    assert next_boundary(data[:3]) == 5
+    assert next_boundary(data[:5]) == 105
+    assert next_boundary(data[:104]) == 105
+    assert next_boundary(data[:105]) == 110  # the next record's header
+    for cut in range(len(data)):  # waiting for the boundary never skips an answer
+        if read_hello(data[:cut]) is not NEED_MORE:
+            assert cut >= next_boundary(data[: cut - 1]) or cut == 0
+
+
+def test_a_hello_in_too_many_records_is_refused() -> None:
+    found = read_hello(fragment(hello("curl_sni"), 5))  # 102 records
+    assert found == Bad("a ClientHello in more than 64 records")
+    assert read_hello(fragment(hello("curl_sni"), 8)) == Hello("cloud.test")  # 64 records

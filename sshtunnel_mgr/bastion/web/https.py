@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from sshtunnel_mgr.bastion.web.conn import Decision, Forward, Front, Reply
 from sshtunnel_mgr.bastion.web.decide import Refused, pick, public_name, serving
-from sshtunnel_mgr.core.tlshello import ALERT_UNRECOGNIZED_NAME, Bad, Hello, read_hello
+from sshtunnel_mgr.core.tlshello import (
+    ALERT_UNRECOGNIZED_NAME,
+    NEED_MORE,
+    Bad,
+    Hello,
+    next_boundary,
+    read_hello,
+)
 
 HTTPS_PORT = 443  # the published port an HTTPS name is routed to
 
@@ -21,9 +28,15 @@ class HelloReader:
         self.front = front
         self.timeout = front.config.hello_timeout
         self.max_bytes = front.config.hello_max_bytes
+        self._ready_at = 1  # the buffer's length at which a parse can tell more
 
     def feed(self, buffer: bytes, source_ip: str) -> Decision | None:
+        if len(buffer) < self._ready_at:
+            return None  # inside a record: a hello sent a byte a segment costs no reparse
         found = read_hello(buffer, self.max_bytes)
+        if found is NEED_MORE:
+            self._ready_at = next_boundary(buffer)
+            return None
         if isinstance(found, Bad):
             tls = buffer[:1] == b"\x16"
             return Reply(
