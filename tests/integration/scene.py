@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -136,7 +137,11 @@ class SshtunProcess:
 
 @contextlib.asynccontextmanager
 async def sshtun_process(
-    *args: str, ready: str | None = None, timeout: float = 30, check: bool = True
+    *args: str,
+    ready: str | None = None,
+    timeout: float = 30,
+    check: bool = True,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[SshtunProcess]:
     """``sshtun ARGS`` as a real process, stopped by its PID when the block ends. With
     ``ready``, wait for a log line holding it. With ``check`` (the default), the test fails
@@ -148,6 +153,7 @@ async def sshtun_process(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     role = next((a for a in args if a in ("bastion", "up")), args[0])
     svc = SshtunProcess(proc, f"sshtun {role} (pid {proc.pid})")

@@ -13,17 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.harness import (
-    SSHTUN,
     Keys,
-    access_text,
-    agent_config,
-    bastion_config,
-    free_port,
-    process,
     running_bastion,
     wait_for,
-    write_toml,
 )
+from tests.integration.scene import scene, sshtun_process
 
 
 class NotifySocket:
@@ -65,12 +59,6 @@ async def tcp_target() -> AsyncIterator[tuple[asyncio.Server, int]]:
         server.close()
 
 
-async def collect(stream: asyncio.StreamReader | None, lines: list[str]) -> None:
-    assert stream is not None
-    async for raw in stream:
-        lines.append(raw.decode(errors="replace"))
-
-
 @pytest.fixture
 def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(tmp_path / "notify")
@@ -81,30 +69,23 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
 async def test_ready_after_publish_and_watchdog_only_while_healthy(
     keys: Keys, tmp_path: Path, notify: NotifySocket
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    port = free_port()
-    async with tcp_target() as (target, target_port):
-        acfg = write_toml(
-            tmp_path / "agent.toml",
-            "agent",
-            agent_config(
-                keys,
-                port,
-                [("homebox", 22, f"127.0.0.1:{target_port}")],
-                backoff={"base": 0.1, "cap": 0.3},
-                probe_interval=0.3,
-            ),
+    async with (
+        tcp_target() as (target, target_port),
+        scene(keys, tmp_path, home=False, bastion=False) as s,
+    ):
+        acfg = s.agent_file(
+            [("homebox", 22, f"127.0.0.1:{target_port}")],
+            backoff={"base": 0.1, "cap": 0.3},
+            probe_interval=0.3,
         )
         env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "600000"}
-        async with process(*SSHTUN, "up", "--config", str(acfg), env=env) as agent:
-            lines: list[str] = []
-            reader = asyncio.create_task(collect(agent.stderr, lines))
+        async with sshtun_process("up", "--config", str(acfg), env=env) as agent:
+            lines = agent.lines
             # No bastion yet: the agent retries, and says nothing is ready.
             await wait_for(lambda: sum("link down" in line for line in lines) >= 2)
             assert not notify.seen("READY=1")
             assert not notify.seen("WATCHDOG=1")
-            async with running_bastion(bastion_config(keys, access, port)):
+            async with running_bastion(s.bastion_config()):
                 await wait_for(lambda: notify.seen("READY=1"))
                 await wait_for(lambda: notify.seen("WATCHDOG=1"))
                 assert notify.seen("STATUS=127.0.0.1:")
@@ -120,26 +101,21 @@ async def test_ready_after_publish_and_watchdog_only_while_healthy(
                 await wait_for(lambda: sum("probe failed" in line for line in lines) >= 4)
                 assert not notify.seen("WATCHDOG=1")
                 agent.send_signal(signal.SIGTERM)
-                assert await asyncio.wait_for(agent.wait(), 10) == 0
-            await asyncio.wait_for(reader, 5)
+                assert await agent.wait(10) == 0
             assert notify.seen("STOPPING=1")
 
 
 async def test_bastion_notifies_ready_when_listening(
     keys: Keys, tmp_path: Path, notify: NotifySocket
 ) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    cfg = write_toml(
-        tmp_path / "bastion.toml", "bastion", bastion_config(keys, access, free_port())
-    )
-    async with process(
-        *SSHTUN, "bastion", "--config", str(cfg), env={"NOTIFY_SOCKET": str(notify.path)}
-    ) as bastion:
-        await wait_for(lambda: notify.seen("READY=1"))
-        assert notify.seen("STATUS=listening on 127.0.0.1:")
-        bastion.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(bastion.wait(), 10) == 0
+    async with scene(keys, tmp_path, home=False, bastion=False) as s:
+        cfg = s.bastion_file()
+        env = {"NOTIFY_SOCKET": str(notify.path)}
+        async with sshtun_process("bastion", "--config", str(cfg), env=env) as bastion:
+            await wait_for(lambda: notify.seen("READY=1"))
+            assert notify.seen("STATUS=listening on 127.0.0.1:")
+            bastion.send_signal(signal.SIGTERM)
+            assert await bastion.wait(10) == 0
         assert notify.seen("STOPPING=1")
 
 
@@ -176,14 +152,11 @@ def test_notify_never_raises(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 
 async def test_bastion_pings_the_watchdog(keys: Keys, tmp_path: Path, notify: NotifySocket) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    cfg = write_toml(
-        tmp_path / "bastion.toml", "bastion", bastion_config(keys, access, free_port())
-    )
-    env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"}
-    async with process(*SSHTUN, "bastion", "--config", str(cfg), env=env) as bastion:
-        await wait_for(lambda: notify.count("WATCHDOG=1") >= 3)
-        assert notify.seen("0 names from 0 agent connections")
-        bastion.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(bastion.wait(), 10) == 0
+    async with scene(keys, tmp_path, home=False, bastion=False) as s:
+        cfg = s.bastion_file()
+        env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"}
+        async with sshtun_process("bastion", "--config", str(cfg), env=env) as bastion:
+            await wait_for(lambda: notify.count("WATCHDOG=1") >= 3)
+            assert notify.seen("0 names from 0 agent connections")
+            bastion.send_signal(signal.SIGTERM)
+            assert await bastion.wait(10) == 0
