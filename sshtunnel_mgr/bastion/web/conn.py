@@ -230,6 +230,15 @@ class WebConn(asyncio.Protocol):
 
     # Forwarding ----------------------------------------------------------------------------
     async def _forward(self, forward: Forward) -> None:
+        """Open and splice; whatever goes wrong, the client's connection is not left
+        paused and open (the front logs the failure)."""
+        try:
+            await self._open(forward)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _open(self, forward: Forward) -> None:
         route, state = forward.route, self.state
         stats = route.handle.route_stats.setdefault(
             (route.name, route.port), RouteStats(state.counters)
