@@ -27,13 +27,11 @@ from tests.harness import (
     Keys,
     access_text,
     agent_config,
-    bastion_config,
-    bastion_pub,
     free_port,
     running_agent,
-    running_bastion,
     wait_for,
 )
+from tests.integration.scene import scene, tcp_service
 
 FAST = {"base": 0.05, "cap": 0.2, "healthy_after": 30}
 PORT = 8080  # not 22: no home host key announcement opens extra connections to the target
@@ -116,12 +114,8 @@ async def home_service() -> AsyncIterator[tuple[int, list[asyncio.Event]]]:
             writer.close()
             done.set()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], ended
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with tcp_service(serve) as port:
+        yield port, ended
 
 
 def agent_cfg(keys: Keys, port: int, names: list[str], target: str) -> AgentConfig:
@@ -155,15 +149,12 @@ async def test_a_reload_during_a_reconnect_applies_in_full(
     names and adds another. Before: the withdrawn name was published anyway (the publish
     in flight finished after the withdrawal) and the added one never was (the reload saw
     a link that was not up and left it to the publish in flight, which had the old list)."""
-    access = tmp_path / "access"
-    access.write_text(access_text(keys, listen=listen("homebox", "other", "nas")))
+    access = access_text(keys, listen=listen("homebox", "other", "nas"))
     async with (
-        running_bastion(bastion_config(keys, access)) as bastion,
-        home_service() as (
-            home,
-            _,
-        ),
+        scene(keys, tmp_path, access=access, home=False) as s,
+        home_service() as (home, _),
     ):
+        bastion = s.bastion
         target = f"127.0.0.1:{home}"
         cfg = agent_cfg(keys, bastion.port, ["homebox", "other"], target)
         async with running_agent(cfg) as agent:
@@ -197,17 +188,12 @@ async def test_a_reload_during_a_hand_over_keeps_every_name_on_the_new_connectio
     while the agent listed it as published."""
     new = keys.extra("agent_next")
     names = listen("homebox", "other", "nas")
-    access = tmp_path / "access"
-    access.write_text(
-        access_text(keys, listen=names, extra=[f'permitlisten="{names}" {new.public_line}'])
-    )
+    access = access_text(keys, listen=names, extra=[f'permitlisten="{names}" {new.public_line}'])
     async with (
-        running_bastion(bastion_config(keys, access)) as bastion,
-        home_service() as (
-            home,
-            _,
-        ),
+        scene(keys, tmp_path, access=access, home=False) as s,
+        home_service() as (home, _),
     ):
+        bastion = s.bastion
         target = f"127.0.0.1:{home}"
         cfg = agent_cfg(keys, bastion.port, ["homebox", "other"], target)
         async with running_agent(cfg) as agent:
@@ -241,18 +227,6 @@ async def test_a_reload_during_a_hand_over_keeps_every_name_on_the_new_connectio
             assert await link.probe(10)
 
 
-async def client(keys: Keys, bastion: Bastion) -> asyncssh.SSHClientConnection:
-    return await asyncssh.connect(
-        "127.0.0.1",
-        bastion.port,
-        username="alice",
-        config=None,
-        agent_path=None,
-        client_keys=[load_private_key(keys.client.path)],
-        known_hosts=([asyncssh.import_public_key(bastion_pub(keys))], [], []),
-    )
-
-
 async def echo(writer: asyncssh.SSHWriter[bytes], reader: asyncssh.SSHReader[bytes]) -> None:
     writer.write(b"ping\n")
     assert await asyncio.wait_for(reader.readline(), 15) == b"ping\n"
@@ -263,29 +237,21 @@ async def test_the_agent_counts_its_routed_sessions_and_a_hand_over_drains_on_th
 ) -> None:
     new = keys.extra("agent_next")
     names = listen("homebox", "down")
-    access = tmp_path / "access"
-    access.write_text(
-        access_text(
-            keys,
-            listen=names,
-            open_=names,
-            extra=[f'permitlisten="{names}" {new.public_line}'],
-        )
+    access = access_text(
+        keys, listen=names, open_=names, extra=[f'permitlisten="{names}" {new.public_line}']
     )
     async with (
-        running_bastion(bastion_config(keys, access)) as bastion,
-        home_service() as (
-            home,
-            ended,
-        ),
+        scene(keys, tmp_path, access=access, home=False) as s,
+        home_service() as (home, ended),
     ):
+        bastion = s.bastion
         cfg = agent_config(
             keys,
             bastion.port,
             [("homebox", PORT, f"127.0.0.1:{home}"), ("down", PORT, f"127.0.0.1:{free_port()}")],
             backoff=FAST,
         )
-        async with running_agent(cfg) as agent, await client(keys, bastion) as alice:
+        async with running_agent(cfg) as agent, await s.connect(keys.client.path) as alice:
             link = agent.agent.links[0]
             # The first health probe is done ("down" fails it).
             await wait_for(lambda: link.status.probe_error != "")
@@ -328,15 +294,12 @@ async def test_a_probe_answered_late_closes_the_late_channel(
     """A probe gives up after its timeout without cancelling the open (SSH cannot take an
     open back); when the bastion answers after all, the agent closes that channel, so
     neither the bastion nor the home service is left holding it."""
-    access = tmp_path / "access"
-    access.write_text(access_text(keys, listen=listen("homebox")))
+    access = access_text(keys, listen=listen("homebox"))
     async with (
-        running_bastion(bastion_config(keys, access)) as bastion,
-        home_service() as (
-            home,
-            ended,
-        ),
+        scene(keys, tmp_path, access=access, home=False) as s,
+        home_service() as (home, ended),
     ):
+        bastion = s.bastion
         cfg = agent_cfg(keys, bastion.port, ["homebox"], f"127.0.0.1:{home}")
         async with running_agent(cfg) as agent:
             link = agent.agent.links[0]
