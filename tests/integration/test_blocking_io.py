@@ -21,15 +21,12 @@ from sshtunnel_mgr.core.config import load_config
 from sshtunnel_mgr.keys.store import load_private_key
 from tests.harness import (
     Keys,
-    access_text,
-    agent_config,
     bastion_config,
-    home_sshd,
     run_ssh,
-    running_agent,
     write_ssh_config,
     write_toml,
 )
+from tests.integration.scene import scene
 from tests.integration.test_abuse import connect
 
 BOUND = "30"  # seconds a helper process waits at most for the test to release it
@@ -89,21 +86,14 @@ async def bastion_with(
     keys: Keys, tmp_path: Path, limits: dict[str, object] | None = None, **kw: object
 ) -> AsyncIterator[Bastion]:
     """A bastion, the home box's real sshd and an sshtun agent publishing homebox:22."""
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    config = bastion_config(keys, access, limits=limits)
-    bastion = Bastion(config, **kw)  # type: ignore[arg-type]
-    await bastion.start()
-    try:
-        async with (
-            home_sshd(keys, tmp_path / "home") as home,
-            running_agent(
-                agent_config(keys, bastion.port, [("homebox", 22, f"127.0.0.1:{home.port}")])
-            ),
-        ):
-            yield bastion
-    finally:
-        await bastion.stop()
+    async with scene(keys, tmp_path, bastion=False) as s:
+        bastion = Bastion(bastion_config(keys, s.access, limits=limits), **kw)  # type: ignore[arg-type]
+        await bastion.start()
+        try:
+            async with s.agent(port=bastion.port):
+                yield bastion
+        finally:
+            await bastion.stop()
 
 
 def agent_links(bastion: Bastion) -> set[int]:
