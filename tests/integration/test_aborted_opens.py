@@ -36,16 +36,12 @@ from tests.harness import (
     SSH,
     Keys,
     access_text,
-    agent_config,
-    bastion_config,
     bastion_pub,
     process,
     require_openssh,
-    running_agent,
-    running_bastion,
     wait_for,
-    write_ssh_config,
 )
+from tests.integration.scene import Scene, scene
 
 NAME, PORT = "stream", 7000
 CHUNK = 64 * 1024
@@ -175,38 +171,19 @@ def held_bytes(bastion: Bastion) -> int:
 
 
 @contextlib.asynccontextmanager
-async def publishing_agent(
-    kind: str, keys: Keys, tmp_path: Path, bastion: Bastion, home: StreamingHome
-) -> AsyncIterator[None]:
+async def publishing_agent(kind: str, s: Scene, home: StreamingHome) -> AsyncIterator[None]:
     """The sshtun agent (after its first probe through the name), or stock ``ssh -R`` as
     the agent, publishing stream:7000; then the home service's gate is closed."""
+    bastion = s.bastion
     if kind == "sshtun":
-        config = agent_config(
-            keys, bastion.port, [(NAME, PORT, f"127.0.0.1:{home.port}")], probe_interval=3600.0
-        )
-        async with running_agent(config) as agent:
+        tunnels = [(NAME, PORT, f"127.0.0.1:{home.port}")]
+        async with s.agent(tunnels, probe_interval=3600.0) as agent:
             await wait_for(lambda: agent.agent.links[0].status.probe_ok, timeout=30)
             await wait_for(lambda: home.open == 0 and splices_left(bastion) == 0, timeout=30)
             home.close_gate()
             yield
         return
-    require_openssh()
-    assert SSH is not None
-    cfg = write_ssh_config(tmp_path / "agent", keys, bastion.port, identity=keys.agent.path)
-    async with process(
-        SSH,
-        "-F",
-        str(cfg),
-        "-N",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-R",
-        f"{NAME}:{PORT}:127.0.0.1:{home.port}",
-        "bastion",
-    ) as stock:
-        await wait_for(
-            lambda: bastion.state.routes.lookup(NAME, PORT) or stock.returncode is not None
-        )
+    async with s.stock_agent(f"{NAME}:{PORT}:127.0.0.1:{home.port}") as stock:
         assert stock.returncode is None, "stock ssh -R exited"
         home.close_gate()
         yield
@@ -247,16 +224,15 @@ async def test_clients_that_leave_mid_open_leave_nothing_behind(
     keys: Keys, tmp_path: Path, agent_kind: str
 ) -> None:
     require_openssh()
-    access = tmp_path / "access"
-    access.write_text(access_text(keys, listen=f"{NAME}:{PORT}", open_=f"{NAME}:{PORT}"))
+    access = access_text(keys, listen=f"{NAME}:{PORT}", open_=f"{NAME}:{PORT}")
     audit = tmp_path / "audit.jsonl"
     leavers = 3  # asyncssh clients, then as many real ssh -W clients
     async with (
         streaming_home() as home,
-        running_bastion(bastion_config(keys, access, audit_log=audit)) as bastion,
-        publishing_agent(agent_kind, keys, tmp_path, bastion, home),
+        scene(keys, tmp_path, access=access, home=False, audit_log=audit) as s,
+        publishing_agent(agent_kind, s, home),
     ):
-        cfg = write_ssh_config(tmp_path / "client", keys, bastion.port)
+        bastion, cfg = s.bastion, s.client_cfg
         agents = len(bastion.state.connections)
         before = home.accepted
         for i in range(2 * leavers):
@@ -296,17 +272,16 @@ async def test_clients_that_leave_mid_open_leave_nothing_behind(
 
 
 async def test_an_open_the_agent_does_not_answer_times_out(keys: Keys, tmp_path: Path) -> None:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys, listen=f"{NAME}:{PORT}", open_=f"{NAME}:{PORT}"))
+    access = access_text(keys, listen=f"{NAME}:{PORT}", open_=f"{NAME}:{PORT}")
     audit = tmp_path / "audit.jsonl"
     limits = {"open_timeout": 1.0, "max_unanswered_opens": 1}
-    config = bastion_config(keys, access, audit_log=audit, limits=limits)
     async with (
         streaming_home() as home,
-        running_bastion(config) as bastion,
-        publishing_agent("sshtun", keys, tmp_path, bastion, home),
-        client_connect(keys, bastion.port) as conn,
+        scene(keys, tmp_path, access=access, home=False, audit_log=audit, limits=limits) as s,
+        publishing_agent("sshtun", s, home),
+        client_connect(keys, s.port) as conn,
     ):
+        bastion = s.bastion
         before = home.accepted
         with pytest.raises(asyncssh.ChannelOpenError) as refused:
             await asyncio.wait_for(conn.open_connection(NAME, PORT), 60)
