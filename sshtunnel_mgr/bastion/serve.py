@@ -18,6 +18,7 @@ from sshtunnel_mgr.bastion.metricsview import bastion_metrics
 from sshtunnel_mgr.bastion.server import BastionConnection
 from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.bastion.web import WebFront
+from sshtunnel_mgr.bastion.web.front import drained, keep_listeners
 from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.core.access import AccessPolicy
 from sshtunnel_mgr.core.config import BastionConfig
@@ -225,12 +226,8 @@ class Bastion:
         if config.listen != self.config.listen:
             notes.append("listen changed: restart the bastion to apply that")
             event(log, logging.WARNING, "reload", note="listen changed; restart to apply that")
-        web, running = config.web, self.config.web
-        if (web.https_listen, web.http_listen) != (running.https_listen, running.http_listen):
-            notes.append("web listen changed: restart the bastion to apply that")
-            event(log, logging.WARNING, "reload", note="web listen changed; restart to apply that")
-            kept = {"https_listen": running.https_listen, "http_listen": running.http_listen}
-            config = config.model_copy(update={"web": web.model_copy(update=kept)})
+        web = keep_listeners(self.config.web, config.web, notes)
+        config = config.model_copy(update={"web": web})
         if self.web is not None:
             self.web.reconfigure(config.web)  # public names, rules, bounds
         old_fps = [key_fingerprint(k) for k in self.host_keys]
@@ -308,10 +305,12 @@ class Bastion:
             if conn.conn is not None and conn.published:
                 conn.conn.send_debug(DRAIN_NOTICE)
         live = self.state.routed_channels()
-        if live and grace > 0:
-            event(log, logging.INFO, "draining", routed_channels=live, grace=f"{grace:.0f}s")
+        web_live = self.web.routed_open if self.web is not None else 0
+        if (live or web_live) and grace > 0:
+            ssh, wait = self.state.drained if live else None, f"{grace:.0f}s"
+            event(log, logging.INFO, "draining", routed_channels=live, web=web_live, grace=wait)
             try:
-                await asyncio.wait_for(self.state.drained.wait(), grace)
+                await asyncio.wait_for(drained(ssh, self.web), grace)
             except TimeoutError:
                 event(
                     log,

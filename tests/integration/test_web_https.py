@@ -5,6 +5,7 @@ The bastion reads only the ClientHello; TLS ends at home (the bastion has no key
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,26 @@ async def test_reload_applies_public_names_and_keeps_the_listeners(
         assert await raw_exchange(web.https, [hello_for(b"cloud.test")]) == ALERT_UNRECOGNIZED_NAME
         await wait_for(lambda: any("cloud.test is not public" in r["reason"]
                                    for r in web.records("refused")))  # fmt: skip
+
+
+async def test_shutdown_drains_a_routed_web_connection(keys: Keys, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "home", ["cloud.test"])
+    async with (
+        tls_server(pki) as home,
+        web_bastion(keys, tmp_path, tunnels(home), PERMIT, **WEB) as web,
+    ):
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", web.https, ssl=ctx, server_hostname="cloud.test"
+        )
+        front = web.bastion.web
+        assert front is not None and front.routed_open == 1
+        stopping = asyncio.ensure_future(web.bastion.stop(grace=60))
+        await wait_for(lambda: not web.bastion.state.accepting)
+        # The routed connection goes on through the drain: a request, its whole answer.
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        page = await asyncio.wait_for(reader.read(), 20)
+        assert b"s_server" in page
+        writer.close()
+        await asyncio.wait_for(stopping, 20)  # and the drain ends when it does, not at 60 s
+        assert front.routed_open == 0

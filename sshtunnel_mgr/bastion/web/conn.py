@@ -75,6 +75,8 @@ class Front(Protocol):
 
     def decided(self, conn: WebConn) -> None: ...
 
+    def route_closed(self) -> None: ...
+
     def worth_recording(self, source: str) -> bool: ...
 
     def left(self, conn: WebConn) -> None: ...
@@ -290,6 +292,6 @@ class WebConn(asyncio.Protocol):
         self.close()
 
     def _pipe_closed(self, pipe: Pipe) -> None:
-        self.front.routed_open -= 1
+        self.front.route_closed()
         self.state.audit.routed(self, pipe, not self.state.accepting)
         self.close()

@@ -28,6 +28,26 @@ from sshtunnel_mgr.runtime.logsetup import event
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
 
+def keep_listeners(running: WebConfig, new: WebConfig, notes: list[str]) -> WebConfig:
+    """Reload: ``new`` with the running listen addresses (changing them takes a restart:
+    said in ``notes`` and logged)."""
+    if (new.https_listen, new.http_listen) == (running.https_listen, running.http_listen):
+        return new
+    notes.append("web listen changed: restart the bastion to apply that")
+    event(log, logging.WARNING, "reload", note="web listen changed; restart to apply that")
+    kept = {"https_listen": running.https_listen, "http_listen": running.http_listen}
+    return new.model_copy(update=kept)
+
+
+async def drained(ssh: asyncio.Event | None, web: WebFront | None) -> None:
+    """Once the routed SSH channels (``ssh``; None when none were open) and the routed web
+    connections have all ended: the bastion's drain on shutdown."""
+    if ssh is not None:
+        await ssh.wait()
+    if web is not None:
+        await web.idle()
+
+
 class WebFront:
     def __init__(self, state: BastionState, config: WebConfig) -> None:
         self.state = state
@@ -41,6 +61,7 @@ class WebFront:
         self.pending: Counter[str] = Counter()  # per source: connections still deciding
         self._deciding: set[WebConn] = set()
         self.routed_open = 0  # splices open now (or opening)
+        self._idle = asyncio.Event()  # set when routed_open falls to 0
         self._tasks: set[asyncio.Future[None]] = set()
         self._flood_log = LogRate()
 
@@ -139,6 +160,17 @@ class WebFront:
     def left(self, conn: WebConn) -> None:
         self.decided(conn)
         self.conns.discard(conn)
+
+    def route_closed(self) -> None:
+        self.routed_open -= 1
+        if self.routed_open <= 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        """Once no connection is routed (spliced or being opened)."""
+        while self.routed_open > 0:
+            self._idle.clear()
+            await self._idle.wait()
 
     def keep(self, task: asyncio.Future[None]) -> None:
         self._tasks.add(task)
