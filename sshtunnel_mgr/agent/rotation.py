@@ -35,6 +35,12 @@ class Agent(Protocol):
     def links(self) -> Sequence[BastionLink]: ...
 
 
+def serving(links: Sequence[BastionLink]) -> list[BastionLink]:
+    """The links a rotation works on, each named by its ``label`` (a bastion given by name
+    has one link per address): not those leaving (an address the name no longer has)."""
+    return [link for link in links if link.status.state != "leaving"]
+
+
 class Rotator:
     """Runs one rotation at a time for ``agent`` and reports how the retiring goes."""
 
@@ -80,21 +86,19 @@ class Rotator:
                 logging.ERROR,
                 "rotate failed",
                 step=step,
-                bastion=link.endpoint.address,
+                bastion=link.label,
                 error=error,
             )
-            report.update(failed_step=step, bastion=link.endpoint.address, error=error)
+            report.update(failed_step=step, bastion=link.label, error=error)
             return report
 
-        pending = [link for link in agent.links if key_fingerprint(link.key) != new_fp]
+        pending = [link for link in serving(agent.links) if key_fingerprint(link.key) != new_fp]
         for link in pending:
             answer = await link.key_request(f"sshtun-enrol {pub}")
             if not answer.get("ok"):
                 return failed("enrol", link, str(answer.get("error")))
-            steps.append({"step": "enrol", "bastion": link.endpoint.address, **answer})
-            event(
-                log, logging.INFO, "rotate enrolled", bastion=link.endpoint.address, new_key=new_fp
-            )
+            steps.append({"step": "enrol", "bastion": link.label, **answer})
+            event(log, logging.INFO, "rotate enrolled", bastion=link.label, new_key=new_fp)
             crashpoint("agent:enrolled")
         if stop_after == "enrol":
             report.update(ok=True, complete=False, stopped_after="enrol")
@@ -103,7 +107,7 @@ class Rotator:
             answer = await link.hand_over(new_key, drain)
             if not answer.get("ok"):
                 return failed("switch", link, str(answer.get("error")))
-            steps.append({"step": "switch", "bastion": link.endpoint.address, **answer})
+            steps.append({"step": "switch", "bastion": link.label, **answer})
         crashpoint("agent:switched")
         if stop_after == "switch" or not retire:
             report.update(ok=True, complete=False, stopped_after="switch")
@@ -121,21 +125,21 @@ class Rotator:
             self._retire_task.cancel()
         self._retiring_key = new_fp
         self._progress = {
-            link.endpoint.address: {"bastion": link.endpoint.address, "state": "draining"}
-            for link in self._agent.links
+            link.label: {"bastion": link.label, "state": "draining"}
+            for link in serving(self._agent.links)
         }
         task = asyncio.create_task(self._retire_all())
         task.add_done_callback(_log_failure)
         self._retire_task = task
 
     async def _retire_all(self) -> None:
-        await asyncio.gather(*(self._retire(link) for link in self._agent.links))
+        await asyncio.gather(*(self._retire(link) for link in serving(self._agent.links)))
         states = [p["state"] for p in self._progress.values()]
         event(log, logging.INFO, "rotate done", key=self._retiring_key, retired=states)
 
     async def _retire(self, link: BastionLink) -> None:
         """Retire the old key on one bastion once its old connection has drained."""
-        progress = self._progress[link.endpoint.address]
+        progress = self._progress[link.label]
         await link.wait_drained()
         progress["state"] = "retiring"
         crashpoint("agent:retire-before-finish")
@@ -147,7 +151,7 @@ class Rotator:
                 logging.ERROR,
                 "rotate failed",
                 step="finish",
-                bastion=link.endpoint.address,
+                bastion=link.label,
                 error=answer.get("error"),
             )
             return
@@ -157,7 +161,7 @@ class Rotator:
             log,
             logging.INFO,
             "old key retired",
-            bastion=link.endpoint.address,
+            bastion=link.label,
             retired=answer.get("retired") or "-",
         )
 
@@ -171,8 +175,8 @@ class Rotator:
         if not self._retiring_key:
             return None
         links = []
-        for link in self._agent.links:
-            progress = dict(self._progress.get(link.endpoint.address, {}))
+        for link in serving(self._agent.links):
+            progress = dict(self._progress.get(link.label, {}))
             progress["sessions"] = link.draining_sessions()
             links.append(progress)
         done = all(p.get("state") == "retired" for p in links)
@@ -185,17 +189,17 @@ class Rotator:
         async with self._lock:
             agent = self._agent
             steps: list[dict[str, Any]] = []
-            for link in agent.links:
+            for link in serving(agent.links):
                 if key_fingerprint(link.key) != key_fingerprint(agent.key):
                     answer = await link.hand_over(agent.key, drain)
                     if not answer.get("ok"):
                         return {"ok": False, "error": answer.get("error"), "steps": steps}
-                    steps.append({"step": "switch back", "bastion": link.endpoint.address})
+                    steps.append({"step": "switch back", "bastion": link.label})
                     await link.wait_drained()
                 answer = await link.key_request("sshtun-unenrol")
                 if not answer.get("ok"):
                     return {"ok": False, "error": answer.get("error"), "steps": steps}
-                steps.append({"step": "unenrol", "bastion": link.endpoint.address, **answer})
+                steps.append({"step": "unenrol", "bastion": link.label, **answer})
             return {"ok": True, "steps": steps}
 
 

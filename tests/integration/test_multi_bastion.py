@@ -25,10 +25,12 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from sshtunnel_mgr.agent import Agent
 from sshtunnel_mgr.core.config import AgentConfig, BastionConfig, BastionEndpoint, TunnelConfig
+from sshtunnel_mgr.keys.store import key_fingerprint
 from tests.harness import (
     SSH,
     SSHTUN,
@@ -386,6 +388,22 @@ async def test_a_dropped_address_drains_its_link_without_cutting_a_session(
             assert await asyncio.wait_for(session.wait(), 30) == 0
             await wait_for(lambda: leaving not in agent.links, 30)
             assert [link.label for link in agent.links] == [f"{NAME}:{port}/127.0.0.3"]
+
+            # The address comes back; a key rotation then moves both links, one step each.
+            answer[:] = ["127.0.0.2", "127.0.0.3"]
+            await wait_for(
+                lambda: len(agent.links) == 2 and all(x.status.state == "up" for x in agent.links),
+                30,
+            )
+            new_key = asyncssh.generate_private_key("ssh-ed25519")
+            report = await agent.rotator.rotate(new_key, "agent@home", None, retire=False)
+            assert report["ok"], report
+            labels = sorted(link.label for link in agent.links)
+            for step in ("enrol", "switch"):
+                done = sorted(x["bastion"] for x in report["steps"] if x["step"] == step)
+                assert done == labels
+            assert {key_fingerprint(link.key) for link in agent.links} == {key_fingerprint(new_key)}
+            assert (await run_ssh(cfg, "homebox-via-2", "echo", "rotated")).returncode == 0
         finally:
             if session is not None and session.returncode is None:
                 session.kill()
