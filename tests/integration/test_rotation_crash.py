@@ -33,18 +33,12 @@ from tests.harness import (
     HomeSshd,
     Keys,
     Result,
-    access_text,
-    agent_config,
-    bastion_config,
     bastion_pub,
-    free_port,
-    home_sshd,
     process,
     run_ssh,
     wait_for,
-    write_ssh_config,
-    write_toml,
 )
+from tests.integration.scene import scene
 
 CLI_POINTS = [
     "cli:prepared",
@@ -182,33 +176,20 @@ class World:
 
 @contextlib.asynccontextmanager
 async def world(keys: Keys, tmp_path: Path) -> AsyncIterator[World]:
-    access = tmp_path / "access"
-    access.write_text(access_text(keys))
-    access.chmod(0o600)
-    port = free_port()
     old_copy = tmp_path / "old_agent_key"
     old_copy.write_bytes(keys.agent.path.read_bytes())
     old_copy.chmod(0o600)
-    async with home_sshd(keys, tmp_path / "home") as home:
-        bastion_toml = write_toml(
-            tmp_path / "bastion.toml",
-            "bastion",
-            bastion_config(keys, access, port, audit_log=tmp_path / "audit.jsonl"),
-        )
-        agent_toml = write_toml(
-            tmp_path / "agent.toml",
-            "agent",
-            agent_config(keys, port, [("homebox", 22, f"127.0.0.1:{home.port}")]),
-        )
+    async with scene(keys, tmp_path, bastion=False) as s:
+        s.access.chmod(0o600)
         yield World(
             keys,
             tmp_path,
-            port,
-            access,
-            bastion_toml,
-            agent_toml,
-            write_ssh_config(tmp_path / "alice", keys, port),
-            home,
+            s.port,
+            s.access,
+            s.bastion_file(audit_log=tmp_path / "audit.jsonl"),
+            s.agent_file(),
+            s.client_cfg,
+            s.home,
             old_copy,
         )
 
