@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Keys, access_text, wait_for
+from tests.harness import Keys, access_text
 from tests.integration.conftest import logged
 from tests.integration.scene import scene
 
@@ -35,14 +35,13 @@ async def test_stock_openssh_agent_publishes_a_name(
     keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with scene(keys, tmp_path) as s:
-        bastion = s.bastion
         async with s.stock_agent(f"homebox:22:{s.target}") as stock_agent:
             assert stock_agent.returncode is None, "stock ssh -R exited"
             result = await s.reach("echo via-stock-agent")
             assert result.returncode == 0, result.stderr
             assert result.stdout == b"via-stock-agent\n"
         # The stock agent is gone: its name is freed at once.
-        await wait_for(lambda: not bastion.state.routes.lookup("homebox", 22))
+        await s.wait_route(gone=True)
         assert logged(caplog, "unpublish", "name=homebox")
 
 

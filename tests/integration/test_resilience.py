@@ -44,7 +44,7 @@ async def test_agent_killed_frees_its_name_and_a_restarted_agent_takes_it(
             assert bastion.state.routes.lookup("homebox", 22)
             agent.send_signal(signal.SIGKILL)
             await agent.wait()
-        await wait_for(lambda: not bastion.state.routes.lookup("homebox", 22))
+        await s.wait_route(gone=True)
         assert logged(caplog, "unpublish", "name=homebox")
         result = await s.ssh("-o", "LogLevel=INFO", "-W", "homebox:22", "bastion")
         assert result.returncode == 255

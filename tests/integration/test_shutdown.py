@@ -11,7 +11,7 @@ import pytest
 
 from tests.harness import Keys, wait_for
 from tests.integration.conftest import logged
-from tests.integration.scene import scene
+from tests.integration.scene import scene, wait_link
 
 
 async def test_sigterm_drains_sessions_while_the_agent_moves_to_a_new_bastion(
@@ -31,7 +31,7 @@ async def test_sigterm_drains_sessions_while_the_agent_moves_to_a_new_bastion(
         await wait_for(lambda: link.status.state != "up")
         assert logged(caplog, "drain notice", "bastion=127.0.0.1:")
         async with s.bastion_process(shutdown_grace=20) as new:
-            await wait_for(lambda: link.status.state == "up" and link.status.connects == 2)
+            await wait_link(link, connects=2)
             fresh = await s.reach("echo via-new-bastion")
             assert fresh.stdout == b"via-new-bastion\n", fresh.stderr
             # The old session was never cut: it still flows through the draining bastion.

@@ -18,7 +18,7 @@ from sshtunnel_mgr.bastion import Bastion
 from sshtunnel_mgr.core.config import AgentConfig, BastionEndpoint
 from sshtunnel_mgr.keys.store import KeyInfo
 from tests.harness import Keys, free_port, pub_of, run_ssh, running_agent, running_bastion, wait_for
-from tests.integration.scene import Scene, scene
+from tests.integration.scene import Scene, scene, wait_link
 
 pytestmark = pytest.mark.openssh
 
@@ -96,7 +96,8 @@ async def test_one_bastion_stops_the_other_serves_and_it_gets_the_names_back(
         assert down.returncode == 255
         # A comes back on its address: the agent publishes there again.
         async with two.s.bastion_process() as a:
-            await wait_for(lambda: serving(a_link) and a_link.status.connects == 2)
+            await wait_link(a_link, connects=2)
+            await wait_for(lambda: serving(a_link))  # published on A again
             again = await two.s.reach("echo via-a-again")
             assert again.stdout == b"via-a-again\n", again.stderr
             assert serving(b_link) and b_link.status.connects == 1
