@@ -39,14 +39,18 @@ PATH = "/opt/sshtun/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 
 BOOT = """set -e
 mount -t overlay overlay -o lowerdir=/etc,upperdir={layers}/etc,workdir={layers}/etc-work /etc
+# The checkout and the dependencies first, before the tmpfs mounts below hide them (a CI
+# clone may well live under /tmp or /opt): staged in {layers}, then moved under /opt.
+mkdir {layers}/src {layers}/deps
+mount --bind {src} {layers}/src && mount --bind {deps} {layers}/deps
+mount -t tmpfs -o mode=0755 tmpfs /opt
+mkdir /opt/sshtun-src /opt/sshtun-deps
+mount --bind {layers}/src /opt/sshtun-src && mount -o remount,bind,ro /opt/sshtun-src
+mount --bind {layers}/deps /opt/sshtun-deps && mount -o remount,bind,ro /opt/sshtun-deps
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=0755 tmpfs /var
 mkdir -p /var/lib /var/log /var/cache /var/tmp && chmod 1777 /var/tmp
-mount -t tmpfs -o mode=0755 tmpfs /opt
-mkdir /opt/sshtun-src /opt/sshtun-deps
-mount --bind {src} /opt/sshtun-src && mount -o remount,bind,ro /opt/sshtun-src
-mount --bind {deps} /opt/sshtun-deps && mount -o remount,bind,ro /opt/sshtun-deps
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 cat > /etc/systemd/system/sshtun-test.target <<'EOF'
 [Unit]
