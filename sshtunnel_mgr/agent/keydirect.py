@@ -28,16 +28,10 @@ async def key_request(
             username=endpoint.user,
             client_keys=[key],
             known_hosts=known_hosts_arg(endpoint),
-            config=None,
             agent_path=None,
-            password=None,
-            kbdint_auth=False,
-            gss_auth=False,
-            host_based_auth=False,
-            preferred_auth="publickey",
             connect_timeout=config.connect_timeout,
             login_timeout=config.connect_timeout,
-            **policy.client_options(),
+            **policy.key_only_login(),
         )
     except asyncssh.HostKeyNotVerifiable as exc:
         return {"ok": False, "error": f"host key mismatch: {exc}"}

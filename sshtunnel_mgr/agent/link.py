@@ -205,20 +205,14 @@ class BastionLink:
             username=ep.user,
             client_keys=[key or self.key],
             known_hosts=self._known_hosts,
-            config=None,
             agent_path=None,
-            password=None,
-            kbdint_auth=False,
-            gss_auth=False,
-            host_based_auth=False,
-            preferred_auth="publickey",
             server_host_keys_handler=self._host_keys_announced,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_count_max=self.config.keepalive_count_max,
             connect_timeout=self.config.connect_timeout,
             login_timeout=self.config.connect_timeout,
             **alias,
-            **policy.client_options(),
+            **policy.key_only_login(),
         )
 
     # Changes, one at a time -------------------------------------------------------------

@@ -74,6 +74,24 @@ def client_options() -> dict[str, list[str]]:
     }
 
 
+# Every sshtun client login is by key only: no ~/.ssh/config, no password, no
+# keyboard-interactive, GSSAPI or host-based auth. One place says so.
+KEY_ONLY_LOGIN: dict[str, object] = {
+    "config": None,
+    "password": None,
+    "kbdint_auth": False,
+    "gss_auth": False,
+    "host_based_auth": False,
+    "preferred_auth": "publickey",
+}
+
+
+def key_only_login() -> dict[str, object]:
+    """Keyword arguments for ``asyncssh.connect``: public-key login only, with the
+    algorithm policy (``client_options``)."""
+    return {**KEY_ONLY_LOGIN, **client_options()}
+
+
 # Users' keys: what the bastion accepts at login, the access-file loader warns about and
 # doctor fails. Pure: a key type and blob (or a signature algorithm) in, a reason out.
 USER_KEY_TYPES = ("ssh-ed25519", "sk-ssh-ed25519@openssh.com")

@@ -108,15 +108,9 @@ async def pin_hops(
             username=bastion.user,
             known_hosts=(trusted, [], []),
             client_keys=client_keys,
-            config=None,
-            password=None,
-            kbdint_auth=False,
-            gss_auth=False,
-            host_based_auth=False,
-            preferred_auth="publickey",
             connect_timeout=timeout,
             login_timeout=timeout,
-            **policy.client_options(),
+            **policy.key_only_login(),
         )
     except asyncssh.HostKeyNotVerifiable as exc:
         raise HostKeyError(

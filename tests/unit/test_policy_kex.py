@@ -33,3 +33,13 @@ def test_installed_asyncssh_knows_every_offered_key_exchange() -> None:
 def test_doctor_rates_the_offer_ok() -> None:
     finding = check_algorithms("policy.kex", "kex", policy.SERVER_KEX_ALGS, "kex", "Kex")
     assert finding.level is Level.OK, finding
+
+
+def test_every_client_login_is_key_only_with_the_policy() -> None:
+    options = policy.key_only_login()
+    assert options["password"] is None
+    assert options["preferred_auth"] == "publickey"
+    assert options["config"] is None  # never ~/.ssh/config
+    assert not any(options[k] for k in ("kbdint_auth", "gss_auth", "host_based_auth"))
+    assert options["kex_algs"] == list(policy.KEX_ALGS)
+    assert options["server_host_key_algs"] == list(policy.HOST_KEY_ALGS)
