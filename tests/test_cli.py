@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,11 @@ import pytest
 from sshtunnel_mgr import __version__
 from sshtunnel_mgr.cli.main import main
 from sshtunnel_mgr.core.errors import EXIT_CONFIG, EXIT_KEYS, EXIT_OK, EXIT_USAGE
+from tests.clisamples import (
+    AGENT_TOML,
+    BASTION_TOML,
+    restore_logging,  # noqa: F401 (an autouse fixture)
+)
 
 UNKNOWN = "unknown key (not one sshtun knows; check the spelling)"
 
@@ -23,34 +26,6 @@ SSH_KEYGEN = shutil.which("ssh-keygen") or (
     "/usr/bin/ssh-keygen" if os.path.exists("/usr/bin/ssh-keygen") else None
 )
 REQUIRE_OPENSSH = os.environ.get("SSHTUN_REQUIRE_OPENSSH") == "1"
-HK = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
-AGENT_TOML = f"""\
-[agent]
-key = "agent_key"
-[[agent.bastions]]
-address = "bastion.example.com:2222"
-host_key = "{HK}"
-[[agent.tunnels]]
-name = "homebox"
-"""
-BASTION_TOML = """\
-[bastion]
-listen = ["127.0.0.1:0"]
-host_key = "bastion_host_key"
-access_file = "access"
-"""
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() points the root logger at the (captured) stderr of the moment; undo that."""
-    root = logging.getLogger()
-    asyncssh_logger = logging.getLogger("asyncssh")
-    saved = (root.handlers[:], root.level, asyncssh_logger.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    asyncssh_logger.setLevel(saved[2])
 
 
 def _ssh_keygen() -> str:

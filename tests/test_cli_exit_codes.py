@@ -4,7 +4,6 @@ exactly its final codes, and a usage error exits 2 whatever the command."""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,35 +14,14 @@ import typer
 from sshtunnel_mgr.cli.main import app, main
 from sshtunnel_mgr.core import errors
 from sshtunnel_mgr.core.errors import EXIT_STATUSES, EXIT_USAGE, SshtunError
+from tests.clisamples import (
+    AGENT_TOML,
+    BASTION_TOML,
+    restore_logging,  # noqa: F401 (an autouse fixture)
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = sorted((ROOT / "sshtunnel_mgr" / "units").glob("*.service"))
-HK = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
-AGENT_TOML = f"""\
-[agent]
-key = "agent_key"
-[[agent.bastions]]
-address = "bastion.example.com:2222"
-host_key = "{HK}"
-[[agent.tunnels]]
-name = "homebox"
-"""
-BASTION_TOML = """\
-[bastion]
-listen = ["127.0.0.1:0"]
-host_key = "bastion_host_key"
-access_file = "access"
-"""
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() points the root logger at the (captured) stderr of the moment; undo that."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
 
 
 # --- the table ---------------------------------------------------------------------------
