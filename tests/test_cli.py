@@ -248,6 +248,10 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert "hello from homebox" in out
     assert "refused" in out
     assert "'127.0.0.1' is an IP address, not a name" in out
+    # The web path: the page through the bastion's HTTPS listener, TLS ended at home.
+    assert "HTTP 200, 'Hello from the home box'; the app saw the client as 127.0.0.1" in out
+    assert "other.demo.test/ (not public, not published): TLS alert TLSV1_UNRECOGNIZED_NAME" in out
+    assert "curl --cacert " in out and "--resolve cloud.demo.test:" in out
     assert out.rstrip().endswith("demo ok: the tunnel works.")
 
 
