@@ -129,6 +129,7 @@ class AuditLog:
         self._cut_to: int | None = None  # a partial record starts here: cut it first
         self._dropped = 0  # records dropped since writing last worked
         self._logged_at: float | None = None  # when the last "dropping" line was logged
+        self.static: dict[str, Any] = {}  # fields every record carries (a worker's number)
 
     # File -----------------------------------------------------------------------------
     def open(self) -> AuditLog:
@@ -181,6 +182,7 @@ class AuditLog:
             return
         record = {"ts": utc_timestamp(self.now()), "event": event}
         record.update((k, _clip(v)) for k, v in fields.items())
+        record.update(self.static)
         data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         try:
             self._append(self._fd, data)

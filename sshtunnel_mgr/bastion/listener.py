@@ -107,6 +107,13 @@ class Listener:
             self.sockets.append(sock)
             self._accepting.append(asyncio.create_task(self._accept(sock)))
 
+    def adopt(self, sock: socket.socket) -> None:
+        """Start accepting on a socket bound and listening already (a worker's, from its
+        supervisor: bastion/workers)."""
+        sock.setblocking(False)
+        self.sockets.append(sock)
+        self._accepting.append(asyncio.create_task(self._accept(sock)))
+
     def update(self, **kwargs: Any) -> None:
         """New server options (e.g. host keys) for connections accepted from now on."""
         self.options.update(**kwargs)

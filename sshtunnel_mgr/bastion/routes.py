@@ -34,6 +34,30 @@ OPEN_FAILED = asyncssh.OPEN_CONNECT_FAILED
 OPEN_RESOURCE = asyncssh.OPEN_RESOURCE_SHORTAGE
 
 
+# A route on this bastion's own agent connection, or (a worker of a multi-process
+# bastion) one held by another worker: its handle is that worker's number.
+Target = Route[LiveConnection] | Route[int]
+
+
+def _served(state: BastionState, name: str, port: int) -> bool:
+    mesh = state.mesh
+    return bool(mesh.lookup(name, port) if mesh is not None else state.routes.lookup(name, port))
+
+
+def _pick(state: BastionState, name: str, port: int) -> Target | None:
+    """One serving route; a worker picks among every worker's routes."""
+    mesh = state.mesh
+    if mesh is None:
+        return state.routes.pick(name, port, state.next_pick())
+    served = mesh.lookup(name, port)
+    if not served:
+        return None
+    found = served[state.next_pick() % len(served)]
+    if found.handle != mesh.worker:
+        return found
+    return state.routes.route_of(name, port, found.conn_id)
+
+
 def route_for(
     state: BastionState,
     entry: AccessEntry | None,
@@ -41,7 +65,7 @@ def route_for(
     cap_refusal: Callable[[], str],
     host: str,
     port: int,
-) -> Route[LiveConnection]:
+) -> Target:
     """The route for ``host:port`` asked on connection ``conn_id`` logged in as ``entry``;
     ``cap_refusal`` says why the connection or its key may open no more channels."""
     if entry is None:
@@ -63,11 +87,11 @@ def route_for(
         return own
     decision = entry.may_reach(name, port)
     if not decision:
-        if entry.may_publish(name, port) and not state.routes.lookup(name, port):
+        if entry.may_publish(name, port) and not _served(state, name, port):
             # An agent probing its own name, now gone: tell it so (it publishes again).
             raise ChannelOpenError(OPEN_FAILED, f"{name}:{port} {NOT_PUBLISHED}")
         raise ChannelOpenError(OPEN_PROHIBITED, decision.reason)
-    route = state.routes.pick(name, port, state.next_pick())
+    route = _pick(state, name, port)
     if route is None:
         raise ChannelOpenError(OPEN_FAILED, f"{name}:{port} {NOT_PUBLISHED}")
     return route

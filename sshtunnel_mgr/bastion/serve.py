@@ -1,20 +1,21 @@
-"""The bastion's role: bind → serve → stop accepting → tell agents → drain routed sessions
-under a timeout → close. ``runtime.service`` runs it (signals, admin socket, metrics,
-reloads, ready and the watchdog, the stop sequence)."""
+"""The bastion: bind → serve → stop accepting → tell agents → drain routed sessions under
+a timeout → close. ``bastion/run.py`` runs it as a service (signals, admin socket,
+metrics, reloads, ready and the watchdog, the stop sequence); a worker process
+(``bastion/workers``) runs it on listening sockets its supervisor made."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
 
 from sshtunnel_mgr import sshcompat
 from sshtunnel_mgr.bastion.listener import Listener
-from sshtunnel_mgr.bastion.metricsview import bastion_metrics
+from sshtunnel_mgr.bastion.reloadfiles import Files, read_files
 from sshtunnel_mgr.bastion.server import BastionConnection
 from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.bastion.web import WebFront
@@ -22,28 +23,15 @@ from sshtunnel_mgr.bastion.web.front import drained, keep_listeners
 from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.core.access import AccessPolicy
 from sshtunnel_mgr.core.config import BastionConfig
-from sshtunnel_mgr.core.errors import ConfigError, SshtunError
+from sshtunnel_mgr.core.errors import ConfigError
 from sshtunnel_mgr.core.protocol import DRAIN_NOTICE
 from sshtunnel_mgr.keys.hostkeys import load_host_keys
 from sshtunnel_mgr.keys.store import key_fingerprint
 from sshtunnel_mgr.runtime.accessfile import load_access
-from sshtunnel_mgr.runtime.admin import default_socket_path
-from sshtunnel_mgr.runtime.asyncutil import TaskSet
 from sshtunnel_mgr.runtime.logsetup import event
-from sshtunnel_mgr.runtime.metrics import bastion_samples
-from sshtunnel_mgr.runtime.service import Service
 from sshtunnel_mgr.sshcompat import authlog, hostkeys
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
-
-
-@dataclass(frozen=True)
-class _Files:
-    """What a reload read from disk (in a worker thread), applied on the event loop."""
-
-    config: BastionConfig
-    access: AccessPolicy
-    host_keys: list[asyncssh.SSHKey]
 
 
 class Bastion:
@@ -66,58 +54,24 @@ class Bastion:
         self.addresses: list[tuple[str, int]] = []
         self.web: WebFront | None = None  # [bastion.web], when a web listener is set
         self._load = load
+        # A worker (bastion/workers): listening sockets its supervisor bound, used instead
+        # of binding bastion.listen; the "listening" line is then the supervisor's.
+        self.inherited: list[socket.socket] | None = None
 
     def reload_from_file(self) -> dict[str, Any]:
         """Re-read the config file (then the access file it names) and apply it. Reads on
         the calling thread: the running bastion uses ``reload_async(from_file=True)``."""
-        return self._apply(self._read(None))
+        return self._apply(read_files(None, self._load, self.config))
 
     async def reload_async(self, *, from_file: bool = False) -> dict[str, Any]:
         """Reload with every file read (config, access file, host keys) in a worker thread,
         so the event loop keeps serving; reloads run one at a time, each applying what it
         read. ``from_file``: re-read the config file too, else keep the running config."""
         async with self._reload_lock:
-            files = await asyncio.to_thread(self._read, None if from_file else self.config)
+            files = await asyncio.to_thread(
+                read_files, None if from_file else self.config, self._load, self.config
+            )
             return self._apply(files)
-
-    def _read(self, config: BastionConfig | None) -> _Files | dict[str, Any]:
-        """Blocking: read what a reload needs (``config`` None: the config file first);
-        on an error log it and return the refusal answer."""
-        if config is None:
-            try:
-                config = self._load() if self._load is not None else self.config
-            except ConfigError as exc:
-                event(
-                    log,
-                    logging.ERROR,
-                    "reload refused",
-                    reason=exc.message,
-                    note="the running config stays",
-                )
-                return {"ok": False, "error": exc.message}
-        try:
-            access = load_access(config.access_file)
-        except ConfigError as exc:
-            event(
-                log,
-                logging.ERROR,
-                "reload refused",
-                reason=exc.message,
-                note="the running access policy stays",
-            )
-            return {"ok": False, "error": exc.message}
-        try:
-            host_keys = load_host_keys(config.host_key)
-        except SshtunError as exc:
-            event(
-                log,
-                logging.ERROR,
-                "reload refused",
-                reason=exc.message,
-                note="the running host keys stay",
-            )
-            return {"ok": False, "error": exc.message}
-        return _Files(config, access, host_keys)
 
     @property
     def port(self) -> int:
@@ -149,7 +103,9 @@ class Bastion:
         )
         self.listener = Listener(self.state, options)
         self._servers.append(self.listener)
-        for host, port in self.config.listen_addresses:
+        for sock in self.inherited or ():
+            self.listener.adopt(sock)
+        for host, port in self.config.listen_addresses if self.inherited is None else ():
             try:
                 self.listener.listen(host, port)
             except OSError as exc:
@@ -169,7 +125,7 @@ class Bastion:
         event(
             log,
             logging.INFO,
-            "listening",
+            "listening" if self.inherited is None else "worker serving",
             on=",".join(f"{h}:{p}" for h, p in self.addresses),
             host_key=",".join(key_fingerprint(k) for k in self.host_keys),
             access=self.config.access_file,
@@ -215,9 +171,9 @@ class Bastion:
         """Re-read the access file (and limits): revoked keys are disconnected, names no
         longer allowed are withdrawn, everything else stays up untouched. Reads on the
         calling thread (tests); the running bastion uses ``reload_async``."""
-        return self._apply(self._read(config))
+        return self._apply(read_files(config, self._load, self.config))
 
-    def _apply(self, files: _Files | dict[str, Any]) -> dict[str, Any]:
+    def _apply(self, files: Files | dict[str, Any]) -> dict[str, Any]:
         """The part of a reload that runs on the event loop: no file is read here."""
         if isinstance(files, dict):
             return files  # refused, already logged
@@ -337,63 +293,3 @@ class Bastion:
             await asyncio.wait(set(self.state.tasks), timeout=5)
         self._servers.clear()
         self.state.audit.close()
-
-
-class BastionRole:
-    """The bastion as ``runtime.service`` runs it (its ``Role``): the lifecycle around it
-    (signals, admin socket, metrics, reloads, ready and the watchdog) is the service's."""
-
-    check_interval: float | None = None  # pinged only for systemd's watchdog
-
-    def __init__(self, bastion: Bastion) -> None:
-        self.bastion = bastion
-
-    async def start(self, tasks: TaskSet) -> None:
-        await self.bastion.start()
-
-    async def ready(self) -> None:
-        """Ready once listening, which ``start()`` did."""
-
-    async def check(self) -> bool:
-        return True  # the event loop runs and the listeners are open
-
-    async def reload(self) -> dict[str, Any]:
-        return await self.bastion.reload_async(from_file=True)
-
-    async def stop(self, grace: float | None) -> None:
-        await self.bastion.stop(grace)
-
-    def status(self) -> str:
-        return self.bastion.status_line()
-
-
-async def serve(
-    config: BastionConfig,
-    stop: asyncio.Event | None = None,
-    on_ready: Callable[[Bastion], None] | None = None,
-    *,
-    reload: asyncio.Event | None = None,
-    load: Callable[[], BastionConfig] | None = None,
-    handle_signals: bool = False,
-) -> None:
-    """Run the bastion until ``stop`` (or, with ``handle_signals``, SIGINT/SIGTERM; a
-    second one forces the stop); each SIGHUP or ``reload`` re-reads the files."""
-    bastion = Bastion(config, load=load)
-    service = Service(
-        BastionRole(bastion),
-        admin_socket=config.admin_socket or default_socket_path("bastion"),
-        admin_handler=bastion.handle_admin,
-        metrics_address=config.metrics_address,
-        samples=lambda: bastion_samples(
-            bastion_metrics(
-                bastion.state,
-                bastion.listener,
-                None if bastion.web is None else len(bastion.web.conns),
-            )
-        ),
-        stop=stop,
-        reload=reload,
-        on_ready=None if on_ready is None else lambda: on_ready(bastion),
-        handle_signals=handle_signals,
-    )
-    await service.run()

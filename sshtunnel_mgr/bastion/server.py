@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
 from asyncssh import ChannelOpenError
@@ -28,12 +28,14 @@ from asyncssh import ChannelOpenError
 from sshtunnel_mgr.bastion import expiry, forwards, routes
 from sshtunnel_mgr.bastion.guard import ConnectionGuard
 from sshtunnel_mgr.bastion.keyrequests import KeyRequestSession
+from sshtunnel_mgr.bastion.peer import LiveConnection
 from sshtunnel_mgr.bastion.refusals import Refusals
 from sshtunnel_mgr.bastion.routeopen import RouteStats
 from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.core.access import AccessEntry, fingerprint
+from sshtunnel_mgr.core.routing import Route
 from sshtunnel_mgr.runtime.logsetup import event
 from sshtunnel_mgr.sshcompat import disconnects, forwardreq, kexguess, sigpolicy
 from sshtunnel_mgr.sshcompat.sendpath import tune_connection
@@ -281,9 +283,13 @@ class BastionConnection(asyncssh.SSHServer):
             port=route.port,
             agent_conn=route.conn_id,
         )
-        return routes.open_route(
-            self.state, self, self.refusals, route, (orig_host, orig_port), self._channel_closed
-        )
+        orig = (orig_host, orig_port)
+        if self.state.mesh is not None and isinstance(route.handle, int):  # another worker's
+            return self.state.mesh.open_remote(
+                self, self.refusals, route, orig, self._channel_closed
+            )
+        local = cast(Route[LiveConnection], route)
+        return routes.open_route(self.state, self, self.refusals, local, orig, self._channel_closed)
 
     def _channel_closed(self, pipe: Pipe) -> None:
         self.open_channels -= 1

@@ -14,9 +14,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sshtunnel_mgr.bastion.audit import AuditLog
 from sshtunnel_mgr.bastion.peer import LiveConnection
+from sshtunnel_mgr.bastion.refusals import Refusals
+from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.core.access import AccessPolicy
 from sshtunnel_mgr.core.config import BastionConfig
 from sshtunnel_mgr.core.errors import ConfigError
@@ -27,6 +30,32 @@ from sshtunnel_mgr.core.routing import Route, RouteTable
 from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
+
+
+class RouteMesh(Protocol):
+    """The routes of every worker of a multi-process bastion (bastion/workers/mesh.py):
+    told of this worker's changes, answers from the table of all of them (each route's
+    handle is the worker that holds it)."""
+
+    worker: int
+
+    def published(self, route: Route[LiveConnection]) -> None: ...
+
+    def withdrawn(self, name: str, port: int, conn_id: int) -> None: ...
+
+    def dropped(self, conn_id: int) -> None: ...
+
+    def lookup(self, name: str, port: int) -> tuple[Route[int], ...]: ...
+
+    def open_remote(
+        self,
+        client: LiveConnection,
+        refusals: Refusals,
+        route: Route[int],
+        orig: tuple[str, int],
+        on_close: Callable[[Pipe], None],
+    ) -> Awaitable[Pipe]:
+        """Open ``route`` through the worker that holds it (a relay); the client's end."""
 
 
 @dataclass
@@ -53,6 +82,8 @@ class BastionState:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     # Wall clock for access decisions (expiry-time); tests replace it.
     wall: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # A worker of a multi-process bastion: every worker's routes (None: one process).
+    mesh: RouteMesh | None = None
 
     def __post_init__(self) -> None:
         limits = self.config.limits
@@ -86,11 +117,17 @@ class BastionState:
     def next_conn_id(self) -> int:
         return next(self._ids)
 
+    def number_from(self, first: int) -> None:
+        """Number connections from ``first`` on (workers: ids unique across workers)."""
+        self._ids = itertools.count(first)
+
     def next_pick(self) -> int:
         return next(self._picks)
 
     def publish(self, route: Route[LiveConnection]) -> None:
         self.routes, replaced = self.routes.publish(route)
+        if self.mesh is not None:
+            self.mesh.published(route)
         for old in replaced:
             if old.conn_id != route.conn_id:
                 event(
@@ -106,6 +143,8 @@ class BastionState:
 
     def withdraw(self, name: str, port: int, conn_id: int) -> None:
         self._swap(self.routes.withdraw(name, port, conn_id), conn_id)
+        if self.mesh is not None:
+            self.mesh.withdrawn(name, port, conn_id)
 
     def _swap(self, routes: RouteTable[LiveConnection], gone: int) -> None:
         """Install a new route table; say which standby connections serve again."""
@@ -133,8 +172,10 @@ class BastionState:
             self.drained.set()
 
     def drop_connection(self, conn_id: int) -> None:
-        self.connections.pop(conn_id, None)
+        conn = self.connections.pop(conn_id, None)
         self._swap(self.routes.withdraw_connection(conn_id), conn_id)
+        if self.mesh is not None and conn is not None and conn.published:
+            self.mesh.dropped(conn_id)
 
     @staticmethod
     def now() -> float:

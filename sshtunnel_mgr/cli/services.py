@@ -25,7 +25,7 @@ def bastion_cmd(config: ConfigOpt) -> None:
 
     cfg = load_config(config).require_bastion()
     load = lambda: load_config(config).require_bastion()  # noqa: E731
-    asyncio.run(bastion.serve(cfg, load=load, handle_signals=True))
+    asyncio.run(bastion.serve(cfg, load=load, handle_signals=True, config_path=config))
 
 
 def up_cmd(config: ConfigOpt) -> None:

@@ -293,6 +293,8 @@ class BastionConfig(_Model):
     rotation_grace: Annotated[float, Field(ge=60, le=90 * 86400, strict=True)] = 86400.0
     # [bastion.web]: HTTPS by SNI and HTTP by Host, off unless a listener is set.
     web: WebConfig = WebConfig()
+    # Worker processes behind the listening addresses (bastion/workers); 1: one process.
+    workers: Annotated[int, Field(ge=1, le=256, strict=True)] | Literal["auto"] = 1
 
     @field_validator("metrics_listen")
     @classmethod
@@ -329,6 +331,11 @@ class BastionConfig(_Model):
     @property
     def listen_addresses(self) -> list[tuple[str, int]]:
         return [split_host_port(item, 22, allow_zero=True) for item in self.listen]
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` as a number ("auto": the machine's cores)."""
+        return (os.cpu_count() or 1) if self.workers == "auto" else self.workers
 
 
 class Config(_Model):

@@ -1,0 +1,114 @@
+"""A worker's view of every worker's routes, and its line to the supervisor.
+
+The worker tells the supervisor each change of its own route table (numbered), and applies
+every change the supervisor sends back, in the supervisor's order, to its copy of the
+global table. Its own changes that the supervisor has not echoed yet are replayed on top
+of that copy, so a name this worker just published is routable here at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sshtunnel_mgr.bastion.peer import LiveConnection
+from sshtunnel_mgr.bastion.refusals import Refusals
+from sshtunnel_mgr.bastion.splice import Pipe
+from sshtunnel_mgr.bastion.state import BastionState
+from sshtunnel_mgr.bastion.workers import relay, wire
+from sshtunnel_mgr.core.routing import Route, RouteTable
+from sshtunnel_mgr.runtime.logsetup import event
+
+log = logging.getLogger("sshtunnel_mgr.bastion")
+
+
+def relay_path(directory: Path, worker: int) -> Path:
+    return directory / f"relay-{worker}.sock"
+
+
+class Mesh:
+    """``BastionState.mesh`` of a worker (the ``RouteMesh`` protocol)."""
+
+    def __init__(self, worker: int, directory: Path, state: BastionState) -> None:
+        self.worker = worker
+        self.directory = directory
+        self.state = state
+        self.confirmed: RouteTable[int] = RouteTable()
+        self._pending: list[dict[str, Any]] = []  # own changes not echoed back yet
+        self._view: RouteTable[int] | None = None
+        self._seq = 0
+        self._writer: asyncio.StreamWriter | None = None
+
+    # This worker's changes ----------------------------------------------------------------
+    def _send(self, message: dict[str, Any]) -> None:
+        self._seq += 1
+        message["seq"] = self._seq
+        self._pending.append(message)
+        self._view = None
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(wire.encode(message))
+
+    def published(self, route: Route[LiveConnection]) -> None:
+        self._send({"op": "publish", "route": wire.route_fields(route)})
+
+    def withdrawn(self, name: str, port: int, conn_id: int) -> None:
+        self._send({"op": "withdraw", "name": name, "port": port, "conn": conn_id})
+
+    def dropped(self, conn_id: int) -> None:
+        self._send({"op": "drop", "conn": conn_id})
+
+    def ready(self) -> None:
+        if self._writer is not None:
+            self._writer.write(wire.encode({"op": "ready"}))
+
+    # The global table ---------------------------------------------------------------------
+    @property
+    def table(self) -> RouteTable[int]:
+        if self._view is None:
+            view = self.confirmed
+            for message in self._pending:
+                view = wire.apply(view, self.worker, message)
+            self._view = view
+        return self._view
+
+    def lookup(self, name: str, port: int) -> tuple[Route[int], ...]:
+        return self.table.lookup(name, port)
+
+    def received(self, message: dict[str, Any]) -> None:
+        """One message of the supervisor (wire.py)."""
+        if message.get("op") == "table":
+            self.confirmed = wire.table_from(message)
+        else:
+            worker = int(message.get("worker", -1))
+            self.confirmed = wire.apply(self.confirmed, worker, message)
+            if worker == self.worker:
+                seq = int(message.get("seq", 0))
+                self._pending = [m for m in self._pending if m["seq"] > seq]
+        self._view = None
+
+    async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Until the supervisor's end closes (the caller then stops this worker)."""
+        self._writer = writer
+        for message in self._pending:  # changes made before the line was up
+            writer.write(wire.encode(message))
+        while line := await reader.readline():
+            try:
+                self.received(wire.decode(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                event(log, logging.ERROR, "bad control message", error=repr(exc))
+        event(log, logging.WARNING, "supervisor gone", worker=self.worker, action="stopping")
+
+    # Routes held by another worker -----------------------------------------------------------
+    def open_remote(
+        self,
+        client: LiveConnection,
+        refusals: Refusals,
+        route: Route[int],
+        orig: tuple[str, int],
+        on_close: Callable[[Pipe], None],
+    ) -> Awaitable[Pipe]:
+        path = relay_path(self.directory, route.handle)
+        return relay.open_remote(self.state, client, refusals, route, orig, on_close, path)

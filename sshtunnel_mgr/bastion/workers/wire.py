@@ -1,0 +1,99 @@
+"""What the supervisor and its workers say to each other: one JSON object per line.
+
+Worker → supervisor: ``{"op": "publish"|"withdraw"|"drop", "seq": n, ...}`` (its route
+changes, numbered) and ``{"op": "ready"}``. Supervisor → worker: ``{"op": "table", ...}``
+(every route, once, when the worker starts) then each change of any worker, in the
+supervisor's order, as ``{"op": ..., "worker": w, "seq": n, ...}``, and ``{"op": "gone",
+"worker": w}`` when a worker died. Every worker applies the same changes in the same order
+with ``apply``, so every table is the supervisor's (the route handle is a worker number).
+"""
+
+from __future__ import annotations
+
+import json
+from types import MappingProxyType
+from typing import Any
+
+from sshtunnel_mgr.core.routing import Route, RouteKey, RouteTable
+
+MAX_LINE = 1024 * 1024  # one control message; a table is sent as one line
+
+
+def route_fields(route: Route[Any]) -> dict[str, Any]:
+    return {
+        "name": route.name,
+        "port": route.port,
+        "owner": route.owner,
+        "conn": route.conn_id,
+        "spelling": route.spelling,
+        "since": route.since,
+    }
+
+
+def route_from(fields: dict[str, Any], worker: int) -> Route[int]:
+    return Route(
+        name=str(fields["name"]),
+        port=int(fields["port"]),
+        owner=str(fields["owner"]),
+        conn_id=int(fields["conn"]),
+        handle=worker,
+        spelling=str(fields.get("spelling", "")),
+        since=float(fields.get("since", 0.0)),
+    )
+
+
+def apply(table: RouteTable[int], worker: int, message: dict[str, Any]) -> RouteTable[int]:
+    """``table`` after one change ``message`` of ``worker`` (the supervisor's rules)."""
+    op = message.get("op")
+    if op == "publish":
+        return table.publish(route_from(message["route"], worker))[0]
+    if op == "withdraw":
+        return table.withdraw(str(message["name"]), int(message["port"]), int(message["conn"]))
+    if op == "drop":
+        return table.withdraw_connection(int(message["conn"]))
+    if op == "gone":
+        conns = {
+            r.conn_id
+            for served in (*table.routes.values(), *table.standby.values())
+            for r in served
+            if r.handle == worker
+        }
+        for conn_id in conns:
+            table = table.withdraw_connection(conn_id)
+        return table
+    return table
+
+
+def table_message(table: RouteTable[int]) -> dict[str, Any]:
+    def rows(routes: Any) -> list[dict[str, Any]]:
+        return [
+            {**route_fields(r), "worker": r.handle} for served in routes.values() for r in served
+        ]
+
+    return {"op": "table", "routes": rows(table.routes), "standby": rows(table.standby)}
+
+
+def table_from(message: dict[str, Any]) -> RouteTable[int]:
+    def grouped(rows: list[dict[str, Any]]) -> dict[RouteKey, tuple[Route[int], ...]]:
+        out: dict[RouteKey, tuple[Route[int], ...]] = {}
+        for row in rows:
+            route = route_from(row, int(row["worker"]))
+            key = (route.name, route.port)
+            out[key] = (*out.get(key, ()), route)
+        return out
+
+    return RouteTable(
+        MappingProxyType(grouped(message.get("routes", []))),
+        MappingProxyType(grouped(message.get("standby", []))),
+    )
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    message = json.loads(line)
+    if not isinstance(message, dict):
+        raise ValueError("a control message is a JSON object")
+    return message
