@@ -180,5 +180,9 @@ def _send_eof(chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         return
     try:
         chan.write_eof()
-    except BrokenPipeError:  # not raised by asyncssh 2.24, documented as possible
-        event(log, logging.DEBUG, "dropped eof", reason="channel closed")
+    except OSError as exc:
+        # asyncssh: BrokenPipeError (not raised by 2.24, documented as possible). A web
+        # client's socket (bastion/web/conn.py) raises ENOTCONN when the client reset it
+        # while the bastion was not reading it: that end is gone, close it.
+        event(log, logging.DEBUG, "dropped eof", reason="channel closed", error=repr(exc))
+        chan.close()
