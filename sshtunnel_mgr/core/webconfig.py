@@ -15,6 +15,9 @@ public = ["*.example.com", "admin.example.org"]
 allow_from = ["192.0.2.0/24", "2001:db8::/32"]
 max_new_per_source = 10
 ```
+
+``idle_timeout`` (default 300 s, 0: off) closes a routed connection that moved no byte
+either way for that long.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from sshtunnel_mgr.core.names import HostPortPattern, InvalidName, match_name
 
 Count = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
 Seconds = Annotated[float, Field(gt=0, le=3600, strict=True)]
+IdleSeconds = Annotated[float, Field(ge=0, le=86400, strict=True)]  # 0: off
+IDLE_TIMEOUT = 300.0  # seconds (five minutes), 0: off
 RATE_WINDOW = 60.0  # max_new_per_source counts new connections in this many seconds
 
 
@@ -88,6 +93,9 @@ class WebConfig(_Model):
     hello_timeout: Seconds = 10.0
     head_max_bytes: Annotated[int, Field(ge=256, le=65536, strict=True)] = 16384
     head_timeout: Seconds = 10.0
+    # A routed connection (websockets too) that moves no byte either way this long is
+    # closed; 0 turns it off.
+    idle_timeout: IdleSeconds = IDLE_TIMEOUT
 
     @field_validator("https_listen", "http_listen")
     @classmethod

@@ -226,6 +226,13 @@ def bastion_samples(m: BastionMetrics) -> Iterator[Sample]:
 def web_samples(web_open: int, counters: Mapping[str, int]) -> Iterator[Sample]:
     """sshtun_bastion_web_*: the web front (bastion/web), when it is on."""
     yield ("sshtun_bastion_web_open", "gauge", "Web connections open now", {}, web_open)
+    yield (
+        "sshtun_bastion_web_idle_closed",
+        "counter",
+        "Routed web connections closed after idle_timeout with no byte either way",
+        {},
+        counters.get("web_idle_closed", 0),
+    )
     for key in sorted(counters):
         if key == "web_routed_ok":
             labels = {"outcome": "routed"}

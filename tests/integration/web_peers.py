@@ -141,15 +141,20 @@ async def web_bastion(
     tmp_path: Path,
     tunnels: Sequence[tuple[str, int, str]],
     permit: str,
+    *,
+    bastion: dict[str, Any] | None = None,
     **web: Any,
 ) -> AsyncIterator[Web]:
-    """A bastion with ``[bastion.web]`` and an agent publishing ``tunnels``."""
+    """A bastion with ``[bastion.web]`` (``web``; other ``[bastion]`` keys in ``bastion``)
+    and an agent publishing ``tunnels``."""
     access = tmp_path / "access"
     access.write_text(f'permitlisten="{permit}" {keys.agent.public_line}\n')
     web.setdefault("https_listen", "127.0.0.1:0")
     web.setdefault("http_listen", "127.0.0.1:0")
     audit = tmp_path / "audit.jsonl"
-    config = bastion_config(keys, access, web=WebConfig(**web), audit_log=audit)
+    config = bastion_config(
+        keys, access, web=WebConfig(**web), audit_log=audit, **(bastion or {})
+    )
     async with running_bastion(config) as bastion:
         front = bastion.web
         assert front is not None

@@ -34,6 +34,7 @@ from sshtunnel_mgr.core.access import AccessEntry
 from sshtunnel_mgr.core.addrmatch import parse_peer
 from sshtunnel_mgr.core.routing import Route
 from sshtunnel_mgr.core.webconfig import SourceRate, WebConfig, WebPolicy
+from sshtunnel_mgr.runtime.idle import IdleWatch
 from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
@@ -54,6 +55,11 @@ class Reply:
 class Forward:
     route: Route[LiveConnection]
     name: str
+    # What the agent gets instead of the bytes read (None: those bytes, as they came).
+    replay: bytes | None = None
+    # Pass this one request only: EOF to the agent after it, the client's later bytes
+    # dropped (an ACME challenge on a name served on 443: nothing else may follow it).
+    one_request: bool = False
 
 
 Decision = Reply | Forward
@@ -77,6 +83,10 @@ class Front(Protocol):
 
     def route_closed(self) -> None: ...
 
+    def claim(self, key: str) -> str: ...
+
+    def release(self, key: str) -> None: ...
+
     def worth_recording(self, source: str) -> bool: ...
 
     def left(self, conn: WebConn) -> None: ...
@@ -97,6 +107,9 @@ class HeadReader(Protocol):
     def closed_early(self) -> Reply:
         """What to log when the client sends EOF before its head is complete."""
 
+    def busy(self, reason: str, name: str) -> Reply:
+        """What to answer when the publishing key holds ``max_channels_per_key`` already."""
+
 
 class WebConn(asyncio.Protocol):
     """An audit ``Peer`` too (``conn``, ``from``; never a key)."""
@@ -116,6 +129,9 @@ class WebConn(asyncio.Protocol):
         self._deciding = True
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._claim: str | None = None  # the publishing key this connection counts against
+        self._drop_input = False  # one request passed: the client's later bytes go nowhere
+        self._idle: IdleWatch | None = None
         self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # asyncio callbacks ------------------------------------------------------------------
@@ -131,7 +147,8 @@ class WebConn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.pipe is not None:
-            self.pipe.data_received(data, None)
+            if not self._drop_input:
+                self.pipe.data_received(data, None)
             return
         if not self._deciding:
             return  # paused; a last segment may still arrive with the pause
@@ -142,7 +159,8 @@ class WebConn(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self.pipe is not None:
-            self.pipe.eof_received()
+            if not self._drop_input:  # else the agent has had its EOF already
+                self.pipe.eof_received()
             return True
         if self._deciding:
             self._decided(self.reader.closed_early())
@@ -192,6 +210,12 @@ class WebConn(asyncio.Protocol):
         if isinstance(decision, Reply):
             self._reply(decision)
             return
+        owner = decision.route.owner
+        refusal = self.front.claim(owner)  # at once: no other decision slips in between
+        if refusal:
+            self._reply(self.reader.busy(refusal, decision.name))
+            return
+        self._claim = owner
         transport.pause_reading()
         self.front.keep(asyncio.ensure_future(self._forward(decision)))
 
@@ -237,6 +261,7 @@ class WebConn(asyncio.Protocol):
         try:
             await self._open(forward)
         except BaseException:
+            self._release()
             self.close()
             raise
 
@@ -252,8 +277,12 @@ class WebConn(asyncio.Protocol):
             route.name, route.port, route.conn_id, route.owner, time.monotonic(), self.reader.via
         )
         self.front.routed_open += 1
-        client_end.data_received(bytes(self._buffer), None)  # replayed once the agent opens
+        replay = bytes(self._buffer) if forward.replay is None else forward.replay
+        client_end.data_received(replay, None)  # replayed once the agent opens
         self._buffer.clear()
+        if forward.one_request:
+            self._drop_input = True
+            client_end.eof_received()  # the agent answers this one request, then closes
         agent_conn = route.handle.conn
         if self._closed:
             outcome, refusal = "client left during open", ""
@@ -278,6 +307,11 @@ class WebConn(asyncio.Protocol):
             self.pipe = client_end
             client_end.connection_made(cast(asyncssh.SSHTCPChannel[bytes], transport))
             transport.resume_reading()
+            timeout = self.front.config.idle_timeout
+            if timeout > 0 and not self._closed:
+                self._idle = IdleWatch(
+                    timeout, lambda: client_end.bytes_in + agent_end.bytes_in, self._idled
+                )
             return
         client_end.never_opened(outcome or "client left during open")
         if refusal:
@@ -291,7 +325,37 @@ class WebConn(asyncio.Protocol):
             )
         self.close()
 
+    def _idled(self) -> None:
+        """No byte either way for ``idle_timeout``: close both ends, say so in the log, the
+        counters and the route's audit record."""
+        pipe, timeout = self.pipe, self.front.config.idle_timeout
+        if pipe is None or self._closed:
+            return
+        assert isinstance(pipe, RoutedPipe)
+        pipe.outcome = f"idle for {timeout:g} s"
+        self.state.counters["web_idle_closed"] += 1
+        record = pipe.record
+        event(
+            log,
+            logging.INFO,
+            "web idle",
+            conn=self.conn_id,
+            from_=self.peer_ip,
+            via=self.reader.via,
+            name=record.name if record is not None else "-",
+            reason=pipe.outcome,
+        )
+        self.close()
+
+    def _release(self) -> None:
+        if self._claim is not None:
+            self.front.release(self._claim)
+            self._claim = None
+
     def _pipe_closed(self, pipe: Pipe) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._release()
         self.front.route_closed()
         self.state.audit.routed(self, pipe, not self.state.accepting)
         self.close()

@@ -61,6 +61,9 @@ class WebFront:
         self.pending: Counter[str] = Counter()  # per source: connections still deciding
         self._deciding: set[WebConn] = set()
         self.routed_open = 0  # splices open now (or opening)
+        # Per publishing key (fingerprint): web connections routed to its names now. With
+        # the SSH channels the key opened itself, they count against max_channels_per_key.
+        self.key_channels: Counter[str] = Counter()
         self._idle = asyncio.Event()  # set when routed_open falls to 0
         self._tasks: set[asyncio.Future[None]] = set()
         self._flood_log = LogRate()
@@ -161,6 +164,26 @@ class WebFront:
         self.decided(conn)
         self.conns.discard(conn)
 
+    def claim(self, key: str) -> str:
+        """Count one more web connection against the publishing ``key``; or why not: the
+        key holds ``max_channels_per_key`` (its own SSH channels and web connections routed
+        to its names, together) already. The key's SSH channels are capped on their own
+        count only (guard.py), so a web flood never starves its agent's health probes."""
+        limit = self.state.config.limits.max_channels_per_key
+        held = self.key_channels[key] + self.state.key_usage.channels(key)
+        if held >= limit:
+            return (
+                f"publishing key {key} holds {held} routed channels and web connections "
+                f"(max_channels_per_key {limit})"
+            )
+        self.key_channels[key] += 1
+        return ""
+
+    def release(self, key: str) -> None:
+        self.key_channels[key] -= 1
+        if self.key_channels[key] <= 0:
+            del self.key_channels[key]
+
     def route_closed(self) -> None:
         self.routed_open -= 1
         if self.routed_open <= 0:
@@ -208,4 +231,5 @@ class WebFront:
             "connections": len(self.conns),
             "deciding": len(self._deciding),
             "routed_open": self.routed_open,
+            "idle_timeout": self.config.idle_timeout,
         }

@@ -6,7 +6,10 @@ deadline for the whole head, however slowly it trickles in). Then, for a public 
 - published on port 443 (HTTPS wins): ``/.well-known/acme-challenge/*`` passes through to
   the agent's ``name:80`` publication (an agent publishes ``name:80`` beside ``name:443``
   to answer ACME HTTP-01 challenges: on such a name port 80 carries the challenges only),
-  or 404 when there is none; every other request is redirected to https (308);
+  or 404 when there is none; every other request is redirected to https (308). A challenge
+  passes alone: its head is re-sent with ``Connection: close`` (no body allowed), the agent
+  gets EOF after it, and whatever the client sends next on that connection is dropped, so a
+  keep-alive second request can never reach the agent unchecked;
 - published on port 80 only: the connection passes through (plain HTTP to the home box);
 - anything else: 404, no details. A malformed or oversized head: 400. A source over its
   cap of new connections to the name: 429. The head read is replayed to the agent as is.
@@ -29,7 +32,9 @@ _STATUS = {
     404: "Not Found",
     408: "Request Timeout",
     429: "Too Many Requests",
+    503: "Service Unavailable",
 }
+HOP_BY_HOP = {b"connection", b"keep-alive", b"upgrade", b"proxy-connection"}
 
 
 def response(status: int, *headers: tuple[str, str]) -> bytes:
@@ -37,6 +42,18 @@ def response(status: int, *headers: tuple[str, str]) -> bytes:
     lines += [f"{k}: {v}" for k, v in headers]
     lines += ["Content-Length: 0", "Connection: close", "", ""]
     return "\r\n".join(lines).encode("ascii")
+
+
+def one_request_head(request: h11.Request) -> bytes:
+    """``request``'s head as the agent gets it when only this request may pass: its own
+    headers (their spelling kept) without hop-by-hop ones, and ``Connection: close``."""
+    lines = [b"%s %s HTTP/%s" % (request.method, request.target, request.http_version)]
+    lines += [
+        name + b": " + value
+        for name, value in request.headers.raw_items()
+        if name.lower() not in HOP_BY_HOP
+    ]
+    return b"\r\n".join([*lines, b"Connection: close", b"", b""])
 
 
 def host_name(value: bytes) -> str:
@@ -81,9 +98,21 @@ class HttpReader:
         hosts = [v for k, v in found.headers if k == b"host"]
         if len(hosts) != 1:
             return Reply(response(400), "no Host header (or several)", "bad_head", note="400")
-        return self._route(host_name(hosts[0]), found.target, source_ip)
+        return self._route(host_name(hosts[0]), found, source_ip)
 
-    def _route(self, host: str, target: bytes, source_ip: str) -> Decision:
+    def _challenge(self, request: h11.Request, name: str) -> Reply | None:
+        """Why this ACME challenge request may not pass alone (None: it may)."""
+        try:
+            after = self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            return Reply(response(400), f"bad request head: {exc}", "bad_head", name, "400")
+        if not isinstance(after, h11.EndOfMessage):
+            reason = f"ACME challenge for {name} with a request body"
+            return Reply(response(400), reason, "bad_head", name, note="400")
+        return None
+
+    def _route(self, host: str, request: h11.Request, source_ip: str) -> Decision:
+        target = request.target
         front = self.front
         public = public_name(front.policy, front.rate, host, source_ip)
         if isinstance(public, Refused):
@@ -94,7 +123,11 @@ class HttpReader:
         if tls:
             if target.startswith(ACME_PREFIX):
                 if plain:
-                    return Forward(pick(state, plain), name)
+                    bad = self._challenge(request, name)
+                    if bad is not None:
+                        return bad
+                    head = one_request_head(request)
+                    return Forward(pick(state, plain), name, head, one_request=True)
                 reason = f"ACME challenge for {name} and no {name}:{HTTP_PORT} publication"
                 return Reply(response(404), reason, "unpublished", name, note="404")
             port = front.https_port
@@ -107,6 +140,10 @@ class HttpReader:
             return Forward(pick(state, plain), name)
         reason = f"{name} is not published on {HTTP_PORT} or {HTTPS_PORT}"
         return Reply(response(404), reason, "unpublished", name, note="404")
+
+    def busy(self, reason: str, name: str) -> Reply:
+        """The publishing key is at its cap: 503."""
+        return Reply(response(503), reason, "key_cap", name, note="503")
 
     def timed_out(self) -> Reply:
         return Reply(b"", f"no request head in {self.timeout:g} s", "slow", note="close")

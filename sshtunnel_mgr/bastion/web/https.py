@@ -64,6 +64,10 @@ class HelloReader:
             ALERT_UNRECOGNIZED_NAME, refused.reason, refused.counter, name or "", note="alert"
         )
 
+    def busy(self, reason: str, name: str) -> Reply:
+        """The publishing key is at its cap: the same alert as every other refusal."""
+        return Reply(ALERT_UNRECOGNIZED_NAME, reason, "key_cap", name, note="alert")
+
     def timed_out(self) -> Reply:
         return Reply(b"", f"no ClientHello in {self.timeout:g} s", "slow", note="close")
 
