@@ -92,6 +92,7 @@ def _write_config(work: Path, ports: _Ports, pki: DemoPki) -> Path:
         },
         "agent": {
             "key": "agent_key",
+            "admin_socket": "agent.sock",  # here, never a real agent's (/run/sshtun-agent)
             "bastions": [{"address": bastion, "known_hosts": "known_hosts"}],
             "tunnels": [
                 {"name": NAME, "port": 22, "target": f"127.0.0.1:{ports.home}"},
@@ -243,7 +244,8 @@ async def run_demo(
     finally:
         stop.set()
         if agent_task is not None:
-            with contextlib.suppress(Exception):
+            # its fatal errors were raised above; anything else surfaces here
+            with contextlib.suppress(TimeoutError, SshtunError):
                 await asyncio.wait_for(agent_task, 5)
         await bastion.stop()
         for server in (home, app):

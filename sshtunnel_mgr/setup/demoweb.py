@@ -172,9 +172,10 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             await writer.wait_closed()
 
 
-async def start_app() -> asyncio.Server:
-    """The home box's web app on 127.0.0.1, port chosen by the system."""
-    return await asyncio.start_server(_serve, "127.0.0.1", 0)
+async def start_app(tls: ssl.SSLContext | None = None) -> asyncio.Server:
+    """The home box's web app on 127.0.0.1, port chosen by the system; plain HTTP (the
+    agent ends TLS) unless given a server context."""
+    return await asyncio.start_server(_serve, "127.0.0.1", 0, ssl=tls)
 
 
 # The client ---------------------------------------------------------------------------------

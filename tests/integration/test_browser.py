@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from sshtunnel_mgr.agent import Agent
 from sshtunnel_mgr.core.config import TunnelConfig
 from sshtunnel_mgr.core.webconfig import WebConfig
 from tests.harness import (
@@ -199,6 +200,12 @@ class Scene:
     pki: Pki
     https: int
     audit: Path
+    agent: Agent
+
+    def connects(self) -> list[int]:
+        """How often each of the agent's links connected: [1] while its first SSH
+        connection has lasted (a browser closing its side must never end it)."""
+        return [link.status.connects for link in self.agent.links]
 
     def records(self, kind: str) -> list[dict[str, object]]:
         lines = self.audit.read_text().splitlines() if self.audit.exists() else []
@@ -227,9 +234,9 @@ async def scene(keys: Keys, tmp_path: Path) -> AsyncIterator[Scene]:
         ]  # fmt: skip
         base = agent_config(keys, bastion.port, [(NAME, 443, f"127.0.0.1:{app}")])
         config = base.model_copy(update={"tunnels": tunnels})
-        async with running_agent(config):
+        async with running_agent(config) as running:
             await wait_for(lambda: len(bastion.state.routes) == 2)
-            yield Scene(pki, bastion.web.https_addresses[0][1], audit)
+            yield Scene(pki, bastion.web.https_addresses[0][1], audit, running.agent)
 
 
 async def test_chromium_shows_the_home_page_through_the_bastion(keys: Keys, tmp_path: Path) -> None:
@@ -239,6 +246,7 @@ async def test_chromium_shows_the_home_page_through_the_bastion(keys: Keys, tmp_
         dom, said = await browser.open(NAME, shot)
         await wait_for(lambda: s.records("route"), 20)
         routes = s.records("route")
+        assert s.connects() == [1]  # the browser's close never reached the agent's link
     assert "Page load failed" not in said, said
     assert TEXT in dom and "<title>cloud.test</title>" in dom
     width, height, pixels = png_pixels(shot.read_bytes())
