@@ -34,7 +34,6 @@ from sshtunnel_mgr.agent import Agent
 from sshtunnel_mgr.core.config import TunnelConfig
 from sshtunnel_mgr.core.webconfig import WebConfig
 from tests.harness import (
-    REQUIRE_OPENSSH,
     Keys,
     agent_config,
     bastion_config,
@@ -42,6 +41,7 @@ from tests.harness import (
     running_bastion,
     wait_for,
 )
+from tests.integration.test_agent_tls import require  # a skip, or a failure in CI
 from tests.integration.web_peers import Pki, http_server, make_pki
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -56,15 +56,6 @@ PAGE = (
     '<body style="margin:0;background:#6a1b9a;color:#fff;font:bold 72px sans-serif">'
     f'<div style="padding:40px">{TEXT}</div></body></html>\n'
 )
-
-
-def require(tool: str | None, package: str) -> None:
-    """Skip without the tool, except in CI (.ci/run installs it): then fail."""
-    if tool is None:
-        message = f"{package} not installed (apt-get install {package}; .ci/run does)"
-        if REQUIRE_OPENSSH:
-            pytest.fail(message + " but SSHTUN_REQUIRE_OPENSSH=1")
-        pytest.skip(message)
 
 
 @pytest.fixture(autouse=True)
@@ -151,6 +142,7 @@ class Browser:
             "--headless=new",
             "--no-sandbox",  # the browser's own sandbox cannot start as root
             "--disable-gpu",
+            "--disable-dev-shm-usage",  # a container's small /dev/shm
             f"--user-data-dir={self.home / 'profile'}",
             "--no-first-run",
             "--disable-background-networking",
