@@ -271,6 +271,8 @@ class BastionConnection(asyncssh.SSHServer):
             )
             raise
         self.open_channels += 1
+        if self.state.mesh is not None and self.guard.key:  # per-key caps across workers
+            self.state.mesh.usage(self.guard.key, 0, 1)
         probe = route.conn_id == self.conn_id
         event(
             log,
@@ -293,6 +295,8 @@ class BastionConnection(asyncssh.SSHServer):
 
     def _channel_closed(self, pipe: Pipe) -> None:
         self.open_channels -= 1
+        if self.state.mesh is not None and self.guard.key:
+            self.state.mesh.usage(self.guard.key, 0, -1)
         self.state.channel_closed()
         self.state.audit.routed(self, pipe, not self.state.accepting)
         peer_bytes = pipe.peer.bytes_in if pipe.peer else 0

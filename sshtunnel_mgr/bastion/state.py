@@ -47,6 +47,9 @@ class RouteMesh(Protocol):
 
     def lookup(self, name: str, port: int) -> tuple[Route[int], ...]: ...
 
+    def usage(self, key: str, connections: int, channels: int) -> None:
+        """This worker's connections and routed channels of ``key`` changed by these."""
+
     def open_remote(
         self,
         client: LiveConnection,

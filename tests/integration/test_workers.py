@@ -1,8 +1,8 @@
 """``workers = 2``: a supervisor and two real worker processes behind one address.
 
-Real ``sshtun bastion`` and ``sshtun up`` processes, the real OpenSSH ``ssh -J``. Which
-worker a connection lands on is chosen by its source address (the BPF program hashes the
-IPv4 source modulo the number of workers): 127.0.0.1 → worker 1, 127.0.0.2 → worker 0.
+Real ``sshtun bastion`` and ``sshtun up`` processes, real OpenSSH ``ssh -J`` and ``ssh -R``.
+Which worker a connection lands on is chosen by its source address (the BPF program takes
+the IPv4 source modulo the number of workers): 127.0.0.1 → worker 1, 127.0.0.2 → worker 0.
 """
 
 from __future__ import annotations
@@ -12,19 +12,25 @@ import json
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
+import asyncssh
 
 from sshtunnel_mgr.bastion.workers.sockets import reuseport_group
+from sshtunnel_mgr.keys.store import load_private_key
 from sshtunnel_mgr.runtime.admin import query
-from tests.harness import Keys, access_text, write_ssh_config
-from tests.integration.scene import scene
+from tests.harness import SSH, Keys, access_text, bastion_pub, free_port, process, write_ssh_config
+from tests.integration.scene import Scene, scene
+from tests.integration.test_metrics import scrape
+
+FAR, NEAR = "127.0.0.2", "127.0.0.1"  # worker 0, worker 1
+
 
 def test_one_source_lands_on_one_worker() -> None:
-    """Every connection of one source reaches the same socket of the group; the other
-    source (other parity) the other socket."""
+    """Every connection of one source reaches the same socket of the group; a source of
+    the other parity the other socket."""
     (group,) = reuseport_group("127.0.0.1", 0, 2)
     port = group[0].getsockname()[1]
     assert group[1].getsockname()[1] == port
@@ -48,66 +54,156 @@ def test_one_source_lands_on_one_worker() -> None:
     assert landed == {"127.0.0.2": {0}, "127.0.0.3": {1}}
 
 
-def _from(tmp: Path, keys: Keys, port: int, source: str) -> Path:
+def _from(s: Scene, source: str, who: str = "alice", identity: Path | None = None) -> Path:
+    """An ssh config whose connections leave from ``source`` (so: one worker)."""
     return write_ssh_config(
-        tmp / f"alice-{source}", keys, port, extra_opts=f"  BindAddress {source}\n"
+        s.tmp / f"{who}-{source}",
+        s.keys,
+        s.port,
+        identity=identity,
+        extra_opts=f"  BindAddress {source}\n",
     )
 
 
-async def _status(sock: Path) -> dict[str, Any]:
-    return await query(sock, {"cmd": "status"})
+async def _status(s: Scene) -> dict[str, Any]:
+    return await query(s.keys.dir / f"bastion-{s.port}.sock", {"cmd": "status"})
 
 
-@pytest.mark.asyncio
-async def test_two_workers_route_relay_restart_and_revoke(keys: Keys, tmp_path: Path) -> None:
-    audit = tmp_path / "audit.log"
-    async with scene(keys, tmp_path, bastion=False) as s:
-        admin = keys.dir / f"bastion-{s.port}.sock"
-        async with s.bastion_process(workers=2, audit_log=str(audit)) as bastion:
-            async with s.agent_process():
-                status = await _status(admin)
-                assert [w["up"] for w in status["workers"]] == [True, True]
-                (name,) = status["names"]
-                assert (name["name"], name["worker"]) == ("homebox", 1)  # the agent: 127.0.0.1
-                # A client on worker 0 (127.0.0.2) reaches the name held on worker 1.
-                far = _from(tmp_path, keys, s.port, "127.0.0.2")
-                near = _from(tmp_path, keys, s.port, "127.0.0.1")
-                result = await s.reach(cfg=far)
-                assert result.returncode == 0, result.stderr
-                assert result.stdout.strip() == b"through"
-                assert (await s.reach(cfg=near)).returncode == 0
-                routes = [json.loads(x) for x in audit.read_text().splitlines()]
-                routed = {(r["from"].split(":")[0], r["worker"]) for r in routes if r["event"] == "route"}
-                assert routed == {("127.0.0.2", 0), ("127.0.0.1", 1)}
-                # kill -9 worker 0: a session through worker 1 keeps flowing; worker 0 comes back.
-                async with s.stream(near) as stream:
-                    await stream.wait_lines(3)
-                    os.kill(status["workers"][0]["pid"], signal.SIGKILL)
-                    await bastion.wait_log("worker died", "worker=0")
-
-                    async def back() -> bool:
-                        rows = (await _status(admin))["workers"]
-                        return rows[0]["up"] and rows[0]["restarts"] == 1
-
-                    await _wait_async(back)
-                    await stream.more(5)
-                    result = await s.reach(cfg=far)
-                    assert result.returncode == 0, result.stderr
-                    done = await stream.finish()
-                    assert done.returncode == 0
-                # Reload merged across workers: alice's key revoked on both.
-                s.access.write_text(access_text(keys).splitlines()[0] + "\n")
-                answer = await query(admin, {"cmd": "reload"})
-                assert answer["ok"] and answer["workers"] == 2
-                assert answer["keys"] == 1
-                for cfg in (far, near):
-                    refused = await s.reach(cfg=cfg)
-                    assert refused.returncode != 0
-
-
-async def _wait_async(check: Any, timeout: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.2)
 
+
+def _routes(audit: Path) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    return [r for r in records if r["event"] == "route"]
+
+
+async def _count(audit: Path, n: int) -> bool:
+    return audit.exists() and len(_routes(audit)) >= n
+
+
+async def test_two_workers_route_relay_restart_and_revoke(keys: Keys, tmp_path: Path) -> None:
+    audit, mport = tmp_path / "audit.log", free_port()
+    async with scene(keys, tmp_path, bastion=False) as s:
+        kw = {"workers": 2, "audit_log": str(audit), "metrics_listen": str(mport)}
+        async with s.bastion_process(**kw) as bastion, s.agent_process():
+            status = await _status(s)
+            assert [w["up"] for w in status["workers"]] == [True, True]
+            (name,) = status["names"]
+            assert (name["name"], name["worker"]) == ("homebox", 1)  # the agent: 127.0.0.1
+            # A client on worker 0 reaches the name held on worker 1 (relayed), and one on 1.
+            far, near = _from(s, FAR), _from(s, NEAR)
+            result = await s.reach(cfg=far)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.strip() == b"through"
+            assert (await s.reach(cfg=near)).returncode == 0
+
+            async def audited() -> bool:  # a route is written when its channel has closed
+                routed = {(r["from"].split(":")[0], r["worker"]) for r in _routes(audit)}
+                return routed == {(FAR, 0), (NEAR, 1)}
+
+            await _until(audited)
+
+            async def summed() -> bool:  # metrics: both workers' numbers, and each worker
+                _, values = await scrape(mport)
+                return (
+                    values.get("sshtun_bastion_published_names") == 1
+                    and values.get('sshtun_bastion_worker_up{worker="0"}') == 1
+                    and values.get('sshtun_bastion_worker_up{worker="1"}') == 1
+                    and values.get('sshtun_bastion_routed_connections_total{outcome="ok"}', 0) >= 2
+                )
+
+            await _until(summed)
+            # kill -9 worker 0: a session through worker 1 keeps flowing; worker 0 comes back.
+            async with s.stream(near) as stream:
+                await stream.wait_lines(3)
+                os.kill(status["workers"][0]["pid"], signal.SIGKILL)
+                await bastion.wait_log("worker died", "worker=0")
+
+                async def back() -> bool:
+                    rows = (await _status(s))["workers"]
+                    return bool(rows[0]["up"] and rows[0]["restarts"] == 1)
+
+                await _until(back)
+                await stream.more(5)
+                result = await s.reach(cfg=far)
+                assert result.returncode == 0, result.stderr
+                assert (await stream.finish()).returncode == 0
+            # Reload merged across workers: alice's key revoked on both.
+            s.access.write_text(access_text(keys).splitlines()[0] + "\n")
+            answer = await query(s.keys.dir / f"bastion-{s.port}.sock", {"cmd": "reload"})
+            assert answer["ok"] and answer["workers"] == 2 and answer["keys"] == 1
+            for cfg in (far, near):
+                assert (await s.reach(cfg=cfg)).returncode != 0
+
+
+async def test_takeover_and_per_key_cap_across_workers(keys: Keys, tmp_path: Path) -> None:
+    """The agent key publishing again from another worker takes the name over (the old
+    route on standby, serving again when the new one leaves); a key's connection cap
+    counts its connections on every worker."""
+    audit = tmp_path / "audit.log"
+    limits = {"max_connections_per_key": 1}
+    async with scene(keys, tmp_path, bastion=False) as s:
+        async with s.bastion_process(workers=2, audit_log=str(audit), limits=limits):
+            async with s.agent_process():  # from 127.0.0.1: worker 1
+                first = (await _status(s))["names"][0]["conn"]
+                assert SSH is not None
+                cfg = _from(s, FAR, "stock-agent", identity=keys.agent.path)
+                forward = ["-N", "-o", "ExitOnForwardFailure=yes", "-R", f"homebox:22:{s.target}"]
+                # The agent key has one connection on worker 1: its cap refuses one on 0.
+                async with process(SSH, "-F", str(cfg), *forward, "bastion") as stock:
+                    assert await asyncio.wait_for(stock.wait(), 30) != 0
+                limits["max_connections_per_key"] = 2
+                s.bastion_file(workers=2, audit_log=str(audit), limits=limits)
+                await query(s.keys.dir / f"bastion-{s.port}.sock", {"cmd": "reload"})
+                async with process(SSH, "-F", str(cfg), *forward, "bastion") as stock:
+
+                    async def taken() -> bool:
+                        names = (await _status(s))["names"]
+                        return {(n["worker"], n["serving"]) for n in names} == {
+                            (0, True),
+                            (1, False),
+                        }
+
+                    await _until(taken)
+                    assert (await s.reach(cfg=_from(s, NEAR))).returncode == 0
+                    await _until(lambda: _count(audit, 1))
+                    assert _routes(audit)[-1]["agent_conn"] != first  # the newest: worker 0
+                    stock.send_signal(signal.SIGTERM)
+                    await stock.wait()
+
+                async def back() -> bool:
+                    names = (await _status(s))["names"]
+                    return [(n["conn"], n["serving"]) for n in names] == [(first, True)]
+
+                await _until(back)
+                assert (await s.reach(cfg=_from(s, FAR))).returncode == 0
+                await _until(lambda: _count(audit, 2))
+                assert _routes(audit)[-1]["agent_conn"] == first
+            # The client key's cap (1) holds across workers too.
+            client = load_private_key(keys.client.path)
+            known = ([asyncssh.import_public_key(bastion_pub(keys))], [], [])
+
+            async def login(source: str) -> asyncssh.SSHClientConnection:
+                return await asyncssh.connect(
+                    "127.0.0.1",
+                    s.port,
+                    local_addr=(source, 0),
+                    username="alice",
+                    client_keys=[client],
+                    known_hosts=known,
+                    config=None,
+                    agent_path=None,
+                )
+
+            limits["max_connections_per_key"] = 1
+            s.bastion_file(workers=2, audit_log=str(audit), limits=limits)
+            await query(s.keys.dir / f"bastion-{s.port}.sock", {"cmd": "reload"})
+            async with await login(FAR) as held:
+                second = await login(NEAR)
+                await asyncio.wait_for(second.wait_closed(), 30)  # refused after login
+                assert not held.is_closed()

@@ -19,10 +19,36 @@ from sshtunnel_mgr.bastion.refusals import Refusals
 from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.bastion.workers import relay, wire
+from sshtunnel_mgr.core.limits import KeyUsage
 from sshtunnel_mgr.core.routing import Route, RouteTable
 from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
+
+
+class SharedKeyUsage(KeyUsage[LiveConnection]):
+    """Per-key caps across workers: this worker's connections, plus what the others
+    reported (through the supervisor) of the same key."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        super().__init__()
+        self.mesh = mesh
+
+    def add(self, key: str, conn: LiveConnection) -> None:
+        super().add(key, conn)
+        self.mesh.usage(key, 1, conn.open_channels)
+
+    def remove(self, key: str, conn: LiveConnection) -> None:
+        if conn in self._by_key.get(key, ()):
+            # Its channels still open are no longer counted for the key (nor reported).
+            self.mesh.usage(key, -1, -conn.open_channels)
+        super().remove(key, conn)
+
+    def connections(self, key: str) -> int:
+        return super().connections(key) + self.mesh.others(key)[0]
+
+    def channels(self, key: str) -> int:
+        return super().channels(key) + self.mesh.others(key)[1]
 
 
 def relay_path(directory: Path, worker: int) -> Path:
@@ -41,6 +67,8 @@ class Mesh:
         self._view: RouteTable[int] | None = None
         self._seq = 0
         self._writer: asyncio.StreamWriter | None = None
+        # Other workers' live connections and routed channels per key: {worker: {key: [c, ch]}}
+        self._usage: dict[int, dict[str, list[int]]] = {}
 
     # This worker's changes ----------------------------------------------------------------
     def _send(self, message: dict[str, Any]) -> None:
@@ -59,6 +87,16 @@ class Mesh:
 
     def dropped(self, conn_id: int) -> None:
         self._send({"op": "drop", "conn": conn_id})
+
+    def usage(self, key: str, connections: int, channels: int) -> None:
+        """Tell the supervisor (it keeps every worker's totals and sends them to all)."""
+        if self._writer is not None and not self._writer.is_closing():
+            message = {"op": "usage", "key": key, "conns": connections, "chans": channels}
+            self._writer.write(wire.encode(message))
+
+    def others(self, key: str) -> tuple[int, int]:
+        rows = [u[key] for w, u in self._usage.items() if w != self.worker and key in u]
+        return sum(r[0] for r in rows), sum(r[1] for r in rows)
 
     def ready(self) -> None:
         if self._writer is not None:
@@ -79,9 +117,16 @@ class Mesh:
 
     def received(self, message: dict[str, Any]) -> None:
         """One message of the supervisor (wire.py)."""
-        if message.get("op") == "table":
+        op = message.get("op")
+        if op == "table":
             self.confirmed = wire.table_from(message)
+        elif op == "usage":  # a worker's totals for one key
+            row = [int(message["conns"]), int(message["chans"])]
+            self._usage.setdefault(int(message["worker"]), {})[str(message["key"])] = row
+            return
         else:
+            if op == "gone":
+                self._usage.pop(int(message.get("worker", -1)), None)
             worker = int(message.get("worker", -1))
             self.confirmed = wire.apply(self.confirmed, worker, message)
             if worker == self.worker:

@@ -73,6 +73,7 @@ class Supervisor:
         self._starts = 0
         self._stopping = False
         self.last_metrics: dict[int, dict[str, Any]] = {}
+        self.usage: dict[int, dict[str, list[int]]] = {}  # per worker: key -> [conns, chans]
 
     # Start ---------------------------------------------------------------------------------
     async def start(self, tasks: TaskSet) -> None:
@@ -148,6 +149,10 @@ class Supervisor:
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=wire.MAX_LINE)
         worker.writer = writer
         writer.write(wire.encode(wire.table_message(self.table)))
+        for index, keys in self.usage.items():
+            for key, (conns, chans) in keys.items():
+                usage = {"op": "usage", "worker": index, "key": key, "conns": conns, "chans": chans}
+                writer.write(wire.encode(usage))
         return reader
 
     async def _keep(self, worker: Worker) -> None:
@@ -197,7 +202,9 @@ class Supervisor:
                     log, logging.ERROR, "bad control message", worker=worker.index, error=repr(exc)
                 )
                 continue
-            if message.get("op") == "ready":
+            if message.get("op") == "usage":
+                self._usage(worker.index, message)
+            elif message.get("op") == "ready":
                 worker.ready.set()
                 event(
                     log,
@@ -209,6 +216,27 @@ class Supervisor:
             else:
                 self._changed(worker.index, message)
 
+    def _usage(self, index: int, message: dict[str, Any]) -> None:
+        """A worker's change of one key's connections/channels: its new totals to all."""
+        try:
+            key, conns, chans = str(message["key"]), int(message["conns"]), int(message["chans"])
+        except (KeyError, TypeError, ValueError) as exc:
+            event(log, logging.ERROR, "bad usage message", worker=index, error=repr(exc))
+            return
+        row = self.usage.setdefault(index, {}).setdefault(key, [0, 0])
+        row[0], row[1] = max(row[0] + conns, 0), max(row[1] + chans, 0)
+        if row == [0, 0]:
+            del self.usage[index][key]
+        self._send_all(
+            {"op": "usage", "worker": index, "key": key, "conns": row[0], "chans": row[1]}
+        )
+
+    def _send_all(self, message: dict[str, Any]) -> None:
+        data = wire.encode(message)
+        for worker in self.workers:
+            if worker.writer is not None and not worker.writer.is_closing():
+                worker.writer.write(data)
+
     def _changed(self, index: int, message: dict[str, Any]) -> None:
         """Apply one change of worker ``index`` and send it to every worker."""
         try:
@@ -216,10 +244,9 @@ class Supervisor:
         except (KeyError, TypeError, ValueError) as exc:
             event(log, logging.ERROR, "bad route change", worker=index, error=repr(exc))
             return
-        data = wire.encode({**message, "worker": index})
-        for worker in self.workers:
-            if worker.writer is not None and not worker.writer.is_closing():
-                worker.writer.write(data)
+        if message.get("op") == "gone":
+            self.usage.pop(index, None)
+        self._send_all({**message, "worker": index})
 
     # Questions for every worker -------------------------------------------------------------
     async def ask_all(self, request: dict[str, Any], timeout: float = 30) -> list[Any]:

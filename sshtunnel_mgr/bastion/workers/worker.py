@@ -22,7 +22,7 @@ from typing import Any
 from sshtunnel_mgr.bastion.metricsview import bastion_metrics
 from sshtunnel_mgr.bastion.run import BastionRole
 from sshtunnel_mgr.bastion.serve import Bastion
-from sshtunnel_mgr.bastion.workers.mesh import Mesh, relay_path
+from sshtunnel_mgr.bastion.workers.mesh import Mesh, SharedKeyUsage, relay_path
 from sshtunnel_mgr.bastion.workers.relay import RelayServer
 from sshtunnel_mgr.core.config import load_config
 from sshtunnel_mgr.core.errors import SshtunError
@@ -39,6 +39,7 @@ class WorkerRole(BastionRole):
         self.index = index
         self.mesh = Mesh(index, directory, bastion.state)
         bastion.state.mesh = self.mesh
+        bastion.state.key_usage = SharedKeyUsage(self.mesh)
         self.relay = RelayServer(bastion.state, relay_path(directory, index))
         self.control = control
         self.stop_event = asyncio.Event()
@@ -74,6 +75,8 @@ class WorkerRole(BastionRole):
             answer["worker"] = self.index
             for name in answer.get("names", []):
                 name["worker"] = self.index
+                served = self.mesh.lookup(name["name"], name["port"])
+                name["serving"] = any(r.conn_id == name["conn"] for r in served)  # not standby
         return answer
 
 
