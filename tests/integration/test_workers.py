@@ -133,6 +133,18 @@ async def test_two_workers_route_relay_restart_and_revoke(keys: Keys, tmp_path: 
                 result = await s.reach(cfg=far)
                 assert result.returncode == 0, result.stderr
                 assert (await stream.finish()).returncode == 0
+            # kill -9 the agent's worker: its route leaves the table at once, the agent
+            # reconnects (to the restarted worker 1, by its source) and serves again.
+            os.kill((await _status(s))["workers"][1]["pid"], signal.SIGKILL)
+            await bastion.wait_log("worker died", "worker=1")
+            assert (await s.reach(cfg=far)).returncode != 0
+
+            async def served() -> bool:
+                found = await _status(s)
+                return [(n["name"], n["worker"]) for n in found["names"]] == [("homebox", 1)]
+
+            await _until(served)
+            assert (await s.reach(cfg=far)).returncode == 0
             # Reload merged across workers: alice's key revoked on both.
             s.access.write_text(access_text(keys).splitlines()[0] + "\n")
             answer = await query(s.keys.dir / f"bastion-{s.port}.sock", {"cmd": "reload"})

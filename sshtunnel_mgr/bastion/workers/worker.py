@@ -27,7 +27,7 @@ from sshtunnel_mgr.bastion.workers.relay import RelayServer
 from sshtunnel_mgr.core.config import load_config
 from sshtunnel_mgr.core.errors import SshtunError
 from sshtunnel_mgr.runtime.asyncutil import TaskSet
-from sshtunnel_mgr.runtime.logsetup import event, setup_logging
+from sshtunnel_mgr.runtime.logsetup import EVENT, FIELDS, event, render_event, setup_logging
 from sshtunnel_mgr.runtime.service import Service
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
@@ -80,6 +80,22 @@ class WorkerRole(BastionRole):
         return answer
 
 
+class WorkerField(logging.Filter):
+    """Every event this worker logs carries ``worker=N`` (text and JSON)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = getattr(record, FIELDS, None)
+        if isinstance(fields, dict) and "worker" not in fields:
+            fields["worker"] = self.index
+            name = getattr(record, EVENT, "")
+            record.args = (render_event(str(name), fields),)
+        return True
+
+
 async def run_worker(args: argparse.Namespace) -> None:
     path = Path(args.config)
     config = load_config(path).require_bastion()
@@ -112,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = args.log_level
     setup_logging(1 if level <= logging.DEBUG else 0, level >= logging.WARNING, args.log_format)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(WorkerField(args.index))
     try:
         asyncio.run(run_worker(args))
     except SshtunError as exc:
