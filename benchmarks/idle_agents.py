@@ -17,7 +17,8 @@ raised to N + 100 where N passes its default; with ``--one-key`` also the per-ke
      until every holder has all its agents published is the accept time; the bastion's CPU
      meanwhile / N is its CPU per agent;
   4. after ``--settle`` s, its RSS and PSS again, then ``--setups`` ``ssh -J homebox true``
-     and as many ``ssh -J idle-<random> true`` (the home sshd through a holder's forward).
+     and as many ``ssh -J idle-<random> true`` (the home sshd through a holder's forward);
+     before them, the bastion's CPU over ``--idle-window`` s of rest (keepalives) in cores.
 Per agent = (PSS with N - PSS at N=0) / N. ``--rounds`` repeats every point (medians,
 min-max); the points are interleaved (workers alternate inside each N).
 
@@ -281,6 +282,9 @@ async def point(
             )
             await asyncio.sleep(args.settle)
         out["loaded"] = await sample_mem(bastion)
+        cpu0, t0 = bastion.cpu(), time.monotonic()
+        await asyncio.sleep(args.idle_window)  # keepalives only: what N idle agents cost
+        out["idle_cores"] = (bastion.cpu() - cpu0) / (time.monotonic() - t0)
         out["setup_n"] = await setups(cfg, ["homebox"] * args.setups, args.ssh_timeout)
         idle = [f"idle-{random.randrange(n)}" for _ in range(args.setups)] if n else []
         out["setup_idle"] = await setups(cfg, idle, args.ssh_timeout)
@@ -308,10 +312,10 @@ def report(points: list[dict[str, Any]], args: argparse.Namespace, env: dict[str
     print(
         "\n| workers | N idle agents | bastion processes | RSS / PSS at N=0 (MiB) "
         "| RSS / PSS with N (MiB) | per agent, PSS (KiB) | accept + publish all N (s) "
-        "| bastion CPU per agent (ms) | `ssh -J` set-up at N=0 (ms) | with N (ms) "
-        "| to an idle agent (ms) | failed |"
+        "| bastion CPU per agent (ms) | bastion cores, idle with N | `ssh -J` set-up at N=0 (ms) "
+        "| with N (ms) | to an idle agent (ms) | failed |"
     )
-    print("|" + "---|" * 12)
+    print("|" + "---|" * 13)
     keys = sorted({(p["workers"], p["n"]) for p in points})
     for w, n in keys:
         ps = [p for p in points if (p["workers"], p["n"]) == (w, n)]
@@ -333,6 +337,7 @@ def report(points: list[dict[str, Any]], args: argparse.Namespace, env: dict[str
             f"| {spread([per_agent(p, 'pss_kib') for p in ps])} "
             f"| {spread([f['accept_seconds'] for f in fills])} "
             f"| {spread([f['bastion_cpu_seconds'] / n for f in fills if n], 2, 1000)} "
+            f"| {spread([p['idle_cores'] for p in ps], 2)} "
             f"| {spread(secs('setup_n0'), 0, 1000)} | {spread(secs('setup_n'), 0, 1000)} "
             f"| {spread(secs('setup_idle'), 0, 1000)} | {failed} |"
         )
@@ -383,6 +388,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--one-key", action="store_true", help="one agent key for all N")
     p.add_argument("--setups", type=int, default=7, help="ssh -J set-ups per point (7)")
     p.add_argument("--settle", type=float, default=3.0, help="seconds before measuring")
+    p.add_argument("--idle-window", type=float, default=5.0, help="idle CPU window (s)")
     p.add_argument("--ssh-timeout", type=float, default=90.0, help="per ssh -J")
     p.add_argument("--fill-timeout", type=float, default=900.0, help="per point (900 s)")
     p.add_argument("--rss-cap-mib", type=int, default=3072, help="stop a point above this PSS")
@@ -400,6 +406,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         concurrency=(1, 64),
         setups=(1, 50),
         settle=(0, 60),
+        idle_window=(0.5, 120),
         fill_timeout=(10, 3600),
     )
     for k, (lo, hi) in bounds.items():
