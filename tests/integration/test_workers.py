@@ -13,16 +13,20 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import asyncssh
+import pytest
 
 from sshtunnel_mgr.bastion.workers.sockets import reuseport_group
+from sshtunnel_mgr.core.config import parse_config
+from sshtunnel_mgr.core.errors import ConfigError
 from sshtunnel_mgr.keys.store import load_private_key
 from sshtunnel_mgr.runtime.admin import query
 from tests.harness import SSH, Keys, access_text, bastion_pub, free_port, process, write_ssh_config
-from tests.integration.scene import Scene, scene
+from tests.integration.scene import Scene, SshtunProcess, scene, sshtun_process
 from tests.integration.test_metrics import scrape
 
 FAR, NEAR = "127.0.0.2", "127.0.0.1"  # worker 0, worker 1
@@ -65,6 +69,13 @@ def _from(s: Scene, source: str, who: str = "alice", identity: Path | None = Non
     )
 
 
+def _bastion(s: Scene, **kw: Any) -> AbstractAsyncContextManager[SshtunProcess]:
+    """``sshtun bastion`` with workers: ready once every worker serves (a worker process
+    starting on a machine loaded by parallel tests may take long: a generous bound)."""
+    toml = s.bastion_file(**kw)
+    return sshtun_process("bastion", "--config", str(toml), ready="listening on", timeout=120)
+
+
 async def _status(s: Scene) -> dict[str, Any]:
     return await query(s.keys.dir / f"bastion-{s.port}.sock", {"cmd": "status"})
 
@@ -89,8 +100,8 @@ async def _count(audit: Path, n: int) -> bool:
 async def test_two_workers_route_relay_restart_and_revoke(keys: Keys, tmp_path: Path) -> None:
     audit, mport = tmp_path / "audit.log", free_port()
     async with scene(keys, tmp_path, bastion=False) as s:
-        kw = {"workers": 2, "audit_log": str(audit), "metrics_listen": str(mport)}
-        async with s.bastion_process(**kw) as bastion, s.agent_process():
+        kw: dict[str, Any] = {"workers": 2, "audit_log": str(audit), "metrics_listen": str(mport)}
+        async with _bastion(s, **kw) as bastion, s.agent_process():
             status = await _status(s)
             assert [w["up"] for w in status["workers"]] == [True, True]
             (name,) = status["names"]
@@ -159,63 +170,74 @@ async def test_takeover_and_per_key_cap_across_workers(keys: Keys, tmp_path: Pat
     counts its connections on every worker."""
     audit = tmp_path / "audit.log"
     limits = {"max_connections_per_key": 1}
-    async with scene(keys, tmp_path, bastion=False) as s:
-        async with s.bastion_process(workers=2, audit_log=str(audit), limits=limits):
-            async with s.agent_process():  # from 127.0.0.1: worker 1
-                first = (await _status(s))["names"][0]["conn"]
-                assert SSH is not None
-                cfg = _from(s, FAR, "stock-agent", identity=keys.agent.path)
-                forward = ["-N", "-o", "ExitOnForwardFailure=yes", "-R", f"homebox:22:{s.target}"]
-                # The agent key has one connection on worker 1: its cap refuses one on 0.
-                async with process(SSH, "-F", str(cfg), *forward, "bastion") as stock:
-                    assert await asyncio.wait_for(stock.wait(), 30) != 0
-                limits["max_connections_per_key"] = 2
-                s.bastion_file(workers=2, audit_log=str(audit), limits=limits)
-                await query(s.keys.dir / f"bastion-{s.port}.sock", {"cmd": "reload"})
-                async with process(SSH, "-F", str(cfg), *forward, "bastion") as stock:
-
-                    async def taken() -> bool:
-                        names = (await _status(s))["names"]
-                        return {(n["worker"], n["serving"]) for n in names} == {
-                            (0, True),
-                            (1, False),
-                        }
-
-                    await _until(taken)
-                    assert (await s.reach(cfg=_from(s, NEAR))).returncode == 0
-                    await _until(lambda: _count(audit, 1))
-                    assert _routes(audit)[-1]["agent_conn"] != first  # the newest: worker 0
-                    stock.send_signal(signal.SIGTERM)
-                    await stock.wait()
-
-                async def back() -> bool:
-                    names = (await _status(s))["names"]
-                    return [(n["conn"], n["serving"]) for n in names] == [(first, True)]
-
-                await _until(back)
-                assert (await s.reach(cfg=_from(s, FAR))).returncode == 0
-                await _until(lambda: _count(audit, 2))
-                assert _routes(audit)[-1]["agent_conn"] == first
-            # The client key's cap (1) holds across workers too.
-            client = load_private_key(keys.client.path)
-            known = ([asyncssh.import_public_key(bastion_pub(keys))], [], [])
-
-            async def login(source: str) -> asyncssh.SSHClientConnection:
-                return await asyncssh.connect(
-                    "127.0.0.1",
-                    s.port,
-                    local_addr=(source, 0),
-                    username="alice",
-                    client_keys=[client],
-                    known_hosts=known,
-                    config=None,
-                    agent_path=None,
-                )
-
-            limits["max_connections_per_key"] = 1
+    bastion_kw: dict[str, Any] = {"workers": 2, "audit_log": str(audit), "limits": limits}
+    async with scene(keys, tmp_path, bastion=False) as s, _bastion(s, **bastion_kw):
+        async with s.agent_process():  # from 127.0.0.1: worker 1
+            first = (await _status(s))["names"][0]["conn"]
+            assert SSH is not None
+            cfg = _from(s, FAR, "stock-agent", identity=keys.agent.path)
+            forward = ["-N", "-o", "ExitOnForwardFailure=yes", "-R", f"homebox:22:{s.target}"]
+            # The agent key has one connection on worker 1: its cap refuses one on 0.
+            async with process(SSH, "-F", str(cfg), *forward, "bastion") as stock:
+                assert await asyncio.wait_for(stock.wait(), 30) != 0
+            limits["max_connections_per_key"] = 2
             s.bastion_file(workers=2, audit_log=str(audit), limits=limits)
             await query(s.keys.dir / f"bastion-{s.port}.sock", {"cmd": "reload"})
-            async with await login(FAR) as held:
-                second = await login(NEAR)
-                await asyncio.wait_for(second.wait_closed(), 30)  # refused after login
-                assert not held.is_closed()
+            async with process(SSH, "-F", str(cfg), *forward, "bastion") as stock:
+
+                async def taken() -> bool:
+                    names = (await _status(s))["names"]
+                    return {(n["worker"], n["serving"]) for n in names} == {
+                        (0, True),
+                        (1, False),
+                    }
+
+                await _until(taken)
+                assert (await s.reach(cfg=_from(s, NEAR))).returncode == 0
+                await _until(lambda: _count(audit, 1))
+                assert _routes(audit)[-1]["agent_conn"] != first  # the newest: worker 0
+                stock.send_signal(signal.SIGTERM)
+                await stock.wait()
+
+            async def back() -> bool:
+                names = (await _status(s))["names"]
+                return [(n["conn"], n["serving"]) for n in names] == [(first, True)]
+
+            await _until(back)
+            assert (await s.reach(cfg=_from(s, FAR))).returncode == 0
+            await _until(lambda: _count(audit, 2))
+            assert _routes(audit)[-1]["agent_conn"] == first
+        # The client key's cap (1) holds across workers too.
+        client = load_private_key(keys.client.path)
+        known: Any = ([asyncssh.import_public_key(bastion_pub(keys))], [], [])
+
+        async def login(source: str) -> asyncssh.SSHClientConnection:
+            return await asyncssh.connect(
+                "127.0.0.1",
+                s.port,
+                local_addr=(source, 0),
+                username="alice",
+                client_keys=[client],
+                known_hosts=known,
+                config=None,
+                agent_path=None,
+            )
+
+        limits["max_connections_per_key"] = 1
+        s.bastion_file(workers=2, audit_log=str(audit), limits=limits)
+        await query(s.keys.dir / f"bastion-{s.port}.sock", {"cmd": "reload"})
+        async with await login(FAR) as held:
+            second = await login(NEAR)
+            await asyncio.wait_for(second.wait_closed(), 30)  # refused after login
+            assert not held.is_closed()
+
+
+def test_workers_with_web_listeners_refused_for_now(tmp_path: Path) -> None:
+    """Each worker would bind the web listeners itself: refused with the reason instead."""
+    text = (
+        '[bastion]\nhost_key = "h"\naccess_file = "a"\nworkers = 2\n'
+        '[bastion.web]\nhttps_listen = "127.0.0.1:0"\n'
+    )
+    with pytest.raises(ConfigError, match=r"workers: more than one worker"):
+        parse_config(text, "b.toml", tmp_path)
+    assert parse_config(text.replace("workers = 2", "workers = 1"), "b.toml", tmp_path).bastion

@@ -188,6 +188,8 @@ class Supervisor:
         while True:
             try:
                 line = await reader.readline()
+            except ConnectionError:  # the worker ended (a reset is an end like EOF)
+                return
             except (OSError, ValueError) as exc:  # a line over MAX_LINE: a broken worker
                 event(log, logging.ERROR, "worker control line failed", error=repr(exc))
                 if worker.proc is not None and worker.proc.returncode is None:
