@@ -251,8 +251,14 @@ def web_samples(web_open: int, counters: Mapping[str, int]) -> Iterator[Sample]:
         )
 
 
-def agent_samples(healthy: bool, links: Iterable[LinkMetrics]) -> Iterator[Sample]:
-    """sshtun_agent_* from a running agent: its health and each link's status."""
+def agent_samples(
+    healthy: bool,
+    links: Iterable[LinkMetrics],
+    web: Mapping[str, Mapping[str, int]] | None = None,
+) -> Iterator[Sample]:
+    """sshtun_agent_* from a running agent: its health, each link's status and, in
+    ``web``, each web tunnel's counts (``agent/web/stats.py``: tunnel -> kind -> count)."""
+    yield from agent_web_samples(web or {})
     now = time.time()
     yield (
         "sshtun_agent_healthy",
@@ -291,4 +297,65 @@ def agent_samples(healthy: bool, links: Iterable[LinkMetrics]) -> Iterator[Sampl
             "Seconds since the last successful connection",
             labels,
             since,
+        )
+
+
+def _web_counter(
+    name: str, row: Mapping[str, int], metric: str, doc: str, kind: str, **more: str
+) -> Sample:
+    return (metric, "counter", doc, {"name": name, **more}, row.get(kind, 0))
+
+
+def agent_web_samples(web: Mapping[str, Mapping[str, int]]) -> Iterator[Sample]:
+    """sshtun_agent_web_*: the sessions of the agent's web path, per tunnel (``name:port``)."""
+    for name, row in web.items():
+        yield (
+            "sshtun_agent_web_open",
+            "gauge",
+            "Web sessions open now",
+            {"name": name},
+            row.get("open", 0),
+        )
+        yield _web_counter(
+            name, row, "sshtun_agent_web_sessions", "Routed web sessions served", "sessions"
+        )
+        for outcome in ("ok", "failed"):
+            yield _web_counter(
+                name,
+                row,
+                "sshtun_agent_web_tls_handshakes",
+                "TLS handshakes the agent ended",
+                f"tls_{outcome}",
+                outcome=outcome,
+            )
+        yield _web_counter(
+            name, row, "sshtun_agent_web_requests", "HTTP requests forwarded", "requests"
+        )
+        yield _web_counter(
+            name, row, "sshtun_agent_web_websockets", "Upgrades (101) accepted", "websockets"
+        )
+        for direction, kind in (("from_client", "bytes_in"), ("to_client", "bytes_out")):
+            yield _web_counter(
+                name,
+                row,
+                "sshtun_agent_web_bytes",
+                "Bytes on the routed channel",
+                kind,
+                direction=direction,
+            )
+        for status in ("400", "408", "431", "502"):
+            yield _web_counter(
+                name,
+                row,
+                "sshtun_agent_web_refused",
+                "Requests the agent answered itself (bad, slow or large head; target down)",
+                f"refused_{status}",
+                status=status,
+            )
+        yield _web_counter(
+            name,
+            row,
+            "sshtun_agent_web_idle_closed",
+            "Web sessions closed after idle_timeout with no byte either way",
+            "idle_closed",
         )

@@ -8,7 +8,9 @@ be complete within ``head_timeout`` seconds (counted from the end of the previou
 response) and ``MAX_HEAD`` bytes, or the client gets 408/431/400 and the connection is
 closed. When the target answers an Upgrade with 101 (websockets), the bytes are spliced
 raw from then on. The target connection is re-opened for a request when the target has
-closed it between requests.
+closed it between requests. ``count`` (if given) hears each forwarded request
+("requests"), each upgrade ("websockets") and each answer the agent gave itself
+("refused_408", ...): the tunnel's web counters (stats.py).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class HttpForwarder:
         *,
         head_timeout: float | None = None,
         idle_timeout: float | None = None,
+        count: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         self.connect = connect
@@ -97,6 +100,7 @@ class HttpForwarder:
         self.writer: asyncio.StreamWriter | None = target[1]
         self.t = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.requests = 0
+        self._count = count or (lambda kind: None)
 
     async def run(self) -> None:
         try:
@@ -105,11 +109,13 @@ class HttpForwarder:
                 if request is None:
                     return
                 self.requests += 1
+                self._count("requests")
                 if not await self._ensure_target():
                     await self._reply(502, "the local service is not reachable")
                     return
                 outcome = await self._exchange(request)
                 if outcome == "switched":
+                    self._count("websockets")
                     await self._switch()
                     return
                 if outcome != "done" or not self._both_done():
@@ -149,6 +155,7 @@ class HttpForwarder:
         """A short error answer, if HTTP still allows one here; then the connection ends."""
         if self.c.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
+        self._count(f"refused_{status}")
         body = (text + "\n").encode()
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),

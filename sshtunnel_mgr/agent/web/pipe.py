@@ -5,7 +5,9 @@ web path (TLS, PROXY headers, HTTP) wants ``await recv()`` / ``await send()``. T
 buffers at most ``limit`` bytes before it pauses the channel (the SSH window then stops
 the bastion), waits in ``send`` while asyncssh says writing is paused, keeps the channel
 half-open after the peer's EOF (a response may still follow), and counts itself on the
-connection's ``ChannelCount`` once: -1 when asyncssh reports the channel gone.
+connection's ``ChannelCount`` once: -1 when asyncssh reports the channel gone. It counts
+the bytes each way (``bytes_in`` from the client, ``bytes_out`` to it): the web metrics and
+the idle timeout read them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class ChannelPipe(asyncssh.SSHTCPSession[bytes]):
         self._limit = limit
         self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
         self._buffer = bytearray()
+        self.bytes_in = 0
+        self.bytes_out = 0
         self._eof = False
         self._lost = False
         self._paused_reading = False
@@ -47,6 +51,7 @@ class ChannelPipe(asyncssh.SSHTCPSession[bytes]):
         self._on_started(self)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.bytes_in += len(data)
         self._buffer += data
         self._readable.set()
         if len(self._buffer) > self._limit and not self._paused_reading and self._chan:
@@ -96,6 +101,7 @@ class ChannelPipe(asyncssh.SSHTCPSession[bytes]):
         if self._lost or self._chan is None:
             raise ConnectionResetError("the routed channel is closed")
         if data:
+            self.bytes_out += len(data)
             self._chan.write(data)
         await self._writable.wait()
         if self._lost:
