@@ -25,6 +25,8 @@ from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
+RELOAD_TIMEOUT = 60.0
+
 
 class SharedKeyUsage(KeyUsage[LiveConnection]):
     """Per-key caps across workers: this worker's connections, plus what the others
@@ -69,6 +71,7 @@ class Mesh:
         self._writer: asyncio.StreamWriter | None = None
         # Other workers' live connections and routed channels per key: {worker: {key: [c, ch]}}
         self._usage: dict[int, dict[str, list[int]]] = {}
+        self._reloads: dict[int, asyncio.Future[None]] = {}  # asked of the supervisor
 
     # This worker's changes ----------------------------------------------------------------
     def _send(self, message: dict[str, Any]) -> None:
@@ -98,6 +101,23 @@ class Mesh:
         rows = [u[key] for w, u in self._usage.items() if w != self.worker and key in u]
         return sum(r[0] for r in rows), sum(r[1] for r in rows)
 
+    async def reload_all(self) -> object:
+        """This worker rewrote the access file (a key rotation): every worker re-reads
+        it (the supervisor's reload); returns once they have."""
+        if self._writer is None or self._writer.is_closing():
+            return None
+        self._seq += 1
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reloads[self._seq] = done
+        self._writer.write(wire.encode({"op": "reload", "id": self._seq}))
+        try:
+            await asyncio.wait_for(asyncio.shield(done), RELOAD_TIMEOUT)
+        except TimeoutError:
+            event(log, logging.WARNING, "reload of every worker not confirmed", worker=self.worker)
+        finally:
+            self._reloads.pop(self._seq, None)
+        return None
+
     def ready(self) -> None:
         if self._writer is not None:
             self._writer.write(wire.encode({"op": "ready"}))
@@ -120,6 +140,11 @@ class Mesh:
         op = message.get("op")
         if op == "table":
             self.confirmed = wire.table_from(message)
+        elif op == "reloaded":
+            waiting = self._reloads.get(int(message["id"]))
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+            return
         elif op == "usage":  # a worker's totals for one key
             row = [int(message["conns"]), int(message["chans"])]
             self._usage.setdefault(int(message["worker"]), {})[str(message["key"])] = row

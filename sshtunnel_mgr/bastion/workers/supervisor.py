@@ -74,6 +74,7 @@ class Supervisor:
         self._stopping = False
         self.last_metrics: dict[int, dict[str, Any]] = {}
         self.usage: dict[int, dict[str, list[int]]] = {}  # per worker: key -> [conns, chans]
+        self._tasks: TaskSet | None = None
 
     # Start ---------------------------------------------------------------------------------
     async def start(self, tasks: TaskSet) -> None:
@@ -95,6 +96,7 @@ class Supervisor:
                     per_worker[i].append(sock)
         self.directory = Path(tempfile.mkdtemp(prefix="sshtun-workers-"))  # mode 0700
         self.workers = [Worker(i, socks) for i, socks in enumerate(per_worker)]
+        self._tasks = tasks
         for worker in self.workers:
             tasks.spawn(self._keep(worker), f"worker-{worker.index}")
         if self.config.metrics_address is not None:
@@ -206,6 +208,9 @@ class Supervisor:
                 continue
             if message.get("op") == "usage":
                 self._usage(worker.index, message)
+            elif message.get("op") == "reload":  # it rewrote the access file: all re-read it
+                assert self._tasks is not None
+                self._tasks.spawn(self._reload_for(worker, message.get("id")), "reload")
             elif message.get("op") == "ready":
                 worker.ready.set()
                 event(
@@ -217,6 +222,12 @@ class Supervisor:
                 )
             else:
                 self._changed(worker.index, message)
+
+    async def _reload_for(self, worker: Worker, request: object) -> None:
+        answer = await self.reload()
+        event(log, logging.INFO, "workers reloaded", asked_by=worker.index, ok=answer.get("ok"))
+        if worker.writer is not None and not worker.writer.is_closing():
+            worker.writer.write(wire.encode({"op": "reloaded", "id": request}))
 
     def _usage(self, index: int, message: dict[str, Any]) -> None:
         """A worker's change of one key's connections/channels: its new totals to all."""

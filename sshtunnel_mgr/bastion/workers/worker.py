@@ -40,6 +40,7 @@ class WorkerRole(BastionRole):
         self.mesh = Mesh(index, directory, bastion.state)
         bastion.state.mesh = self.mesh
         bastion.state.key_usage = SharedKeyUsage(self.mesh)
+        bastion.state.access_changed = self.mesh.reload_all  # a key rotation: all workers
         self.relay = RelayServer(bastion.state, relay_path(directory, index))
         self.control = control
         self.stop_event = asyncio.Event()
