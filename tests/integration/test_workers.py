@@ -58,6 +58,31 @@ def test_one_source_lands_on_one_worker() -> None:
     assert landed == {"127.0.0.2": {0}, "127.0.0.3": {1}}
 
 
+def test_ipv6_source_hash() -> None:
+    """IPv6: the program XORs the source address's four words (::1 -> 1, so socket 1)."""
+    try:
+        (group,) = reuseport_group("::1", 0, 2)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    port = group[0].getsockname()[1]
+    landed: set[int] = set()
+    clients = []
+    try:
+        for _ in range(10):
+            clients.append(socket.create_connection(("::1", port), timeout=5))
+            for index, sock in enumerate(group):
+                sock.settimeout(0.2)
+                try:
+                    sock.accept()[0].close()
+                    landed.add(index)
+                except TimeoutError:
+                    pass
+    finally:
+        for sock in [*clients, *group]:
+            sock.close()
+    assert landed == {1}
+
+
 def _from(s: Scene, source: str, who: str = "alice", identity: Path | None = None) -> Path:
     """An ssh config whose connections leave from ``source`` (so: one worker)."""
     return write_ssh_config(
