@@ -187,6 +187,15 @@ async def test_two_workers_route_relay_restart_and_revoke(keys: Keys, tmp_path: 
             assert answer["ok"] and answer["workers"] == 2 and answer["keys"] == 1
             for cfg in (far, near):
                 assert (await s.reach(cfg=cfg)).returncode != 0
+            # SIGTERM (to the supervisor only, or to every process as systemd does): the
+            # workers drain and end, the supervisor exits 0.
+            pids = [w["pid"] for w in (await _status(s))["workers"]]
+            for pid in pids:
+                os.kill(pid, signal.SIGTERM)  # ignored by a worker: its supervisor decides
+            assert await bastion.stop() == 0
+            for pid in pids:
+                with pytest.raises(ProcessLookupError):
+                    os.kill(pid, 0)
 
 
 async def test_takeover_and_per_key_cap_across_workers(keys: Keys, tmp_path: Path) -> None:

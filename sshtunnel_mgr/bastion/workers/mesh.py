@@ -72,6 +72,7 @@ class Mesh:
         # Other workers' live connections and routed channels per key: {worker: {key: [c, ch]}}
         self._usage: dict[int, dict[str, list[int]]] = {}
         self._reloads: dict[int, asyncio.Future[None]] = {}  # asked of the supervisor
+        self.on_stop: Callable[[], None] | None = None
 
     # This worker's changes ----------------------------------------------------------------
     def _send(self, message: dict[str, Any]) -> None:
@@ -140,6 +141,10 @@ class Mesh:
         op = message.get("op")
         if op == "table":
             self.confirmed = wire.table_from(message)
+        elif op == "stop":  # the supervisor stops (a second one: at once)
+            if self.on_stop is not None:
+                self.on_stop()
+            return
         elif op == "reloaded":
             waiting = self._reloads.get(int(message["id"]))
             if waiting is not None and not waiting.done():

@@ -12,10 +12,8 @@ SIGTERM (its own drain under ``shutdown_grace``) and waits for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -308,10 +306,11 @@ class Supervisor:
     async def stop(self, grace: float | None) -> None:
         self._stopping = True
         grace = self.config.shutdown_grace if grace is None else grace
-        live = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
-        for proc in live:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)  # again (a forced stop): cuts the drain
+        running = [w for w in self.workers if w.proc is not None and w.proc.returncode is None]
+        live = [w.proc for w in running if w.proc is not None]
+        for worker in running:  # a second stop (a forced one) cuts their drain
+            if worker.writer is not None and not worker.writer.is_closing():
+                worker.writer.write(wire.encode({"op": "stop"}))
         if live:
             _, pending = await asyncio.wait(
                 [asyncio.ensure_future(p.wait()) for p in live], timeout=grace + 15

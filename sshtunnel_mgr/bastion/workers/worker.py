@@ -5,8 +5,10 @@ socket for the other workers' clients (relay.py). Started by the supervisor only
     python -m sshtunnel_mgr.bastion.workers.worker --config FILE --index I --control-fd FD
         --listen-fds FD,FD --dir DIR --conn-base N [--log-level N] [--log-format text|json]
 
-SIGTERM drains it as it does a one-process bastion; the supervisor's end of the control
-line closing (the supervisor died) stops it too.
+It ignores SIGINT, SIGTERM and SIGHUP (systemd and a terminal signal the whole group): the
+supervisor's "stop" drains it as SIGTERM drains a one-process bastion (a second one cuts
+the drain), its reloads come through the admin socket, and the supervisor's end of the
+control line closing (the supervisor died) stops it too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,14 @@ class WorkerRole(BastionRole):
         self.relay = RelayServer(bastion.state, relay_path(directory, index))
         self.control = control
         self.stop_event = asyncio.Event()
+        self.force_event: asyncio.Event | None = None  # the service's, once it exists
+        self.mesh.on_stop = self.stop_requested
+
+    def stop_requested(self) -> None:
+        """The supervisor's stop: drain; a second one cuts the drain."""
+        if self.stop_event.is_set() and self.force_event is not None:
+            self.force_event.set()
+        self.stop_event.set()
 
     async def start(self, tasks: TaskSet) -> None:
         reader, writer = await asyncio.open_unix_connection(sock=self.control)
@@ -111,8 +122,9 @@ async def run_worker(args: argparse.Namespace) -> None:
         admin_socket=directory / f"worker-{args.index}.sock",
         admin_handler=role.handle_admin,
         stop=role.stop_event,
-        handle_signals=True,
+        handle_signals=False,  # the supervisor's signals; a worker stops when it says so
     )
+    role.force_event = service.force_exit
     await service.run()
 
 
@@ -127,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", type=int, default=logging.INFO)
     parser.add_argument("--log-format", default="text")
     args = parser.parse_args(argv)
+    # systemd (KillMode=control-group) and a terminal's Ctrl-C signal every process of the
+    # service: a worker leaves stopping (draining, then cutting) to its supervisor.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     level = args.log_level
     setup_logging(1 if level <= logging.DEBUG else 0, level >= logging.WARNING, args.log_format)
     for handler in logging.getLogger().handlers:
