@@ -100,6 +100,7 @@ class HttpForwarder:
         self.writer: asyncio.StreamWriter | None = target[1]
         self.t = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.requests = 0
+        self._received = 0  # bytes read from the client so far
         self._count = count or (lambda kind: None)
 
     async def run(self) -> None:
@@ -131,13 +132,21 @@ class HttpForwarder:
             event = self.c.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
-            self.c.receive_data(await self.client.recv(READ))
+            data = await self.client.recv(READ)
+            self._received += len(data)
+            self.c.receive_data(data)
 
     async def _next_request(self) -> h11.Request | None:
         timeout = self.head_timeout if self.requests == 0 else self.idle_timeout
+        # h11 caps only a head still incomplete: one that completes in the read that
+        # crosses MAX_HEAD is measured here (the bytes it took, less what follows it).
+        start = len(self.c.trailing_data[0]) - self._received
         try:
             async with asyncio.timeout(timeout):
                 event = await self._client_event()
+            if start + self._received - len(self.c.trailing_data[0]) > MAX_HEAD:
+                await self._reply(431, "request head too large")
+                return None
         except TimeoutError:
             await self._reply(408, "request head not received in time")
             return None
