@@ -12,6 +12,12 @@ asks its ``HeadReader`` (https.py: the ClientHello; http.py: the request head) w
   channel. The TCP side of the splice is a ``RoutedPipe`` whose "channel" is the asyncio
   transport: it has the same calls (write, write_eof, close, is_closing, pause_reading,
   resume_reading), so the splice's bounds and backpressure (bastion/splice.py) hold here too.
+
+Before it opens, the connection is counted against the publishing key's
+``max_channels_per_key`` (``Front.claim``; at the cap the reader's ``busy`` answer goes
+out instead), and released when its splice ends. Once spliced, an ``IdleWatch`` closes it
+after ``idle_timeout`` with no byte either way. A ``Forward`` with ``one_request`` (an ACME
+challenge) replays its own head, sends the agent EOF and drops what the client sends next.
 """
 
 from __future__ import annotations
