@@ -12,6 +12,7 @@ import pytest
 
 # Heavy imports a help or version run must not pay for (asyncssh pulls cryptography).
 HEAVY = ("asyncssh", "cryptography", "pydantic", "keyring", "bcrypt", "tomli_w")
+HEAVY += ("acme", "josepy", "requests")  # tls = "acme" imports them when it orders
 # Our own modules that import them, or start the services.
 HEAVY_OURS = ("sshtunnel_mgr.core.config", "sshtunnel_mgr.agent", "sshtunnel_mgr.bastion")
 

@@ -51,7 +51,7 @@ class Agent:
         self._load = load
         self.key = load_private_key(config.key)
         self.web = WebFront()  # tls/proxy_protocol tunnels; their certificates load now
-        self.web.use(WebFront.prepare(config.tunnels))
+        self.web.use(WebFront.prepare(config.tunnels, config.state_dir))
         self._on_ready = on_ready
         self._ready = False
         self.ready_event = asyncio.Event()
@@ -116,6 +116,7 @@ class Agent:
         the service, which raises it."""
         self._stop = asyncio.Event()
         sshcompat.announce(log, "agent")  # one line: which asyncssh shims are active
+        self.web.start()  # tls = "acme": order and renew certificates
         self._link_tasks = [
             tasks.spawn(link.run(self._stop), f"link {link.label}") for link in self._fixed
         ]
@@ -172,7 +173,7 @@ class Agent:
             return {"ok": False, "error": "this agent has no config file to re-read"}
         try:
             config = await asyncio.to_thread(self._load)
-            stores = await asyncio.to_thread(WebFront.prepare, config.tunnels)  # re-read
+            stores = await asyncio.to_thread(WebFront.prepare, config.tunnels, config.state_dir)
         except SshtunError as exc:
             event(log, logging.ERROR, "reload refused", reason=exc.message)
             return {"ok": False, "error": exc.message}

@@ -144,7 +144,7 @@ def format_names(names: list[dict[str, Any]] | None, now: float) -> str:
 
 def format_tunnels(tunnels: list[dict[str, Any]] | None, now: float) -> str:
     """The tunnels with a TLS mode or PROXY header: mode, and the served certificate's
-    expiry (``tls = "files"``)."""
+    expiry (``tls = "files"``; ``"acme"`` also its next order and the last one's error)."""
     rows = []
     for t in tunnels or []:
         if not t.get("tls") and not t.get("proxy_protocol"):
@@ -154,7 +154,12 @@ def format_tunnels(tunnels: list[dict[str, Any]] | None, now: float) -> str:
             days = (t["cert_not_after"] - now) / 86400
             stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t["cert_not_after"]))
             expiry = f"{stamp} ({'expired' if days <= 0 else f'in {days:.0f}d'})"
-        if t.get("cert_error"):
+        if t.get("acme_next") is not None:  # tls = "acme": the next order
+            stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t["acme_next"]))
+            expiry += f"; {'renews' if t.get('cert_not_after') else 'orders'} {stamp}"
+            if t.get("acme_error"):
+                expiry += f" (retry {t.get('acme_failures', 1)}: {t['acme_error']})"
+        elif t.get("cert_error"):
             expiry += f"; reload failed: {t['cert_error']}"
         rows.append(
             [t["name"], t["target"], t.get("tls") or "-", t.get("proxy_protocol") or "-", expiry]

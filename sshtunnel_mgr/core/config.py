@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from sshtunnel_mgr.core import configerrors
+from sshtunnel_mgr.core import configerrors, tlsconfig
 from sshtunnel_mgr.core.access import KEY_TYPES, decode_key
 from sshtunnel_mgr.core.addrset import is_ip_literal
 from sshtunnel_mgr.core.errors import ConfigError
@@ -74,29 +74,25 @@ class TunnelConfig(_Model):
     name: str
     port: Port = 22
     target: str = "127.0.0.1:22"
-    # Web (issue 11, agent/web/): end TLS here ("files": cert + key), or pass it on; and
-    # tell the target the client's address with a PROXY header.
-    tls: Literal["passthrough", "files", "acme"] | None = None
+    # Web (issue 11, agent/web/): end TLS here ("files": cert + key; "acme": a certificate
+    # from an ACME CA, core/tlsconfig.py), or pass it on; and tell the target the client's
+    # address with a PROXY header.
+    tls: Literal["passthrough", "files", "acme", "acme-http01"] | None = None
     cert: Path | None = None
     key: Path | None = None
+    acme_directory: str | None = None  # Let's Encrypt's production directory unless set
+    acme_email: str | None = None
+    acme_ca_bundle: Path | None = None  # CAs to trust for the directory's own HTTPS
     proxy_protocol: Literal["v1", "v2"] | None = None
 
-    @field_validator("cert", "key")
+    @field_validator("cert", "key", "acme_ca_bundle")
     @classmethod
     def _tls_paths(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _resolve(value, info)
 
     @model_validator(mode="after")
     def _tls(self) -> TunnelConfig:
-        if self.tls == "acme":
-            raise ValueError(
-                'tls = "acme" is not implemented yet: use tls = "files" with a certificate '
-                'from your ACME client (certbot, lego), or "passthrough"'
-            )
-        if self.tls == "files" and (self.cert is None or self.key is None):
-            raise ValueError('tls = "files" needs cert and key (PEM file paths)')
-        if self.tls != "files" and (self.cert is not None or self.key is not None):
-            raise ValueError('cert and key are only for tls = "files"')
+        tlsconfig.check_tls(self)
         return self
 
     @field_validator("name")
@@ -187,6 +183,9 @@ class AgentConfig(_Model):
     backoff: BackoffConfig = BackoffConfig()
     admin_socket: Path | None = None
     metrics_listen: str | None = None
+    # Where tls = "acme" keeps its account key and certificates (0700; under systemd
+    # "$STATE_DIRECTORY"); needed only by acme tunnels.
+    state_dir: Path | None = None
 
     @field_validator("metrics_listen")
     @classmethod
@@ -206,13 +205,19 @@ class AgentConfig(_Model):
     def _key(cls, value: Path, info: ValidationInfo) -> Path:
         return _resolve(value, info)
 
-    @field_validator("admin_socket")
+    @model_validator(mode="before")
+    @classmethod
+    def _acme_http01(cls, data: object) -> object:
+        return tlsconfig.add_challenge_tunnels(data)  # an acme tunnel's name:80
+
+    @field_validator("admin_socket", "state_dir")
     @classmethod
     def _admin(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _resolve(value, info)
 
     @model_validator(mode="after")
     def _unique(self) -> AgentConfig:
+        tlsconfig.check_agent(self.tunnels, self.state_dir)
         seen: set[tuple[str, int]] = set()
         for t in self.tunnels:
             if (t.name, t.port) in seen:

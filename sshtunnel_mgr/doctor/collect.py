@@ -18,7 +18,7 @@ from sshtunnel_mgr.core import keyformat
 from sshtunnel_mgr.core.access import decode_key
 from sshtunnel_mgr.core.config import AgentConfig, BastionConfig
 from sshtunnel_mgr.core.errors import ConfigError, SshtunError
-from sshtunnel_mgr.doctor import accesscheck, certcheck, files, keycheck, sshd
+from sshtunnel_mgr.doctor import accesscheck, acmecheck, certcheck, files, keycheck, sshd
 from sshtunnel_mgr.doctor.algorithms import check_policy
 from sshtunnel_mgr.doctor.compat import check_shims
 from sshtunnel_mgr.doctor.findings import Finding, Level, fail, ok, warn
@@ -254,6 +254,9 @@ def agent_section(agent: AgentConfig, config_path: Path | None, now: datetime) -
                     stat_path(tunnel.key), "agent.tls-key-mode", f"{label} TLS key", owners
                 )
             )
+        if tunnel.tls == "acme" and agent.state_dir is not None:  # saved by the agent
+            found = acmecheck.findings(tunnel, agent.state_dir, now.timestamp(), stat_path, owners)
+            section.findings.extend(found)
     for endpoint in agent.bastions:
         if endpoint.host_key is not None:
             section.add(keycheck.check_pin_inline(endpoint.address, endpoint.host_key))

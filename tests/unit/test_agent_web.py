@@ -53,10 +53,7 @@ def test_files_tunnel_paths_resolve_beside_the_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("tunnel", "message"),
     [
-        (
-            'tls = "acme"',
-            'x.toml:6: agent.tunnels[0]: tls = "acme" is not implemented yet: use tls = "files"',
-        ),
+        ('tls = "acme"', 'tls = "acme" needs state_dir in [agent]'),
         ('tls = "files"\ncert = "c.pem"', 'tls = "files" needs cert and key'),
         ('tls = "passthrough"\ncert = "c.pem"', 'cert and key are only for tls = "files"'),
         ('tls = "quic"', "agent.tunnels[0].tls"),

@@ -7,7 +7,10 @@ channel's originator, which the bastion fills with the real client's), then:
 
 - ``tls = "passthrough"`` (or no ``tls``): the bytes are spliced as they come;
 - ``tls = "files"``: the agent ends TLS with the tunnel's certificate (re-read when its
-  files change, and on reload) and forwards HTTP/1.1 (httpfwd.py).
+  files change, and on reload) and forwards HTTP/1.1 (httpfwd.py);
+- ``tls = "acme"``: the same with a certificate the agent orders and renews itself
+  (acme.py, acmerenew.py); its ``name:80`` side (``tls = "acme-http01"``) answers the
+  CA's HTTP-01 challenges and opens no local connection (acmehttp.py).
 
 Sessions run as tasks the front keeps; ``close()`` cancels and awaits what is left.
 Tunnels with neither option never come here (forward.py splices them, as before).
@@ -20,12 +23,15 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import asyncssh
 import h11
 
 from sshtunnel_mgr.agent.forward import ChannelCount, SessionFactory
+from sshtunnel_mgr.agent.web.acmehttp import answer_http01
+from sshtunnel_mgr.agent.web.acmerenew import AcmeCertStore, AcmeService
 from sshtunnel_mgr.agent.web.certs import CertStore
 from sshtunnel_mgr.agent.web.httpfwd import HttpForwarder, Streams, splice
 from sshtunnel_mgr.agent.web.pipe import ChannelPipe
@@ -33,6 +39,7 @@ from sshtunnel_mgr.agent.web.tlsstream import TlsStream
 from sshtunnel_mgr.core import proxyproto
 from sshtunnel_mgr.core.config import TunnelConfig
 from sshtunnel_mgr.core.errors import SshtunError
+from sshtunnel_mgr.core.tlsconfig import CHALLENGE
 from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.agent")
@@ -43,7 +50,7 @@ HANDSHAKE_TIMEOUT = 20.0
 
 def uses_web(tunnel: TunnelConfig) -> bool:
     """Whether a tunnel's sessions need the web path (else forward.py splices them)."""
-    return tunnel.tls == "files" or tunnel.proxy_protocol is not None
+    return tunnel.tls in ("files", "acme", CHALLENGE) or tunnel.proxy_protocol is not None
 
 
 def _label(tunnel: TunnelConfig) -> str:
@@ -65,25 +72,40 @@ def proxy_endpoints(
 class WebFront:
     def __init__(self) -> None:
         self.stores: dict[str, CertStore] = {}
+        self.acme = AcmeService()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # Certificates ---------------------------------------------------------------------
     @staticmethod
-    def prepare(tunnels: list[TunnelConfig]) -> dict[str, CertStore]:
+    def prepare(tunnels: list[TunnelConfig], state_dir: Path | None = None) -> dict[str, CertStore]:
         """Load every ``tls = "files"`` tunnel's files now (blocking: start-up, or a
-        reload's worker thread); ``ConfigError`` names the first that fails."""
-        stores = {}
+        reload's worker thread); ``ConfigError`` names the first that fails. An acme
+        tunnel serves the certificate an earlier run saved in ``state_dir``, if valid."""
+        stores: dict[str, CertStore] = {}
         for tunnel in tunnels:
             if tunnel.tls == "files":
                 assert tunnel.cert is not None and tunnel.key is not None
                 store = CertStore(_label(tunnel), tunnel.cert, tunnel.key)
                 store.load()
                 stores[store.label] = store
+            elif tunnel.tls == "acme":
+                assert state_dir is not None  # the config requires it
+                acme_store = AcmeCertStore(_label(tunnel), tunnel, state_dir)
+                acme_store.load_saved()
+                stores[acme_store.label] = acme_store
         return stores
 
     def use(self, stores: dict[str, CertStore]) -> None:
-        """Serve new connections with these; live ones keep the context they have."""
-        self.stores = stores
+        """Serve new connections with these; live ones keep the context they have. An
+        acme tunnel whose settings stayed keeps its certificate and its renewer."""
+        self.stores = self.acme.adopt(stores)
+        if self.acme.started:
+            self.acme.sync(self.stores)
+
+    def start(self) -> None:
+        """Start ordering and renewing the acme tunnels' certificates (in the loop)."""
+        self.acme.started = True
+        self.acme.sync(self.stores)
 
     async def refresh(self) -> None:
         """Re-read changed certificate files (the agent's periodic check calls it)."""
@@ -103,6 +125,7 @@ class WebFront:
                     "cert_not_after": store.info.not_after if store and store.info else None,
                     "cert_subject": store.info.subject if store and store.info else "",
                     "cert_error": store.error if store else "",
+                    **self.acme.snapshot(_label(tunnel)),
                 }
             )
         return rows
@@ -112,6 +135,8 @@ class WebFront:
         self, conn: asyncssh.SSHClientConnection, count: ChannelCount, tunnel: TunnelConfig
     ) -> SessionFactory:
         host, port = tunnel.target_host, tunnel.target_port
+        if tunnel.tls == CHALLENGE:
+            return self._challenge_factory(count, tunnel)
 
         async def connect(orig_host: str, orig_port: int) -> Streams:
             reader, writer = await asyncio.wait_for(
@@ -150,6 +175,28 @@ class WebFront:
 
         return open_session
 
+    def _challenge_factory(self, count: ChannelCount, tunnel: TunnelConfig) -> SessionFactory:
+        """``name:80`` of an acme tunnel: HTTP-01 answers, no local connection."""
+
+        async def open_session(orig_host: str, orig_port: int) -> asyncssh.SSHTCPSession[bytes]:
+            count.opened()
+
+            def started(pipe: ChannelPipe) -> None:
+                self._spawn(self._challenge(pipe, tunnel), _label(tunnel))
+
+            return ChannelPipe(count, started)
+
+        return open_session
+
+    async def _challenge(self, pipe: ChannelPipe, tunnel: TunnelConfig) -> None:
+        try:
+            status = await answer_http01(pipe, self.acme.challenges, tunnel.name)
+            event(log, logging.DEBUG, "acme http-01 answered", name=_label(tunnel), status=status)
+        except (OSError, TimeoutError) as exc:
+            event(log, logging.DEBUG, "web session ended", name=_label(tunnel), reason=repr(exc))
+        finally:
+            pipe.close()
+
     def _spawn(self, coro: Coroutine[Any, Any, None], label: str) -> None:
         task = asyncio.create_task(coro, name=f"web session {label}")
         self._tasks.add(task)
@@ -178,7 +225,7 @@ class WebFront:
         label = _label(tunnel)
         reader, writer = streams
         try:
-            if tunnel.tls != "files":
+            if tunnel.tls not in ("files", "acme"):
                 await splice(pipe, reader, writer)
                 return
             store = self.stores.get(label)
@@ -201,6 +248,7 @@ class WebFront:
             writer.close()
 
     async def close(self) -> None:
+        await self.acme.close()
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
