@@ -35,6 +35,9 @@ The shims (name: module):
 - ``authlog`` (``authlog``): log password/keyboard-interactive attempts asyncssh refuses.
 - ``cork``, ``skip_ignore`` (``sendpath``): fewer send() calls; no empty ``MSG_IGNORE``
   before each packet with AEAD/CTR ciphers.
+- ``recv_feed``, ``aead_glue`` (``datapath``): asyncssh's receive parser fed one packet
+  at a time (no copy of the whole unread buffer per packet); one ``AESGCM`` per key and
+  one ChaCha20 stream per packet, the tag joined once.
 - ``quiet_packet_log`` (``debuglevel``): no per-packet log text unless packet logging is on.
 - ``kexguess`` (``kexguess``): judge a peer's guessed first key-exchange packet by RFC 4253
   §7, so Dropbear's ``dbclient`` connects whatever the server's algorithm order.
@@ -91,6 +94,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "cork": ("sendpath", "CORK"),
     "skip_ignore": ("sendpath", "SKIP_IGNORE"),
     "quiet_packet_log": ("debuglevel", "SHIM"),
+    "recv_feed": ("datapath", "RECV_FEED"),
+    "aead_glue": ("datapath", "AEAD_GLUE"),
     "kexguess": ("kexguess", "SHIM"),
     "sigpolicy": ("sigpolicy", "SHIM"),
     "disconnects": ("disconnects", "SHIM"),

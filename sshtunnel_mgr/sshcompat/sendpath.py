@@ -21,6 +21,8 @@ at import, other asyncssh users in the process are untouched):
    recognise) keeps the countermeasure. A peer never depends on ignore packets.
 3. **No packet-log formatting unless packet logging is on** (shim ``quiet_packet_log``,
    in ``debuglevel.py``).
+4. **Fewer copies per packet** (shims ``recv_feed`` and ``aead_glue``, in
+   ``datapath.py``): the receive parser fed one packet at a time, one AEAD object per key.
 
 Everything else is untouched: rekeying (the byte count still runs in ``send_packet``),
 keepalives, channel windows, packet sizes, padding and MACs.
@@ -44,6 +46,9 @@ import asyncssh
 
 from sshtunnel_mgr.runtime.logsetup import event
 from sshtunnel_mgr.sshcompat import Shim, checked, missing, parameters, stepped_aside
+from sshtunnel_mgr.sshcompat.datapath import AEAD_GLUE, RECV_FEED, refresh_on_read
+from sshtunnel_mgr.sshcompat.datapath import install_aead_glue as aead_glue
+from sshtunnel_mgr.sshcompat.datapath import install_recv_feed as recv_feed
 from sshtunnel_mgr.sshcompat.debuglevel import SHIM as QUIET_PACKET_LOG
 from sshtunnel_mgr.sshcompat.debuglevel import install as quiet_packet_log
 
@@ -80,10 +85,12 @@ class Tuning:
     cork: bool = False
     skip_ignore: bool = False
     quiet_packet_log: bool = False
+    aead_glue: bool = False
+    recv_feed: bool = False
 
     def __str__(self) -> str:
-        on = [n for n in ("cork", "skip_ignore", "quiet_packet_log") if getattr(self, n)]
-        return ",".join(on) or "none"
+        names = ("cork", "skip_ignore", "quiet_packet_log", "aead_glue", "recv_feed")
+        return ",".join(n for n in names if getattr(self, n)) or "none"
 
 
 def _check_cork() -> str:
@@ -119,10 +126,16 @@ SKIP_IGNORE = Shim(
 def tune_connection(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> Tuning:
     """Apply every shim that fits this connection; call it from ``connection_made``.
     Never raises: a shim whose internals are missing is left out."""
+    glue = _install(AEAD_GLUE, aead_glue, conn)  # first: recv_feed's reads apply it
+    feed = _install(RECV_FEED, recv_feed, conn)
+    if glue and not feed:
+        glue = refresh_on_read(conn)
     tuning = Tuning(
         cork=_install(CORK, _cork, conn),
         skip_ignore=_install(SKIP_IGNORE, _skip_ignore, conn),
         quiet_packet_log=_install(QUIET_PACKET_LOG, quiet_packet_log, conn),
+        aead_glue=glue,
+        recv_feed=feed,
     )
     event(log, logging.DEBUG, "asyncssh tuning", applied=str(tuning))
     return tuning

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncssh
 import asyncssh.connection
+import asyncssh.encryption
 import pytest
 
 from sshtunnel_mgr import sshcompat
@@ -83,6 +84,8 @@ CHANGES: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "cork": _reshaped(Connection, "_send"),
     "skip_ignore": _reshaped(Connection, "send_packet"),
     "quiet_packet_log": _float_level,
+    "recv_feed": _reshaped(Connection, "_recv_packet"),
+    "aead_glue": _reshaped(asyncssh.encryption.GCMEncryption, "encrypt_packet"),
     "kexguess": _sync_kexinit_handler,
     "sigpolicy": _reshaped(Server, "validate_public_key"),
     "disconnects": _reshaped(Connection, "_send_disconnect"),
@@ -134,7 +137,15 @@ async def test_every_shim_active_and_the_tunnel_works(keys: Keys, tmp_path: Path
     bastion, agent = await _through(keys, tmp_path)
     assert bastion["stepped_aside"] == {} and agent["stepped_aside"] == {}
     assert bastion["active"] == list(sshcompat.NAMES)
-    assert agent["active"] == ["cork", "skip_ignore", "quiet_packet_log", "kexguess", "keyerrors"]
+    assert agent["active"] == [
+        "cork",
+        "skip_ignore",
+        "quiet_packet_log",
+        "recv_feed",
+        "aead_glue",
+        "kexguess",
+        "keyerrors",
+    ]
 
 
 @pytest.mark.openssh

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,17 +35,34 @@ from tests.harness import (
 
 MSG_IGNORE, MSG_KEXINIT = 2, 20
 MIB = 1 << 20
+FULL = Tuning(cork=True, skip_ignore=True, quiet_packet_log=True, aead_glue=True, recv_feed=True)
 
 
 class Recorder:
-    """Tunes a connection, then counts the connection-level packets it receives."""
+    """Tunes a connection, then counts the connection-level packets it receives. With
+    ``split``, every read is handed on in pieces of random sizes (1 byte to 40 KiB), so
+    the receive feeder (recv_feed) meets packets cut anywhere."""
 
-    def __init__(self) -> None:
+    def __init__(self, split: random.Random | None = None) -> None:
         self.tuning: list[Tuning] = []
         self.received: Counter[int] = Counter()
+        self.conns: list[Any] = []
+        self._split = split
 
     def tune(self, conn: Any) -> None:
         self.tuning.append(tune_connection(conn))
+        self.conns.append(conn)
+        if self._split is not None:
+            rng, fed = self._split, conn.data_received
+
+            def pieces(data: bytes, datatype: Any = None) -> None:
+                pos = 0
+                while pos < len(data):
+                    n = rng.choice([1, 3, 16, 17, 100, 4096, 32 * 1024 + 29, 40 * 1024])
+                    fed(data[pos : pos + n], datatype)
+                    pos += n
+
+            conn.data_received = pieces
         gated = conn.log_received_packet
 
         def count(pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
@@ -169,14 +187,42 @@ async def test_tuned_peers_exchange_intact_data_through_rekeying(
         async with asyncssh.connect("127.0.0.1", **opts, **rekey) as conn:
             assert conn.get_extra_info("send_cipher") == cipher
             await _round_trip(conn, 4 * MIB)
-    full = Tuning(cork=True, skip_ignore=True, quiet_packet_log=True)
-    assert server_recorder.tuning == [full] and client_recorder.tuning == [full]
+    assert server_recorder.tuning == [FULL] and client_recorder.tuning == [FULL]
     for side in (server_recorder, client_recorder):
         assert side.received[MSG_KEXINIT] >= 4  # the first kex and rekeys every 256 KiB
         if countermeasure:  # CBC: one empty ignore before every packet, as stock asyncssh
             assert side.received[MSG_IGNORE] > 50
         else:
             assert side.received[MSG_IGNORE] == 0
+
+
+@pytest.mark.parametrize(
+    "cipher", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"]
+)
+async def test_reads_cut_anywhere_reach_the_parser_intact(keys: Keys, cipher: str) -> None:
+    """recv_feed and aead_glue (sshcompat/datapath.py) with every read cut into random
+    pieces on both ends, rekeying every 256 KiB: 4 MiB each way arrive intact, and the
+    encryption objects of the last key exchange were tuned (AEAD) or left alone (CTR)."""
+    server_recorder, client_recorder = Recorder(random.Random(1)), Recorder(random.Random(2))
+    rekey = {"rekey_bytes": "256k"}
+    async with _serve(keys, server_recorder, cipher, **rekey) as port:
+        opts = _client_opts(keys, port, client_recorder, cipher)
+        async with asyncssh.connect("127.0.0.1", **opts, **rekey) as conn:
+            await _round_trip(conn, 4 * MIB)
+            aead = cipher != "aes128-ctr"
+            ends = (conn, *server_recorder.conns)
+            for _ in range(5):  # new objects are tuned on the reads after a key exchange
+                await _round_trip(conn, 1000)
+                tuned = [
+                    getattr(enc, "_sshtun_glue", False)
+                    for side in ends
+                    for enc in (side._send_encryption, side._recv_encryption)
+                ]
+                if all(tuned):
+                    break
+            assert tuned == [aead] * 4
+    assert server_recorder.tuning == [FULL] and client_recorder.tuning == [FULL]
+    assert client_recorder.received[MSG_KEXINIT] >= 4
 
 
 async def test_packet_log_still_written_at_debug_level_3(
@@ -216,9 +262,9 @@ async def test_a_tunnelled_connection_stays_uncorked_and_works(
             asyncssh.connect("127.0.0.1", tunnel=outer, **opts) as inner,
         ):
             await _round_trip(inner, 2 * MIB)
-    full = Tuning(cork=True, skip_ignore=True, quiet_packet_log=True)
-    assert client_recorder.tuning == [full, Tuning(skip_ignore=True, quiet_packet_log=True)]
-    assert server_recorder.tuning == [full, full]  # the server sees two TCP connections
+    inner = Tuning(skip_ignore=True, quiet_packet_log=True, aead_glue=True, recv_feed=True)
+    assert client_recorder.tuning == [FULL, inner]
+    assert server_recorder.tuning == [FULL, FULL]  # the server sees two TCP connections
 
 
 # Real OpenSSH through the tuned bastion and agent -----------------------------------------
@@ -257,7 +303,7 @@ async def test_openssh_through_tuned_bastion_with_rekeying(
         assert up.returncode == 0, up.stderr
         assert up.stdout.decode().split()[0] == digest
         [agent_conn] = [c for c in bastion.state.connections.values() if c.published]
-        assert agent_conn.tuning == Tuning(cork=True, skip_ignore=True, quiet_packet_log=True)
+        assert agent_conn.tuning == FULL
         assert agent.agent.links[0].status.connects == 1
     rekeys = sum("Received key exchange request" in r.getMessage() for r in caplog.records)
     assert rekeys >= 2 * 8  # the client's hop to the bastion rekeyed every 512 KiB

@@ -20,6 +20,7 @@ from typing import Any
 import asyncssh
 import asyncssh.connection
 import pytest
+from asyncssh.encryption import GCMEncryption
 
 from sshtunnel_mgr import sshcompat
 from sshtunnel_mgr.cli.status import format_shims
@@ -53,6 +54,8 @@ def test_every_shim_is_active_on_the_supported_asyncssh() -> None:
         "cork",
         "skip_ignore",
         "quiet_packet_log",
+        "recv_feed",
+        "aead_glue",
         "kexguess",
         "keyerrors",
     }
@@ -87,6 +90,8 @@ REMOVALS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "cork": lambda mp: mp.delattr(Connection, "_send"),
     "skip_ignore": lambda mp: mp.setattr(Connection, "send_packet", lambda self, *a: None),
     "quiet_packet_log": lambda mp: mp.delattr(Logger, "_debug_level"),
+    "recv_feed": lambda mp: mp.delattr(Connection, "_recv_pkthdr"),
+    "aead_glue": lambda mp: mp.setattr(GCMEncryption, "encrypt_packet", lambda self, *a: None),
     "kexguess": lambda mp: mp.setattr(Connection, "_packet_handlers", {}),
     "sigpolicy": lambda mp: mp.delattr(Server, "validate_public_key"),
     "disconnects": lambda mp: mp.delattr(Connection, "_send_disconnect"),
@@ -119,7 +124,8 @@ def test_the_start_line_names_the_active_shims(caplog: pytest.LogCaptureFixture)
     assert record.levelno == logging.INFO
     assert record.getMessage() == (
         "asyncssh shims role=agent asyncssh=2.24.1 tested=true "
-        "active=cork,skip_ignore,quiet_packet_log,kexguess,keyerrors stepped_aside=-"
+        "active=cork,skip_ignore,quiet_packet_log,recv_feed,aead_glue,kexguess,keyerrors "
+        "stepped_aside=-"
     )
 
 

@@ -1,0 +1,333 @@
+"""Fewer copies and objects per packet on asyncssh's receive path and in its AEAD glue.
+
+Counted with callgrind (``benchmarks/instr_per_byte.py``), each byte a tuned connection
+moves was copied about 24 times in user space; most of the copies are Python ``bytes``
+slices and concatenations in asyncssh's per-packet code. Two shims remove the biggest
+ones, per connection (instance attributes only, nothing at import):
+
+1. **Receive in packet-sized pieces** (shim ``recv_feed``). asyncssh appends each read
+   (up to 256 KiB) to a ``bytes`` buffer and cuts every packet off its front, which copies
+   all that follows: twice per packet, so a read of eight 32 KiB packets is copied about
+   nine times. ``data_received`` here hands asyncssh's own parser (``_recv_pkthdr``,
+   ``_recv_packet``: unchanged, they decrypt, check and dispatch) exactly the bytes its
+   next step needs, so the buffer holds one packet at most and each byte is cut once. In
+   any state it does not know (the version line, a packet being handled asynchronously)
+   or when a read holds less than the next step needs, the rest goes to asyncssh's own
+   loop as before. Exceptions are handled as asyncssh's ``_recv_data`` does; the
+   keepalive timer is reset once per read, as there. One difference: once the connection
+   is closed (its transport gone) while a read is being parsed, the rest of that read is
+   dropped at once instead of being parsed for a connection that no longer sends.
+2. **AEAD glue** (shim ``aead_glue``). For ``aes*-gcm@openssh.com`` asyncssh builds a new
+   ``AESGCM`` object per packet and copies the ciphertext three times to split and re-join
+   the tag; for ``chacha20-poly1305@openssh.com`` it builds three ``Cipher`` objects per
+   packet. The connection's encryption objects get ``encrypt_packet``/``decrypt_packet``
+   that keep one ``AESGCM`` per key and join header, ciphertext and tag once (GCM), and
+   take the Poly1305 key and the payload from one ChaCha20 stream (block 0, then block 1
+   on, as RFC 8439 and OpenSSH's PROTOCOL.chacha20poly1305 define it). The cipher state
+   (the GCM invocation counter in ``GCMCipher._iv``) stays where asyncssh keeps it, so
+   asyncssh's own methods and these can take turns: the objects of a new key exchange
+   are found on the next read and tuned then; until then they run stock. Other ciphers
+   (CTR, CBC, ETM MACs) are left alone.
+
+Same bytes on the wire: ``tests/integration/test_datapath_wire.py`` moves random data
+both ways through tuned bastion and agent and real OpenSSH, for both ciphers, with
+rekeying, and compares checksums; ``tests/unit/test_datapath.py`` checks the glue against
+asyncssh's own encryption objects packet by packet.
+
+asyncssh internals used: ``SSHConnection.data_received``, ``_inpbuf``, ``_recv_handler``,
+``_recv_pkthdr``, ``_recv_packet``, ``_recv_blocksize``, ``_pktlen``, ``_recv_macsize``,
+``_reset_keepalive_timer``, ``_send_disconnect``, ``_force_close``, ``_transport``,
+``internal_error`` (recv_feed); ``_send_encryption``, ``_recv_encryption``,
+``asyncssh.encryption.GCMEncryption``/``ChachaEncryption`` with their ``_cipher``,
+``GCMCipher._key``/``_iv``, ``ChachaCipher._key``/``_adkey`` and the ``encrypt_packet``/
+``decrypt_packet`` signatures (aead_glue). Anything different: that shim steps aside and
+the connection keeps asyncssh's own code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+from sshtunnel_mgr.sshcompat import Shim, missing, parameters, stepped_aside
+
+_CTR0 = bytes(8)  # ChaCha20 block counter 0 (little-endian), before OpenSSH's 8-byte nonce
+_POLY_BLOCK = bytes(64)  # keystream block 0: its first 32 bytes are the Poly1305 key
+_TAG = 16
+_INVOCATION = 0xFFFFFFFFFFFFFFFF
+
+
+def _encryption_module() -> Any:
+    return importlib.import_module("asyncssh.encryption")
+
+
+# 1. recv_feed ----------------------------------------------------------------------------
+def _check_recv_feed() -> str:
+    cls = asyncssh.SSHServerConnection
+    reason = missing(
+        cls,
+        "data_received",
+        "_inpbuf",
+        "_recv_handler",
+        "_recv_pkthdr",
+        "_recv_packet",
+        "_recv_blocksize",
+        "_pktlen",
+        "_recv_macsize",
+        "_reset_keepalive_timer",
+        "_transport",
+    )  # _send_disconnect, _force_close, internal_error: checked on the connection
+    if not reason and parameters(cls.data_received)[:2] != ["self", "data"]:
+        reason = "asyncssh's SSHConnection.data_received does not take (data, datatype)"
+    if not reason and (parameters(cls._recv_pkthdr), parameters(cls._recv_packet)) != (
+        ["self"],
+        ["self"],
+    ):
+        reason = "asyncssh's _recv_pkthdr/_recv_packet take arguments"
+    return reason
+
+
+RECV_FEED = Shim(
+    "recv_feed",
+    internals="SSHConnection.data_received, _inpbuf, _recv_handler, _recv_pkthdr, "
+    "_recv_packet, _recv_blocksize, _pktlen, _recv_macsize",
+    fallback="each read appended to one bytes buffer, every packet cut off its front",
+    check=_check_recv_feed,
+)
+
+
+def install_recv_feed(conn: Any) -> bool:
+    """Replace ``conn.data_received`` by the packet-sized feeder (False: left stock)."""
+    cls = type(conn)
+    pkthdr = getattr(cls, "_recv_pkthdr", None)
+    packet = getattr(cls, "_recv_packet", None)
+    if not callable(pkthdr) or not callable(packet) or not isinstance(conn._inpbuf, bytes):
+        return False
+    for needed in (
+        conn._reset_keepalive_timer,
+        conn._send_disconnect,
+        conn._force_close,
+        conn.internal_error,
+    ):
+        if not callable(needed):
+            return False
+    disconnect_error = asyncssh.DisconnectError
+    aead_check = _aead_refresh(conn)
+
+    def data_received(data: bytes, datatype: Any = None) -> None:
+        conn._reset_keepalive_timer()
+        if aead_check is not None:
+            aead_check()
+        try:
+            _feed(conn, data, pkthdr, packet)
+        except disconnect_error as exc:  # as asyncssh's _recv_data
+            conn._send_disconnect(exc.code, exc.reason, exc.lang)
+            conn._force_close(exc)
+        except Exception:  # as asyncssh's _recv_data: logged, the connection closed
+            conn.internal_error()
+
+    conn.data_received = data_received
+    return True
+
+
+def _feed(conn: Any, data: bytes, pkthdr: Callable[..., Any], packet: Callable[..., Any]) -> None:
+    """Give asyncssh's parser one step's bytes at a time; the rest to its own loop."""
+    pos, end = 0, len(data)
+    while pos < end:
+        handler = conn._recv_handler
+        func = getattr(handler, "__func__", None)
+        inp = conn._inpbuf
+        if func is pkthdr:
+            need = conn._recv_blocksize - len(inp)
+        elif func is packet:
+            need = 4 + conn._pktlen + conn._recv_macsize - conn._recv_blocksize - len(inp)
+        else:
+            need = 0  # a state this does not know: asyncssh's own loop
+        if need <= 0 or end - pos <= need:
+            conn._inpbuf = inp + (data[pos:] if pos else data)
+            while conn._inpbuf and conn._recv_handler():
+                pass
+            return
+        conn._inpbuf = inp + data[pos : pos + need]
+        pos += need
+        if not handler():
+            # Went asynchronous: asyncssh resumes from _inpbuf once the packet is handled.
+            conn._inpbuf += data[pos:]
+            return
+        if conn._inpbuf:  # not a state this knows after all: asyncssh's own loop
+            conn._inpbuf += data[pos:]
+            while conn._inpbuf and conn._recv_handler():
+                pass
+            return
+        if not conn._transport:
+            return  # closed while parsing: nothing more will be sent or answered
+
+
+# 2. aead_glue ----------------------------------------------------------------------------
+def _check_aead_glue() -> str:
+    mod = _encryption_module()
+    gcm, chacha = mod.GCMEncryption, mod.ChachaEncryption
+    reason = missing(asyncssh.SSHServerConnection, "_send_encryption", "_recv_encryption")
+    for cls in (gcm, chacha):
+        if reason:
+            break
+        reason = missing(cls, "_cipher")
+        if not reason and parameters(cls.encrypt_packet) != ["self", "seq", "header", "packet"]:
+            reason = f"asyncssh's {cls.__name__}.encrypt_packet does not take (seq, header, packet)"
+        if not reason and parameters(cls.decrypt_packet) != [
+            "self",
+            "seq",
+            "first",
+            "rest",
+            "header_len",
+            "mac",
+        ]:
+            reason = f"asyncssh's {cls.__name__}.decrypt_packet has other parameters"
+    if not reason:
+        from asyncssh.crypto import ChachaCipher, GCMCipher
+
+        reason = missing(GCMCipher, "_key", "_iv") or missing(ChachaCipher, "_key", "_adkey")
+    return reason
+
+
+AEAD_GLUE = Shim(
+    "aead_glue",
+    internals="SSHConnection._send_encryption/_recv_encryption, GCMEncryption, "
+    "ChachaEncryption, GCMCipher._key/_iv, ChachaCipher._key/_adkey",
+    fallback="a new AESGCM per packet and three copies to split the tag (GCM); three "
+    "ChaCha20 objects per packet (chacha20-poly1305)",
+    check=_check_aead_glue,
+)
+
+
+def _aead_refresh(conn: Any) -> Callable[[], None] | None:
+    """A function that tunes the connection's current encryption objects once each (called
+    per read); None when aead_glue is not installed on this connection."""
+    if not getattr(conn, "_sshtun_aead_glue", False):
+        return None
+    seen: list[object] = [None, None, True]  # send and recv objects tuned; still on
+
+    def refresh() -> None:
+        send, recv = conn._send_encryption, conn._recv_encryption
+        if (send is seen[0] and recv is seen[1]) or not seen[2]:
+            return
+        seen[0], seen[1] = send, recv
+        try:
+            tune_encryption(send)
+            tune_encryption(recv)
+        except (AttributeError, TypeError) as exc:  # not the objects checked: stay stock
+            seen[2] = False
+            stepped_aside("aead_glue", f"{type(exc).__name__}: {exc}")
+
+    return refresh
+
+
+def install_aead_glue(conn: Any) -> bool:
+    """Mark ``conn``: its reads tune each new encryption object (from recv_feed's
+    ``data_received``; ``refresh_on_read`` when recv_feed is not installed)."""
+    conn._send_encryption  # noqa: B018 -- the internals this shim reads must exist
+    conn._recv_encryption  # noqa: B018
+    conn._sshtun_aead_glue = True
+    return True
+
+
+def refresh_on_read(conn: Any) -> bool:
+    """aead_glue without recv_feed: wrap asyncssh's own ``data_received``."""
+    refresh = _aead_refresh(conn)
+    original = conn.data_received
+    if refresh is None or not callable(original):
+        return False
+
+    def data_received(data: bytes, datatype: Any = None) -> None:
+        refresh()
+        original(data, datatype)
+
+    conn.data_received = data_received
+    return True
+
+
+def tune_encryption(enc: object) -> bool:
+    """Give one asyncssh encryption object the faster glue if it is GCM or ChaCha20-Poly1305
+    (True); any other object (None before the first key exchange, CTR, CBC) is left alone."""
+    if enc is None or getattr(enc, "_sshtun_glue", False):
+        return False
+    mod = _encryption_module()
+    if type(enc) is mod.GCMEncryption:
+        _gcm_glue(enc)
+    elif type(enc) is mod.ChachaEncryption:
+        _chacha_glue(enc)
+    else:
+        return False
+    enc._sshtun_glue = True  # type: ignore[attr-defined]
+    return True
+
+
+def _gcm_glue(enc: Any) -> None:
+    cipher = enc._cipher
+    aead = AESGCM(cipher._key)
+    encrypt, decrypt = aead.encrypt, aead.decrypt
+
+    def encrypt_packet(seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
+        iv = cipher._iv
+        out = encrypt(iv, packet, header)
+        cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _INVOCATION).to_bytes(8, "big")
+        # asyncssh sends ``packet + mac``: with the tag already joined and an empty mac
+        # that is the same object, not one more copy.
+        return header + out, b""
+
+    def decrypt_packet(
+        seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        iv = cipher._iv
+        try:
+            data: bytes | None = decrypt(
+                iv, b"".join((first[header_len:], rest, mac)), first[:header_len]
+            )
+        except InvalidTag:
+            data = None
+        cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _INVOCATION).to_bytes(8, "big")
+        return data
+
+    enc.encrypt_packet = encrypt_packet
+    enc.decrypt_packet = decrypt_packet
+
+
+def _chacha_glue(enc: Any) -> None:
+    cipher = enc._cipher
+    key, adkey = cipher._key, cipher._adkey
+
+    def encrypt_packet(seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
+        nonce = _CTR0 + seq.to_bytes(8, "big")
+        hdr = Cipher(ChaCha20(adkey, nonce), None).encryptor().update(header)
+        stream = Cipher(ChaCha20(key, nonce), None).encryptor()
+        poly = Poly1305(stream.update(_POLY_BLOCK)[:32])
+        body = stream.update(packet)  # keystream from block 1 on
+        poly.update(hdr)
+        poly.update(body)
+        return b"".join((hdr, body, poly.finalize())), b""
+
+    def decrypt_packet(
+        seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        nonce = _CTR0 + seq.to_bytes(8, "big")
+        stream = Cipher(ChaCha20(key, nonce), None).encryptor()
+        poly = Poly1305(stream.update(_POLY_BLOCK)[:32])
+        poly.update(first)  # the encrypted length, then the rest of the packet
+        poly.update(rest)
+        try:
+            poly.verify(mac)
+        except InvalidSignature:
+            return None
+        body = stream.update(first[header_len:] + rest if len(first) > header_len else rest)
+        return body
+
+    enc.encrypt_packet = encrypt_packet
+    enc.decrypt_packet = decrypt_packet
