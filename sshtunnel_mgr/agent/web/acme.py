@@ -134,7 +134,8 @@ def obtain(request: AcmeRequest, files: AcmeFiles, challenges: Challenges) -> No
     except AcmeError:
         raise
     except errors.ValidationError as exc:
-        raise AcmeError("challenge", _validation_reason(exc), _CHALLENGE_HINT) from None
+        hint = _CHALLENGE_HINT.replace("NAME", request.name)
+        raise AcmeError("challenge", _validation_reason(exc), hint) from None
     except (errors.TimeoutError, errors.PollError) as exc:
         raise AcmeError("timeout", f"the CA did not finish the order in time ({exc!r})") from None
     except errors.IssuanceError as exc:
