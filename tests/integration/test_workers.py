@@ -20,12 +20,21 @@ from typing import Any
 import asyncssh
 import pytest
 
+from sshtunnel_mgr.bastion import serve
 from sshtunnel_mgr.bastion.workers.sockets import reuseport_group
-from sshtunnel_mgr.core.config import parse_config
 from sshtunnel_mgr.core.errors import ConfigError
 from sshtunnel_mgr.keys.store import load_private_key
 from sshtunnel_mgr.runtime.admin import query
-from tests.harness import SSH, Keys, access_text, bastion_pub, free_port, process, write_ssh_config
+from tests.harness import (
+    SSH,
+    Keys,
+    access_text,
+    bastion_config,
+    bastion_pub,
+    free_port,
+    process,
+    write_ssh_config,
+)
 from tests.integration.scene import Scene, SshtunProcess, scene, sshtun_process
 from tests.integration.test_metrics import scrape
 
@@ -266,12 +275,10 @@ async def test_takeover_and_per_key_cap_across_workers(keys: Keys, tmp_path: Pat
             assert not held.is_closed()
 
 
-def test_workers_with_web_listeners_refused_for_now(tmp_path: Path) -> None:
-    """Each worker would bind the web listeners itself: refused with the reason instead."""
-    text = (
-        '[bastion]\nhost_key = "h"\naccess_file = "a"\nworkers = 2\n'
-        '[bastion.web]\nhttps_listen = "127.0.0.1:0"\n'
-    )
+async def test_workers_with_web_listeners_refused_for_now(keys: Keys, tmp_path: Path) -> None:
+    """Each worker would bind the web listeners itself: refused with the reason instead,
+    before anything is bound."""
+    web = {"https_listen": "127.0.0.1:0"}
+    config = bastion_config(keys, tmp_path / "access", 0, workers=2, web=web)
     with pytest.raises(ConfigError, match=r"workers: more than one worker"):
-        parse_config(text, "b.toml", tmp_path)
-    assert parse_config(text.replace("workers = 2", "workers = 1"), "b.toml", tmp_path).bastion
+        await serve(config, config_path=tmp_path / "bastion.toml")
