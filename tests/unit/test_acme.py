@@ -11,6 +11,7 @@ import datetime
 import logging
 import os
 import ssl
+import threading
 from pathlib import Path
 
 import h11
@@ -411,3 +412,30 @@ def test_a_broken_saved_file_is_replaced_by_the_next_order(tmp_path: Path) -> No
     assert store.context is None
     with pytest.raises(ConfigError, match="no certificate yet"):
         asyncio.run(store.current())
+
+
+async def test_an_order_in_progress_never_holds_up_a_stop() -> None:
+    """The order runs in a daemon thread: cancelling its waiter returns at once (the agent
+    stops), and a late result finds nobody waiting; an error reaches the waiter as is."""
+    from sshtunnel_mgr.agent.web.acmerenew import in_daemon_thread
+
+    release, finished = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        release.wait(30)
+        finished.set()
+
+    waiter = asyncio.create_task(in_daemon_thread(slow))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not finished.is_set()  # the stop did not wait for the CA
+    release.set()
+    await asyncio.to_thread(finished.wait, 30)
+
+    def fails() -> None:
+        raise AcmeError("unreachable", "CA down")
+
+    with pytest.raises(AcmeError, match="CA down"):
+        await in_daemon_thread(fails)

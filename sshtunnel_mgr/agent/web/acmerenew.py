@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -131,7 +132,7 @@ class AcmeRenewer:
         """One order; the retry delay after a failure, None after a success."""
         label = self.store.label
         try:
-            await asyncio.to_thread(
+            await in_daemon_thread(
                 self.order, self.store.request, self.store.files, self.challenges
             )
             await asyncio.to_thread(self.store.load)
@@ -180,6 +181,35 @@ class AcmeRenewer:
             "acme_error": self.last_error,
             "acme_failures": self.failures,
         }
+
+
+async def in_daemon_thread(fn: Callable[..., None], *args: Any) -> None:
+    """Run a blocking order in a thread of its own, never on the event loop. Unlike
+    ``asyncio.to_thread`` the thread is a daemon: an agent that stops mid-order does not
+    wait for the CA (up to the order's timeouts); what the order writes is atomic."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # handed to the awaiting task, which judges it
+            outcome: BaseException | None = exc
+        else:
+            outcome = None
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="acme order", daemon=True).start()
+    await done
 
 
 def _stamp(when: float) -> str:
