@@ -37,6 +37,7 @@ from tests.harness import (
 )
 from tests.integration.scene import Scene, SshtunProcess, scene, sshtun_process
 from tests.integration.test_metrics import scrape
+from tests.integration.test_rotation import sshtun
 
 FAR, NEAR = "127.0.0.2", "127.0.0.1"  # worker 0, worker 1
 
@@ -108,6 +109,29 @@ def _bastion(s: Scene, **kw: Any) -> AbstractAsyncContextManager[SshtunProcess]:
     starting on a machine loaded by parallel tests may take long: a generous bound)."""
     toml = s.bastion_file(**kw)
     return sshtun_process("bastion", "--config", str(toml), ready="listening on", timeout=120)
+
+
+async def _login(s: Scene, key: Path, source: str) -> asyncssh.SSHClientConnection:
+    """An asyncssh login from ``source`` (so: to one worker), the host key pinned."""
+    return await asyncssh.connect(
+        "127.0.0.1",
+        s.port,
+        local_addr=(source, 0),
+        username="alice",
+        client_keys=[load_private_key(key)],
+        known_hosts=([asyncssh.import_public_key(bastion_pub(s.keys))], [], []),
+        config=None,
+        agent_path=None,
+    )
+
+
+async def _logs_in(s: Scene, key: Path, source: str) -> bool:
+    try:
+        conn = await _login(s, key, source)
+    except asyncssh.PermissionDenied:
+        return False
+    conn.close()
+    return True
 
 
 async def _status(s: Scene) -> dict[str, Any]:
@@ -251,20 +275,9 @@ async def test_takeover_and_per_key_cap_across_workers(keys: Keys, tmp_path: Pat
             await _until(lambda: _count(audit, 2))
             assert _routes(audit)[-1]["agent_conn"] == first
         # The client key's cap (1) holds across workers too.
-        client = load_private_key(keys.client.path)
-        known: Any = ([asyncssh.import_public_key(bastion_pub(keys))], [], [])
 
         async def login(source: str) -> asyncssh.SSHClientConnection:
-            return await asyncssh.connect(
-                "127.0.0.1",
-                s.port,
-                local_addr=(source, 0),
-                username="alice",
-                client_keys=[client],
-                known_hosts=known,
-                config=None,
-                agent_path=None,
-            )
+            return await _login(s, keys.client.path, source)
 
         limits["max_connections_per_key"] = 1
         s.bastion_file(workers=2, audit_log=str(audit), limits=limits)
@@ -282,3 +295,22 @@ async def test_workers_with_web_listeners_refused_for_now(keys: Keys, tmp_path: 
     config = bastion_config(keys, tmp_path / "access", 0, workers=2, web=web)
     with pytest.raises(ConfigError, match=r"workers: more than one worker"):
         await serve(config, config_path=tmp_path / "bastion.toml")
+
+
+async def test_key_rotation_on_one_worker_reaches_every_worker(keys: Keys, tmp_path: Path) -> None:
+    """``sshtun keys rotate`` (agent stopped: over its own connection, from 127.0.0.1, so
+    worker 1 rewrites the access file): worker 0 refuses the old key and takes the new one
+    at once, because every worker re-read the file before the rotation answered."""
+    async with scene(keys, tmp_path, bastion=False) as s, _bastion(s, workers=2):
+        agent_toml = s.agent_file([("homebox", 22, "127.0.0.1:1")])
+        old_copy = tmp_path / "old_agent_key"
+        old_copy.write_bytes(keys.agent.path.read_bytes())
+        old_copy.chmod(0o600)
+        assert await _logs_in(s, old_copy, FAR)
+        rotate = ["keys", "rotate", "--config", str(agent_toml), "--drain", "10"]
+        result = await sshtun(*rotate, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "rotated:" in result.stdout.decode()
+        for source in (FAR, NEAR):
+            assert not await _logs_in(s, old_copy, source)
+            assert await _logs_in(s, keys.agent.path, source)
