@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_tunnel import HOST_STAR, Mem, Procs, cpu_seconds, log, memory
+from bench_tunnel.common import CLK_TCK
 from scene import wait_banner
 
 from tests.harness import SSHTUN, USER, Keys, agent_config, bastion_config, write_toml
@@ -152,27 +153,71 @@ def raise_nofile(need: int) -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
+def _own_cpu(pid: int) -> tuple[tuple[int, int], float] | None:
+    """((pid, start time), utime+stime in seconds) of one process, without its children."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    f = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state=0 ... starttime=19
+    return (pid, int(f[19])), (int(f[11]) + int(f[12])) / CLK_TCK
+
+
+def _children(pid: int) -> list[int]:
+    """A process's children from /proc/PID/task/TID/children (no scan of all of /proc,
+    which takes longer than a sample period on a busy machine)."""
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                out += [
+                    int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+                ]
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return out
+
+
 @dataclass
 class CoreSampler:
-    """The cores a process tree uses, sampled every ``period`` s (utime+stime of the tree,
-    reaped children included through cutime/cstime): the peak of one period and of a 1 s
-    moving window, and the mean over the run. The kernel counts 10 ms ticks: at 10 Hz one
-    sample resolves 0.1 core."""
+    """The cores a process tree uses, sampled every ``period`` s: the peak over one period
+    and over a 1 s moving window, and the mean over the run.
+
+    The mean comes from the tree's totals at the start and the end (every live process, and
+    the ones reaped meanwhile through cutime/cstime). The peaks come from each process's
+    own utime+stime between two samples (a process that appeared counts whole, one that
+    exited loses its last partial period): summing the tree with cutime at every sample
+    would count a per-connection sshd twice, or not at all, when it exits between the scan
+    of /proc and the read of its parent. The kernel counts 10 ms ticks: at 10 Hz one sample
+    resolves 0.1 core."""
 
     pids: Sequence[int]
     period: float = 0.1
-    samples: list[tuple[float, float]] = field(default_factory=list)
+    samples: list[tuple[float, dict[tuple[int, int], float]]] = field(default_factory=list)
+    totals: list[tuple[float, float]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
 
-    def _cpu(self) -> float:
-        return sum(cpu_seconds(p, True) for p in self.pids)
+    def _total(self) -> None:
+        self.totals.append((time.monotonic(), sum(cpu_seconds(p, True) for p in self.pids)))
+
+    def _sample(self) -> None:
+        own: dict[tuple[int, int], float] = {}
+        todo = list(self.pids)
+        while todo:
+            pid = todo.pop()
+            got = _own_cpu(pid)
+            if got is not None:
+                own[got[0]] = got[1]
+            todo.extend(_children(pid))
+        self.samples.append((time.monotonic(), own))
 
     async def _run(self) -> None:
         while True:
-            self.samples.append((time.monotonic(), self._cpu()))
+            self._sample()
             await asyncio.sleep(self.period)
 
     async def __aenter__(self) -> CoreSampler:
+        self._total()
         self._task = asyncio.create_task(self._run())
         await asyncio.sleep(0)
         return self
@@ -182,20 +227,26 @@ class CoreSampler:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        self.samples.append((time.monotonic(), self._cpu()))
+        self._sample()
+        self._total()
 
     def _rates(self, span: int) -> list[float]:
+        """Cores over every ``span`` consecutive periods (the CPU of each period summed)."""
         s = self.samples
+        cpu = [
+            sum(c - s[i][1].get(key, 0.0) for key, c in s[i + 1][1].items())
+            for i in range(len(s) - 1)
+        ]
         return [
-            (s[i + span][1] - s[i][1]) / (s[i + span][0] - s[i][0])
+            sum(cpu[i : i + span]) / (s[i + span][0] - s[i][0])
             for i in range(len(s) - span)
             if s[i + span][0] > s[i][0]
         ]
 
     def summary(self) -> dict[str, float]:
-        if len(self.samples) < 2:
+        if len(self.samples) < 2 or len(self.totals) < 2:
             return {"mean": float("nan"), "peak": float("nan"), "peak_1s": float("nan")}
-        (t0, c0), (t1, c1) = self.samples[0], self.samples[-1]
+        (t0, c0), (t1, c1) = self.totals[0], self.totals[-1]
         one = self._rates(1)
         window = max(1, round(1.0 / self.period))
         sec = self._rates(window) or one
