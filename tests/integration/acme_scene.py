@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sshtunnel_mgr.agent import Agent
+from sshtunnel_mgr.agent.web.acmerenew import AcmeRenewer
 from sshtunnel_mgr.core.config import AgentConfig, BastionEndpoint, TunnelConfig
 from sshtunnel_mgr.core.webconfig import WebConfig
 from tests.harness import Keys, bastion_config, bastion_pub, running_bastion
@@ -152,6 +153,30 @@ async def home_app() -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
+async def tls_to_bastion(root: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
+    """A TLS connection to cloud.test through the bastion's port 443: (streams, the serial
+    of the certificate it was served)."""
+    context = ssl.create_default_context(cafile=str(root))
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", 443, ssl=context, server_hostname="cloud.test"), 30
+    )
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    return reader, writer, x509.load_der_x509_certificate(der).serial_number
+
+
+async def renewal(renewer: AcmeRenewer, root: Path) -> dict[str, Any]:
+    """A renewal (the order the renewer makes when due, for real against pebble) under a
+    live TLS connection: new connections get the new certificate, the live one goes on."""
+    reader, writer, before = await tls_to_bastion(root)
+    failed = await renewer.attempt()
+    _, fresh, after = await tls_to_bastion(root)
+    fresh.close()
+    writer.write(b"GET / HTTP/1.1\r\nHost: cloud.test\r\n\r\n")  # on the old connection
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return {"failed": failed, "before": before, "after": after, "old_conn": answer.decode()}
+
+
 class Captured(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -200,7 +225,13 @@ async def scene(work: Path) -> dict[str, Any]:
         "-dns01", "127.0.0.1:8053", "-http01", "", "-https01", "", "-tlsalpn01", "",
         "-management", "127.0.0.1:8055",
     ]  # fmt: skip
-    pebble_env = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+    # no random nonce rejections; the renewal always reuses the valid authorization, as
+    # Let's Encrypt does for 30 days (the client must not answer it again)
+    pebble_env = {
+        "PEBBLE_VA_NOSLEEP": "1",
+        "PEBBLE_WFE_NONCEREJECT": "0",
+        "PEBBLE_AUTHZREUSE": "100",
+    }
     async with (
         peer(*challtest, log=work / "challtestsrv.log"),
         peer(
@@ -286,6 +317,9 @@ async def scene(work: Path) -> dict[str, Any]:
                 seen["account_mode"] = oct(store.files.account_key.stat().st_mode & 0o777)
                 seen["dir_mode"] = oct(store.files.dir.stat().st_mode & 0o777)
                 seen["snapshot"] = agent.snapshot()["tunnels"]
+                if not first:
+                    renewer = agent.web.acme.renewers["cloud.test:443"][0]
+                    seen["renewal"] = await renewal(renewer, work / "pebble-root.pem")
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 30)

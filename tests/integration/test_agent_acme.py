@@ -121,7 +121,20 @@ def test_a_restarted_agent_serves_the_saved_certificate_without_a_new_order(
     assert second["serial"] == first["serial"]
     assert second["curl_rc"] == 0 and second["curl_out"] == "hello from the home box\n"
     issued = [x for x in scene["log"] if x.startswith("acme certificate issued name=cloud.test")]
-    assert len(issued) == 1
+    assert len(issued) == 2  # the first order, and the renewal below: none at the restart
+
+
+def test_a_renewal_serves_new_connections_and_leaves_the_live_one_alone(
+    scene: dict[str, Any],
+) -> None:
+    """The order the renewer makes when due, for real against pebble, while a TLS
+    connection through the bastion is open: a new connection gets the new certificate,
+    the old one still gets its page."""
+    renewal, first = scene["second"]["renewal"], scene["first"]
+    assert renewal["failed"] is None
+    assert renewal["before"] == first["serial"] and renewal["after"] != first["serial"]
+    assert renewal["old_conn"].startswith("HTTP/1.1 200 OK")
+    assert renewal["old_conn"].endswith("hello from the home box\n")
 
 
 # The CA down: a real closed port -------------------------------------------------------------

@@ -191,6 +191,8 @@ def _order(request: AcmeRequest, files: AcmeFiles, challenges: Challenges) -> No
         tokens = []
         try:
             for authz in order.authorizations:
+                if authz.body.status == messages.STATUS_VALID:
+                    continue  # the CA reuses a recent validation (Let's Encrypt: 30 days)
                 found = [
                     c for c in authz.body.challenges if isinstance(c.chall, acme_challenges.HTTP01)
                 ]
