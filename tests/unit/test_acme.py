@@ -439,3 +439,33 @@ async def test_an_order_in_progress_never_holds_up_a_stop() -> None:
 
     with pytest.raises(AcmeError, match="CA down"):
         await in_daemon_thread(fails)
+
+
+async def test_a_reload_keeps_an_unchanged_acme_tunnels_certificate_and_renewer(
+    tmp_path: Path,
+) -> None:
+    """The renewers order from a closed loopback port here (never a real CA)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"https://127.0.0.1:{sock.getsockname()[1]}/dir"
+    tunnel = acme_tunnel(acme_directory=url)
+    front = WebFront()
+    front.use(WebFront.prepare([tunnel], tmp_path))
+    front.start()
+    try:
+        renewer, task = front.acme.renewers["cloud.test:443"]
+        front.use(WebFront.prepare([tunnel], tmp_path))  # a reload, nothing changed
+        assert front.acme.renewers["cloud.test:443"] == (renewer, task)
+        assert front.stores["cloud.test:443"] is renewer.store
+        changed = acme_tunnel(acme_directory=url, acme_email="new@example.com")
+        front.use(WebFront.prepare([changed], tmp_path))  # a new setting: a new renewer
+        await asyncio.sleep(0)
+        assert task.cancelled() or task.done()
+        new = front.acme.renewers["cloud.test:443"][0]
+        assert new is not renewer and new.store.request.email == "new@example.com"
+        front.use({})  # the tunnel is gone: so is its renewer
+        assert front.acme.renewers == {}
+    finally:
+        await front.close()
