@@ -260,6 +260,9 @@ async def test_takeover_and_per_key_cap_across_workers(keys: Keys, tmp_path: Pat
                     }
 
                 await _until(taken)
+                shown = await sshtun("status", "--config", str(s.tmp / "bastion.toml"))
+                assert shown.returncode == 0, shown.stderr
+                assert shown.stdout.decode().count("homebox") >= 2  # a route on each worker
                 assert (await s.reach(cfg=_from(s, NEAR))).returncode == 0
                 await _until(lambda: _count(audit, 1))
                 assert _routes(audit)[-1]["agent_conn"] != first  # the newest: worker 0
