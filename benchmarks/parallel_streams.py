@@ -235,10 +235,12 @@ async def stream(cfg: Path, host: str, size: int, t0: float, timeout: float) -> 
         try:
             await asyncio.wait_for(drain(), timeout)
         except TimeoutError:
+            pass
+        finally:  # timed out, or the run was interrupted: this ssh is stopped by its PID
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
-            await proc.wait()
+                await asyncio.shield(proc.wait())
         end = time.perf_counter() - t0
         err.seek(0)
         lines = err.read().decode(errors="replace").strip().splitlines()

@@ -225,8 +225,7 @@ class CoreSampler:
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.wait([self._task])  # never swallows a cancellation of our caller
         self._sample()
         self._total()
 
