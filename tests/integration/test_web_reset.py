@@ -13,7 +13,6 @@ the client then resets its connection (SO_LINGER 0) and the home server closes i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import struct
 from pathlib import Path
@@ -81,5 +80,4 @@ async def test_a_reset_client_with_the_home_side_closing_keeps_the_agent_link(
         for writer in homes:
             writer.close()
         home.close()
-        with contextlib.suppress(Exception):
-            await home.wait_closed()
+        await home.wait_closed()
