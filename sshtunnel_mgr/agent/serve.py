@@ -261,7 +261,9 @@ class Agent:
             admin_socket=self.config.admin_socket or default_socket_path("agent"),
             admin_handler=self.handle_admin,
             metrics_address=self.config.metrics_address,
-            samples=lambda: agent_samples(self.healthy, [link.status for link in self.links]),
+            samples=lambda: agent_samples(
+                self.healthy, [link.status for link in self.links], self.web.stats.snapshot()
+            ),
             stop=stop,
             reload=reload,
             on_ready=None if on_ready is None else lambda: on_ready(self),

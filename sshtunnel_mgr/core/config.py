@@ -31,7 +31,7 @@ from sshtunnel_mgr.core.hostport import join_host_port
 from sshtunnel_mgr.core.hostport import split_host_port as split_host_port  # its old home
 from sshtunnel_mgr.core.names import InvalidName, normalize_name
 from sshtunnel_mgr.core.startups import MaxStartups, parse_max_startups
-from sshtunnel_mgr.core.webconfig import WebConfig
+from sshtunnel_mgr.core.webconfig import IDLE_TIMEOUT, IdleSeconds, WebConfig
 
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Seconds = Annotated[float, Field(gt=0, le=86400, strict=True)]
@@ -84,6 +84,7 @@ class TunnelConfig(_Model):
     acme_email: str | None = None
     acme_ca_bundle: Path | None = None  # CAs to trust for the directory's own HTTPS
     proxy_protocol: Literal["v1", "v2"] | None = None
+    idle_timeout: IdleSeconds = IDLE_TIMEOUT  # a web session idle this long closes; 0: never
 
     @field_validator("cert", "key", "acme_ca_bundle")
     @classmethod

@@ -30,7 +30,8 @@ UNKNOWN = "unknown key (not one sshtun knows; check the spelling)"
 NOT_INT = "Input should be a valid integer"
 GE_1 = "Input should be greater than or equal to 1"
 TUNNEL_KEYS = (
-    "acme_ca_bundle, acme_directory, acme_email, cert, key, name, port, proxy_protocol, target, tls"
+    "acme_ca_bundle, acme_directory, acme_email, cert, idle_timeout, key, name, port, "
+    "proxy_protocol, target, tls"
 )
 LABELS = "is not a valid name (labels are letters, digits and inner hyphens)"
 NOT_ASCII = "is not ASCII (write international names in punycode)"

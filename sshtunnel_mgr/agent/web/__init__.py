@@ -35,6 +35,7 @@ from sshtunnel_mgr.agent.web.acmerenew import AcmeCertStore, AcmeService
 from sshtunnel_mgr.agent.web.certs import CertStore
 from sshtunnel_mgr.agent.web.httpfwd import HttpForwarder, Streams, splice
 from sshtunnel_mgr.agent.web.pipe import ChannelPipe
+from sshtunnel_mgr.agent.web.stats import WebStats
 from sshtunnel_mgr.agent.web.tlsstream import TlsStream
 from sshtunnel_mgr.core import proxyproto
 from sshtunnel_mgr.core.config import TunnelConfig
@@ -73,6 +74,7 @@ class WebFront:
     def __init__(self) -> None:
         self.stores: dict[str, CertStore] = {}
         self.acme = AcmeService()
+        self.stats = WebStats()  # per tunnel: handshakes, requests, bytes, idle closes
         self._tasks: set[asyncio.Task[None]] = set()
 
     # Certificates ---------------------------------------------------------------------
@@ -126,6 +128,7 @@ class WebFront:
                     "cert_subject": store.info.subject if store and store.info else "",
                     "cert_error": store.error if store else "",
                     **self.acme.snapshot(_label(tunnel)),
+                    **(self.stats.row(_label(tunnel)) if uses_web(tunnel) else {}),
                 }
             )
         return rows
@@ -169,7 +172,11 @@ class WebFront:
                 session = self._session(
                     pipe, tunnel, streams, lambda: connect(orig_host, orig_port), orig_host
                 )
-                self._spawn(session, _label(tunnel))
+                close = streams[1].close
+                watched = self.stats.watched(
+                    session, _label(tunnel), pipe, tunnel.idle_timeout, close
+                )
+                self._spawn(watched, _label(tunnel))
 
             return ChannelPipe(count, started)
 
@@ -232,9 +239,20 @@ class WebFront:
             if store is None:
                 raise SshtunError(f"no TLS certificate loaded for {label}")
             tls = TlsStream(pipe, await store.current())
-            await tls.handshake(HANDSHAKE_TIMEOUT)
+            try:
+                await tls.handshake(HANDSHAKE_TIMEOUT)
+            except BaseException:
+                self.stats.count(label, "tls_failed")
+                raise
+            self.stats.count(label, "tls_ok")
             ip = proxyproto.ip_of(orig_host)
-            forwarder = HttpForwarder(tls, streams, connect, None if ip is None else str(ip))
+            forwarder = HttpForwarder(
+                tls,
+                streams,
+                connect,
+                None if ip is None else str(ip),
+                count=lambda kind: self.stats.count(label, kind),
+            )
             await forwarder.run()
             if not pipe.closed:
                 await tls.send_eof()  # close_notify: a clean end for the client
