@@ -152,9 +152,7 @@ async def web_bastion(
     web.setdefault("https_listen", "127.0.0.1:0")
     web.setdefault("http_listen", "127.0.0.1:0")
     audit = tmp_path / "audit.jsonl"
-    config = bastion_config(
-        keys, access, web=WebConfig(**web), audit_log=audit, **(bastion or {})
-    )
+    config = bastion_config(keys, access, web=WebConfig(**web), audit_log=audit, **(bastion or {}))
     async with running_bastion(config) as bastion:
         front = bastion.web
         assert front is not None
