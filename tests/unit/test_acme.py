@@ -469,3 +469,16 @@ async def test_a_reload_keeps_an_unchanged_acme_tunnels_certificate_and_renewer(
         assert front.acme.renewers == {}
     finally:
         await front.close()
+
+
+def test_doctor_reads_an_acme_tunnels_saved_certificate(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from sshtunnel_mgr.doctor.collect import agent_section
+
+    agent = parse_config(agent_toml(ACME), "x.toml", tmp_path).require_agent()
+    section = agent_section(agent, None, datetime.now(UTC))
+    found = [f for f in section.findings if f.check == "agent.tls-certificate"]
+    assert len(found) == 1 and found[0].level is Level.WARN
+    assert "cloud.example.com:443: no ACME certificate saved yet" in found[0].message
+    assert str(tmp_path / "state" / "acme" / "cloud.example.com.pem") in found[0].message
