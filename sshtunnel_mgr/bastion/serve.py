@@ -260,7 +260,7 @@ class Bastion:
         for conn in list(self.state.connections.values()):
             if conn.conn is not None and conn.published:
                 conn.conn.send_debug(DRAIN_NOTICE)
-        live = self.state.routed_channels()
+        live = self.state.in_flight()
         web_live = self.web.routed_open if self.web is not None else 0
         if (live or web_live) and grace > 0:
             ssh, wait = self.state.drained if live else None, f"{grace:.0f}s"
@@ -272,7 +272,7 @@ class Bastion:
                     log,
                     logging.WARNING,
                     "drain incomplete",
-                    routed_channels=self.state.routed_channels(),
+                    routed_channels=self.state.in_flight(),
                     grace=f"{grace:.0f}s",
                     action="closing them",
                 )

@@ -87,6 +87,7 @@ class BastionState:
     wall: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # A worker of a multi-process bastion: every worker's routes (None: one process).
     mesh: RouteMesh | None = None
+    relayed: int = 0  # channels opened here for another worker's clients (workers/relay.py)
 
     def __post_init__(self) -> None:
         limits = self.config.limits
@@ -170,8 +171,12 @@ class BastionState:
         """Client channels currently spliced onto an agent."""
         return sum(c.open_channels for c in self.connections.values())
 
+    def in_flight(self) -> int:
+        """What a stop drains: routed channels, and those relayed for another worker."""
+        return self.routed_channels() + self.relayed
+
     def channel_closed(self) -> None:
-        if not self.accepting and self.routed_channels() == 0:
+        if not self.accepting and self.in_flight() == 0:
             self.drained.set()
 
     def drop_connection(self, conn_id: int) -> None:

@@ -317,3 +317,23 @@ async def test_key_rotation_on_one_worker_reaches_every_worker(keys: Keys, tmp_p
         for source in (FAR, NEAR):
             assert not await _logs_in(s, old_copy, source)
             assert await _logs_in(s, keys.agent.path, source)
+
+
+async def test_stop_drains_a_session_relayed_between_workers(keys: Keys, tmp_path: Path) -> None:
+    """SIGTERM on the supervisor: a session relayed from worker 0 (the client) to worker 1
+    (the agent) keeps flowing until it ends, on both sides, then everything exits 0."""
+    async with (
+        scene(keys, tmp_path, bastion=False) as s,
+        _bastion(s, workers=2, shutdown_grace=60.0) as bastion,
+        s.agent_process(),
+    ):
+        async with s.stream(_from(s, FAR)) as stream:
+            await stream.wait_lines(3)
+            start = bastion.mark()
+            bastion.send_signal(signal.SIGTERM)
+            await bastion.wait_log("draining", "worker=0", start=start)
+            await bastion.wait_log("draining", "worker=1", start=start)
+            await stream.more(10)
+            done = await stream.finish()
+            assert done.returncode == 0 and done.stdout == stream.expected()
+        assert await bastion.wait(60) == 0

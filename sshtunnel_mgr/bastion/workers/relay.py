@@ -239,7 +239,7 @@ class RelayServer:
         if route is None or agent_conn is None or agent_conn.is_closed():
             return {"ok": False, "reason": f"{dest} is not published here any more"}
         stats = route.handle.route_stats.setdefault((name, port), RouteStats(self.state.counters))
-        stream_end = RoutedPipe(on_close=lambda _pipe: stream.close())
+        stream_end = RoutedPipe(on_close=lambda _pipe: self._ended(stream))
         agent_end = RoutedPipe(on_close=stats.closed)
         stream_end.link(agent_end)
         orig = header.get("orig") or ["", 0]
@@ -256,6 +256,7 @@ class RelayServer:
             stream_end.never_opened(result.outcome or "client left during open")
             return {"ok": False, "reason": result.refusal or result.outcome}
         stats.opened(agent_end)
+        self.state.relayed += 1  # drained by a stop as a routed channel is
         event(
             log,
             logging.INFO,
@@ -271,6 +272,12 @@ class RelayServer:
         stream.transport.write(b'{"ok":true}\n')  # before any byte of the home side
         stream.splice(stream_end)
         return None
+
+    def _ended(self, stream: _Stream) -> None:
+        if stream.pipe is not None:  # it was spliced (counted), not refused
+            self.state.relayed -= 1
+            self.state.channel_closed()
+        stream.close()
 
     def close(self) -> None:
         if self._server is not None:
