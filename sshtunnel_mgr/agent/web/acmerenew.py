@@ -70,6 +70,11 @@ class AcmeCertStore(CertStore):
         self.files = AcmeFiles(state_dir, tunnel.name, self.request.directory)
         super().__init__(label, self.files.cert, self.files.cert)
         self.error = PENDING
+        self.span: tuple[float, float] | None = None  # the served certificate's lifetime
+
+    def load(self) -> None:
+        super().load()
+        self.span = lifetime(self.files.cert)
 
     def load_saved(self) -> None:
         """Serve a certificate saved by an earlier run, if there is a readable one
@@ -112,7 +117,7 @@ class AcmeRenewer:
     def due(self) -> float:
         """When the next order is due: now without a valid certificate, else at two
         thirds of its lifetime."""
-        span = lifetime(self.store.files.cert) if self.store.context is not None else None
+        span = self.store.span if self.store.context is not None else None
         return self.clock() if span is None else renew_at(*span)
 
     async def run(self) -> None:
@@ -143,7 +148,7 @@ class AcmeRenewer:
             return self._failed(label, "unexpected", repr(exc), "")
         self.backoff.reset()
         self.failures, self.last_error = 0, ""
-        span = lifetime(self.store.files.cert)
+        span = self.store.span
         assert span is not None and self.store.info is not None
         event(
             log,
