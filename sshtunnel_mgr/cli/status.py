@@ -166,7 +166,29 @@ def format_tunnels(tunnels: list[dict[str, Any]] | None, now: float) -> str:
         )
     if not rows:
         return ""
-    return "\n" + _table(["TUNNEL", "TARGET", "TLS", "PROXY", "CERTIFICATE EXPIRES"], rows)
+    table = _table(["TUNNEL", "TARGET", "TLS", "PROXY", "CERTIFICATE EXPIRES"], rows)
+    return "\n" + table + "".join(f"\n{line}" for line in web_counts(tunnels or []))
+
+
+def web_counts(tunnels: list[dict[str, Any]]) -> list[str]:
+    """A line per web tunnel that served a session: what its sessions did (agent/web/stats)."""
+    lines = []
+    for t in tunnels:
+        if not t.get("sessions"):
+            continue
+        answered = " ".join(
+            f"{code}:{t[f'refused_{code}']}"
+            for code in (400, 408, 431, 502)
+            if t.get(f"refused_{code}")
+        )
+        lines.append(
+            f"{t['name']}: {t['sessions']} sessions ({t.get('open', 0)} open), TLS "
+            f"{t.get('tls_ok', 0)} ok/{t.get('tls_failed', 0)} failed, {t.get('requests', 0)} "
+            f"requests, {t.get('websockets', 0)} websockets, {_bytes(t.get('bytes_in', 0))} in/"
+            f"{_bytes(t.get('bytes_out', 0))} out, {t.get('idle_closed', 0)} idle closed"
+            + (f", answered {answered}" if answered else "")
+        )
+    return lines
 
 
 def format_shims(info: dict[str, Any] | None) -> str:

@@ -213,6 +213,9 @@ async def test_web_path_with_real_processes_from_init_to_revoke(tmp_path: Path) 
             assert status.startswith(b"HTTP/1.1 431"), status
             await browser.close()
 
+            code, out, err = await sshtun("status", "--config", str(afile))
+            assert code == 0, err
+            assert "files.test:443: " in out and "1 idle closed, answered 431:1" in out, out
             _, a = await scrape(ametrics)
             label = '{name="files.test:443"}'
             assert a[f"sshtun_agent_web_sessions_total{label}"] >= 2

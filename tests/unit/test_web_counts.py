@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from sshtunnel_mgr.agent.web.stats import WebStats
 from sshtunnel_mgr.bastion.web.http import one_request_head
+from sshtunnel_mgr.cli.status import format_tunnels
 from sshtunnel_mgr.core.config import TunnelConfig
 from sshtunnel_mgr.core.webconfig import WebConfig
 from sshtunnel_mgr.runtime.metrics import agent_web_samples, web_samples
@@ -118,3 +119,19 @@ def test_idle_timeout_in_both_configs() -> None:
             WebConfig(idle_timeout=bad)
         with pytest.raises(ValidationError):
             TunnelConfig(name="a.test", idle_timeout=bad)
+
+
+def test_agent_status_shows_what_each_web_tunnel_did() -> None:
+    stats = WebStats()
+    pipe = FakePipe(2048, 10)
+    stats.opened("cloud.test:443", pipe)
+    for kind in ("tls_ok", "requests", "requests", "refused_431", "idle_closed"):
+        stats.count("cloud.test:443", kind)
+    row = {"name": "cloud.test:443", "target": "127.0.0.1:8080", "tls": "files"}
+    quiet = {"name": "quiet.test:443", "target": "127.0.0.1:8081", "tls": "passthrough"}
+    text = format_tunnels([{**row, **stats.row("cloud.test:443")}, quiet], 0.0)
+    assert text.splitlines()[-1] == (
+        "cloud.test:443: 1 sessions (1 open), TLS 1 ok/0 failed, 2 requests, 0 websockets, "
+        "2.0KiB in/10B out, 1 idle closed, answered 431:1"
+    )
+    assert "quiet.test:443:" not in text  # no session yet: no line
