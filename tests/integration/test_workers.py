@@ -337,3 +337,14 @@ async def test_stop_drains_a_session_relayed_between_workers(keys: Keys, tmp_pat
             done = await stream.finish()
             assert done.returncode == 0 and done.stdout == stream.expected()
         assert await bastion.wait(60) == 0
+
+
+async def test_a_worker_that_cannot_start_stops_the_bastion(keys: Keys, tmp_path: Path) -> None:
+    """A worker that fails before it serves (here: no host key file) is not restarted in a
+    loop: the supervisor exits with the worker's status and says so."""
+    async with scene(keys, tmp_path, bastion=False, home=False) as s:
+        toml = s.bastion_file(workers=2, host_key=str(tmp_path / "missing_host_key"))
+        async with sshtun_process("bastion", "--config", str(toml), check=False) as bastion:
+            status = await bastion.wait(120)
+            assert status != 0
+            assert bastion.logged("failed to start")

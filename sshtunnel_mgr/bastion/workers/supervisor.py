@@ -163,11 +163,21 @@ class Supervisor:
             await self._listen(worker, reader)
             assert worker.proc is not None
             status = await worker.proc.wait()
+            was_ready = worker.ready.is_set()
             worker.ready.clear()
-            worker.writer = None
+            if worker.writer is not None:
+                worker.writer.close()
+                worker.writer = None
             self._changed(worker.index, {"op": "gone"})
             if self._stopping:
                 return
+            if not was_ready and not worker.restarts and status > 0:
+                # It never started (a host key it cannot read, ...): not restarted in a loop.
+                error = ConfigError if status == ConfigError.exit_code else SshtunError
+                raise error(
+                    f"bastion worker {worker.index} failed to start (exit status {status})",
+                    hint="its log lines above say why",
+                )
             if time.monotonic() - worker.started_at > HEALTHY_AFTER:
                 delay = RESTART_FIRST
             worker.restarts += 1
