@@ -232,6 +232,7 @@ async def test_orders_at_once_renews_at_two_thirds_and_backs_off_on_failure(
     assert len(issued) == 2
     mode = os.stat(store.files.cert).st_mode & 0o777
     assert mode == 0o600 and os.stat(store.files.dir).st_mode & 0o777 == 0o700
+    assert os.stat(store.files.root).st_mode & 0o777 == 0o700
 
 
 async def test_a_saved_certificate_is_served_at_start_and_renewed_when_due(tmp_path: Path) -> None:
@@ -481,4 +482,22 @@ def test_doctor_reads_an_acme_tunnels_saved_certificate(tmp_path: Path) -> None:
     found = [f for f in section.findings if f.check == "agent.tls-certificate"]
     assert len(found) == 1 and found[0].level is Level.WARN
     assert "cloud.example.com:443: no ACME certificate saved yet" in found[0].message
-    assert str(tmp_path / "state" / "acme" / "cloud.example.com.pem") in found[0].message
+    saved = AcmeFiles(tmp_path / "state", "cloud.example.com", LETSENCRYPT).cert
+    assert saved.parent.parent == tmp_path / "state" / "acme"
+    assert saved.parent.name.startswith("acme-v02.api.letsencrypt.org-")
+    assert str(saved) in found[0].message
+
+
+def test_a_certificate_from_another_directory_is_not_served(tmp_path: Path) -> None:
+    """Staging first, then production: the staging certificate (untrusted) is not reused."""
+    import time
+
+    staging = "https://acme-staging-v02.api.letsencrypt.org/directory"
+    files = AcmeFiles(tmp_path, "cloud.test", staging)
+    chain, key = Ca().fullchain("cloud.test", time.time(), 90)
+    files.save(chain, key)
+    assert WebFront.prepare([acme_tunnel(acme_directory=staging)], tmp_path)[
+        "cloud.test:443"
+    ].context
+    production = WebFront.prepare([acme_tunnel()], tmp_path)["cloud.test:443"]
+    assert production.context is None

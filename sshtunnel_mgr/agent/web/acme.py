@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -74,18 +75,23 @@ class Challenges:
 
 
 class AcmeFiles:
-    """Where one name's ACME state lives under the agent's state directory (made 0700):
-    ``acme/account-<directory hash>.key`` and ``acme/<name>.pem`` (chain, then key)."""
+    """Where one name's ACME state lives under the agent's state directory: one directory
+    per CA (``acme/<CA host>-<directory hash>/``, it and ``acme/`` made 0700) holding the
+    account key (``account.key``) and each name's chain and key (``<name>.pem``). A
+    certificate from another directory (staging before production) is never served."""
 
     def __init__(self, state_dir: Path, name: str, directory: str) -> None:
-        self.dir = state_dir / "acme"
-        digest = hashlib.sha256(directory.encode()).hexdigest()[:16]
-        self.account_key = self.dir / f"account-{digest}.key"
+        digest = hashlib.sha256(directory.encode()).hexdigest()[:12]
+        host = "".join(c if c.isalnum() or c in ".-" else "_" for c in urlsplit(directory).netloc)
+        self.root = state_dir / "acme"
+        self.dir = self.root / f"{host or 'ca'}-{digest}"
+        self.account_key = self.dir / "account.key"
         self.cert = self.dir / f"{name}.pem"
 
     def ensure_dir(self) -> None:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        for directory in (self.root, self.dir):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
 
     def load_account_key(self) -> ec.EllipticCurvePrivateKey:
         """The account key, made (and written 0600) the first time."""

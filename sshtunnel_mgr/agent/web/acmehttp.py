@@ -10,6 +10,7 @@ the bastion answers there, a 308 to https. The connection is closed after the an
 from __future__ import annotations
 
 import asyncio
+import re
 
 import h11
 
@@ -19,6 +20,7 @@ from sshtunnel_mgr.agent.web.tlsstream import ByteStream
 PREFIX = b"/.well-known/acme-challenge/"
 MAX_HEAD = 8 * 1024
 HEAD_TIMEOUT = 10.0
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")  # base64url, as RFC 8555 section 8.3 says
 
 
 def reply(request: h11.Request | None, challenges: Challenges, name: str) -> tuple[int, bytes]:
@@ -28,7 +30,7 @@ def reply(request: h11.Request | None, challenges: Challenges, name: str) -> tup
     target = request.target
     if target.startswith(PREFIX) and request.method in (b"GET", b"HEAD"):
         token = target[len(PREFIX) :].decode("ascii", "replace")
-        answer = challenges.answer(token) if token.isascii() and "/" not in token else None
+        answer = challenges.answer(token) if TOKEN.fullmatch(token) else None
         return (404, b"") if answer is None else (200, answer.encode("ascii"))
     return 308, b""
 
