@@ -5,9 +5,10 @@ ending TLS at home in front of a plain HTTP server), then real ``sshtun bastion`
 ``sshtun up`` processes and curl/python's ssl as browsers (``--resolve``: no DNS).
 
 It checks what an operator sees (``sshtun status``, both metrics endpoints scraped over
-HTTP), that a SIGHUP reload keeps a live keep-alive connection, that the agent closes an
-idle web session, and that ``sshtun keys revoke`` of the agent's key withdraws its names
-(the browser then gets the refusal, and the agent stops with status 5)."""
+HTTP), that a SIGHUP reload keeps a live keep-alive connection, that the agent and the
+bastion each close an idle web connection, and that ``sshtun keys revoke`` of the agent's
+key withdraws its names (the browser then gets the refusal, and the agent stops with
+status 5)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import tomli_w
 from tests.harness import SSHTUN, free_port, process, wait_for
 from tests.integration.processes import sshtun_process
 from tests.integration.test_metrics import scrape
+from tests.integration.test_web_https import hello_for
 from tests.integration.web_peers import Pki, curl, make_pki, tls_server
 
 pytestmark = pytest.mark.asyncio
@@ -120,6 +122,7 @@ async def test_web_path_with_real_processes_from_init_to_revoke(tmp_path: Path) 
             "https_listen": f"127.0.0.1:{https}",
             "http_listen": f"127.0.0.1:{http}",
             "public": ["cloud.test", "files.test"],
+            "idle_timeout": 3.0,  # the agent's files.test: 1.5 s
         }
 
     bfile = bdir / "bastion.toml"
@@ -234,6 +237,16 @@ async def test_web_path_with_real_processes_from_init_to_revoke(tmp_path: Path) 
             _, m = await scrape(bmetrics)
             assert m['sshtun_bastion_web_connections_total{outcome="routed"}'] >= 3
             assert m["sshtun_bastion_web_idle_closed_total"] == 0  # the agent's was first
+            # A client that sends its ClientHello for cloud.test (passed through: no idle
+            # timeout at home) and then nothing: the bastion closes it after its 3 s.
+            reader, writer = await asyncio.open_connection("127.0.0.1", https)
+            writer.write(hello_for(b"cloud.test"))
+            while await asyncio.wait_for(reader.read(65536), 30):
+                pass  # the home server's hello, then the close
+            writer.close()
+            await bastion.wait_log("web idle", "cloud.test")
+            _, m = await scrape(bmetrics)
+            assert m["sshtun_bastion_web_idle_closed_total"] == 1
 
             # Revoke the agent's key: its names are withdrawn at once, the browser gets
             # the refusal, and the agent (its key refused) stops with status 5.
