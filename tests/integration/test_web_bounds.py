@@ -86,6 +86,7 @@ async def test_web_connections_count_against_the_publishing_keys_channel_cap(
             await wait_for(lambda: state.key_usage.channels(agent) == 0)
             async with kept_alive(web.http, "plain.test"), kept_alive(web.http, "plain.test"):
                 assert front.key_channels == {agent: 2}
+                assert web.bastion.snapshot()["web"]["by_key"] == {agent: 2}
                 # The key holds its two: HTTPS gets the alert every refusal gets, also
                 # for another name the same key published ...
                 hello = hello_for(b"cloud.test")

@@ -232,4 +232,5 @@ class WebFront:
             "deciding": len(self._deciding),
             "routed_open": self.routed_open,
             "idle_timeout": self.config.idle_timeout,
+            "by_key": dict(self.key_channels),  # routed web connections per publishing key
         }
