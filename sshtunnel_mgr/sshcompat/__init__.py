@@ -38,6 +38,8 @@ The shims (name: module):
 - ``recv_feed``, ``aead_glue`` (``datapath``): asyncssh's receive parser fed one packet
   at a time (no copy of the whole unread buffer per packet); one ``AESGCM`` per key and
   one ChaCha20 stream per packet, the tag joined once.
+- ``data_packets`` (``sendfast``): a channel data packet built in one join, not four
+  concatenations.
 - ``quiet_packet_log`` (``debuglevel``): no per-packet log text unless packet logging is on.
 - ``kexguess`` (``kexguess``): judge a peer's guessed first key-exchange packet by RFC 4253
   §7, so Dropbear's ``dbclient`` connects whatever the server's algorithm order.
@@ -96,6 +98,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "quiet_packet_log": ("debuglevel", "SHIM"),
     "recv_feed": ("datapath", "RECV_FEED"),
     "aead_glue": ("datapath", "AEAD_GLUE"),
+    "data_packets": ("sendfast", "SHIM"),
     "kexguess": ("kexguess", "SHIM"),
     "sigpolicy": ("sigpolicy", "SHIM"),
     "disconnects": ("disconnects", "SHIM"),

@@ -22,7 +22,8 @@ at import, other asyncssh users in the process are untouched):
 3. **No packet-log formatting unless packet logging is on** (shim ``quiet_packet_log``,
    in ``debuglevel.py``).
 4. **Fewer copies per packet** (shims ``recv_feed`` and ``aead_glue``, in
-   ``datapath.py``): the receive parser fed one packet at a time, one AEAD object per key.
+   ``datapath.py``): the receive parser fed one packet at a time, one AEAD object per key;
+   channel data packets built in one join (shim ``data_packets``, ``sendfast.py``).
 
 Everything else is untouched: rekeying (the byte count still runs in ``send_packet``),
 keepalives, channel windows, packet sizes, padding and MACs.
@@ -51,6 +52,8 @@ from sshtunnel_mgr.sshcompat.datapath import install_aead_glue as aead_glue
 from sshtunnel_mgr.sshcompat.datapath import install_recv_feed as recv_feed
 from sshtunnel_mgr.sshcompat.debuglevel import SHIM as QUIET_PACKET_LOG
 from sshtunnel_mgr.sshcompat.debuglevel import install as quiet_packet_log
+from sshtunnel_mgr.sshcompat.sendfast import SHIM as DATA_PACKETS
+from sshtunnel_mgr.sshcompat.sendfast import install as data_packets
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +90,17 @@ class Tuning:
     quiet_packet_log: bool = False
     aead_glue: bool = False
     recv_feed: bool = False
+    data_packets: bool = False
 
     def __str__(self) -> str:
-        names = ("cork", "skip_ignore", "quiet_packet_log", "aead_glue", "recv_feed")
+        names = (
+            "cork",
+            "skip_ignore",
+            "quiet_packet_log",
+            "aead_glue",
+            "recv_feed",
+            "data_packets",
+        )
         return ",".join(n for n in names if getattr(self, n)) or "none"
 
 
@@ -130,12 +141,15 @@ def tune_connection(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConne
     feed = _install(RECV_FEED, recv_feed, conn)
     if glue and not feed:
         glue = refresh_on_read(conn)
+    skip = _install(SKIP_IGNORE, _skip_ignore, conn)
     tuning = Tuning(
         cork=_install(CORK, _cork, conn),
-        skip_ignore=_install(SKIP_IGNORE, _skip_ignore, conn),
+        skip_ignore=skip,
         quiet_packet_log=_install(QUIET_PACKET_LOG, quiet_packet_log, conn),
         aead_glue=glue,
         recv_feed=feed,
+        # Needs both: it sends no MSG_IGNORE, and only on a send cipher the glue tuned.
+        data_packets=skip and glue and _install(DATA_PACKETS, data_packets, conn),
     )
     event(log, logging.DEBUG, "asyncssh tuning", applied=str(tuning))
     return tuning

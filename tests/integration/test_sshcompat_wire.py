@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import asyncssh.channel
 import asyncssh.connection
 import asyncssh.encryption
 import pytest
@@ -86,6 +87,7 @@ CHANGES: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "quiet_packet_log": _float_level,
     "recv_feed": _reshaped(Connection, "_recv_packet"),
     "aead_glue": _reshaped(asyncssh.encryption.GCMEncryption, "encrypt_packet"),
+    "data_packets": _reshaped(asyncssh.channel.SSHChannel, "send_packet"),
     "kexguess": _sync_kexinit_handler,
     "sigpolicy": _reshaped(Server, "validate_public_key"),
     "disconnects": _reshaped(Connection, "_send_disconnect"),
@@ -143,6 +145,7 @@ async def test_every_shim_active_and_the_tunnel_works(keys: Keys, tmp_path: Path
         "quiet_packet_log",
         "recv_feed",
         "aead_glue",
+        "data_packets",
         "kexguess",
         "keyerrors",
     ]

@@ -33,9 +33,16 @@ from tests.harness import (
     write_ssh_config,
 )
 
-MSG_IGNORE, MSG_KEXINIT = 2, 20
+MSG_IGNORE, MSG_KEXINIT, MSG_CHANNEL_DATA = 2, 20, 94
 MIB = 1 << 20
-FULL = Tuning(cork=True, skip_ignore=True, quiet_packet_log=True, aead_glue=True, recv_feed=True)
+FULL = Tuning(
+    cork=True,
+    skip_ignore=True,
+    quiet_packet_log=True,
+    aead_glue=True,
+    recv_feed=True,
+    data_packets=True,
+)
 
 
 class Recorder:
@@ -46,12 +53,20 @@ class Recorder:
     def __init__(self, split: random.Random | None = None) -> None:
         self.tuning: list[Tuning] = []
         self.received: Counter[int] = Counter()
+        self.slow: Counter[int] = Counter()  # packets sent through asyncssh's send_packet
         self.conns: list[Any] = []
         self._split = split
 
     def tune(self, conn: Any) -> None:
         self.tuning.append(tune_connection(conn))
         self.conns.append(conn)
+        sending = conn.send_packet
+
+        def sent(pkttype: int, *args: bytes, **kwargs: Any) -> None:
+            self.slow[pkttype] += 1  # data_packets (sendfast.py) sends data not this way
+            sending(pkttype, *args, **kwargs)
+
+        conn.send_packet = sent
         if self._split is not None:
             rng, fed = self._split, conn.data_received
 
@@ -222,7 +237,24 @@ async def test_reads_cut_anywhere_reach_the_parser_intact(keys: Keys, cipher: st
                     break
             assert tuned == [aead] * 4
     assert server_recorder.tuning == [FULL] and client_recorder.tuning == [FULL]
-    assert client_recorder.received[MSG_KEXINIT] >= 4
+
+
+@pytest.mark.parametrize(
+    "cipher", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"]
+)
+async def test_data_packets_built_by_the_shim_only_for_aead(keys: Keys, cipher: str) -> None:
+    """No rekeying: with an AEAD cipher every data packet after login is built by
+    data_packets (sendfast.py), none by asyncssh's send_packet; with CTR all of them are
+    asyncssh's. 2 MiB each way, intact."""
+    server_recorder, client_recorder = Recorder(), Recorder()
+    async with _serve(keys, server_recorder, cipher) as port:
+        opts = _client_opts(keys, port, client_recorder, cipher)
+        async with asyncssh.connect("127.0.0.1", **opts) as conn:
+            await _round_trip(conn, 2 * MIB)
+    for side in (server_recorder, client_recorder):
+        assert side.tuning == [FULL]
+        slow = side.slow[MSG_CHANNEL_DATA]
+        assert slow == 0 if cipher != "aes128-ctr" else slow >= 64
 
 
 async def test_packet_log_still_written_at_debug_level_3(
@@ -262,7 +294,9 @@ async def test_a_tunnelled_connection_stays_uncorked_and_works(
             asyncssh.connect("127.0.0.1", tunnel=outer, **opts) as inner,
         ):
             await _round_trip(inner, 2 * MIB)
-    inner = Tuning(skip_ignore=True, quiet_packet_log=True, aead_glue=True, recv_feed=True)
+    inner = Tuning(
+        skip_ignore=True, quiet_packet_log=True, aead_glue=True, recv_feed=True, data_packets=True
+    )
     assert client_recorder.tuning == [FULL, inner]
     assert server_recorder.tuning == [FULL, FULL]  # the server sees two TCP connections
 

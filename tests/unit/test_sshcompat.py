@@ -20,6 +20,7 @@ from typing import Any
 import asyncssh
 import asyncssh.connection
 import pytest
+from asyncssh.channel import SSHChannel
 from asyncssh.encryption import GCMEncryption
 
 from sshtunnel_mgr import sshcompat
@@ -56,6 +57,7 @@ def test_every_shim_is_active_on_the_supported_asyncssh() -> None:
         "quiet_packet_log",
         "recv_feed",
         "aead_glue",
+        "data_packets",
         "kexguess",
         "keyerrors",
     }
@@ -92,6 +94,7 @@ REMOVALS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "quiet_packet_log": lambda mp: mp.delattr(Logger, "_debug_level"),
     "recv_feed": lambda mp: mp.delattr(Connection, "_recv_pkthdr"),
     "aead_glue": lambda mp: mp.setattr(GCMEncryption, "encrypt_packet", lambda self, *a: None),
+    "data_packets": lambda mp: mp.setattr(SSHChannel, "send_packet", lambda self, *a: None),
     "kexguess": lambda mp: mp.setattr(Connection, "_packet_handlers", {}),
     "sigpolicy": lambda mp: mp.delattr(Server, "validate_public_key"),
     "disconnects": lambda mp: mp.delattr(Connection, "_send_disconnect"),
@@ -124,8 +127,8 @@ def test_the_start_line_names_the_active_shims(caplog: pytest.LogCaptureFixture)
     assert record.levelno == logging.INFO
     assert record.getMessage() == (
         "asyncssh shims role=agent asyncssh=2.24.1 tested=true "
-        "active=cork,skip_ignore,quiet_packet_log,recv_feed,aead_glue,kexguess,keyerrors "
-        "stepped_aside=-"
+        "active=cork,skip_ignore,quiet_packet_log,recv_feed,aead_glue,data_packets,kexguess,"
+        "keyerrors stepped_aside=-"
     )
 
 
