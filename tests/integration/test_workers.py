@@ -348,3 +348,14 @@ async def test_a_worker_that_cannot_start_stops_the_bastion(keys: Keys, tmp_path
             status = await bastion.wait(120)
             assert status != 0
             assert bastion.logged("failed to start")
+
+
+def test_workers_key(keys: Keys, tmp_path: Path) -> None:
+    """``workers``: a number from 1, or "auto" (the cores this process may run on)."""
+    access = tmp_path / "access"
+    assert bastion_config(keys, access).worker_count == 1  # the default: one process
+    auto = bastion_config(keys, access, workers="auto")
+    assert auto.worker_count == len(os.sched_getaffinity(0))
+    for bad in (0, "2", "many"):
+        with pytest.raises(ValueError, match="workers"):
+            bastion_config(keys, access, workers=bad)
