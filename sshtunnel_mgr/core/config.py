@@ -83,7 +83,6 @@ class TunnelConfig(_Model):
     acme_directory: str | None = None  # Let's Encrypt's production directory unless set
     acme_email: str | None = None
     acme_ca_bundle: Path | None = None  # CAs to trust for the directory's own HTTPS
-    acme_challenge: Literal["http-01", "tls-alpn-01"] | None = None  # http-01 unless set
     proxy_protocol: Literal["v1", "v2"] | None = None
     idle_timeout: IdleSeconds = IDLE_TIMEOUT  # a web session idle this long closes; 0: never
 
