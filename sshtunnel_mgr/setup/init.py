@@ -52,6 +52,9 @@ def parse_tunnel(spec: str) -> dict[str, object]:
     return {"name": name, "port": port, "target": target}
 
 
+SYSTEMD_AGENT_STATE_DIR = Path("/var/lib/sshtun-agent")  # the agent unit's StateDirectory=
+
+
 def plan_agent_init(
     directory: Path, bastion: str, bastion_key: str, tunnels: list[str], systemd: bool = False
 ) -> list[Action]:
@@ -63,6 +66,8 @@ def plan_agent_init(
             "tunnels": [parse_tunnel(t) for t in tunnels],
         }
     }
+    if systemd:  # where an acme tunnel keeps its account key and certificates
+        config["agent"]["state_dir"] = str(SYSTEMD_AGENT_STATE_DIR)
     return [
         Action("mkdir", directory, 0o755),
         Action("keygen", directory / "agent_key", 0o600, comment="the agent's ed25519 key"),

@@ -243,6 +243,8 @@ async def test_init_systemd_says_how_to_start_the_unit_and_up_by_hand_explains(
     config = directory.absolute() / "agent.toml"
     assert f"sshtun systemd install --role agent --config {config}" in out
     assert "Then run: sshtun up" not in out  # that command cannot read a credential
+    # an acme tunnel added later keeps its certificates in the unit's StateDirectory
+    assert 'state_dir = "/var/lib/sshtun-agent"' in config.read_text()
     assert "CREDENTIALS_DIRECTORY" not in os.environ
     async with process(*SSHTUN, "up", "--config", str(config)) as proc:
         code = await proc.wait()
