@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-CHUNK = 32 * 1024
+CHUNK = 32 * 1024  # --chunk-kib: the size of each write
 # PYTHONPATH (a tree to measure) first, then this checkout.
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
@@ -171,6 +171,7 @@ def count(args: argparse.Namespace) -> int:
                 "--size-mib",
                 str(mib),
                 *(["--stock"] if args.stock else []),
+                f"--chunk-kib={args.chunk_kib}",
                 "--no-verify",  # SHA-256 is the benchmark's cost, not the tunnel's
                 args.direction,
             ]
@@ -185,7 +186,7 @@ def count(args: argparse.Namespace) -> int:
                 Path(args.keep).write_bytes(out.read_bytes())
     per_byte = (results[args.size_mib] - results[0]) / (args.size_mib * 2**20)
     print(
-        f"{args.cipher} {args.direction} {args.size_mib} MiB"
+        f"{args.cipher} {args.direction} {args.size_mib} MiB, {args.chunk_kib} KiB writes"
         f"{' stock' if args.stock else ''}: {per_byte:.3f} instructions/byte "
         f"(Ir {results[args.size_mib]} - {results[0]})"
     )
@@ -224,6 +225,9 @@ def main() -> int:
     p.add_argument("--cipher", default="aes128-gcm@openssh.com")
     p.add_argument("--size-mib", type=int, default=32)
     p.add_argument("--stock", action="store_true", help="no sshtun tuning")
+    p.add_argument(
+        "--chunk-kib", type=int, default=32, help="write size (256: a TCP read at the agent)"
+    )
     p.add_argument("--count", action="store_true", help="count instructions with callgrind")
     p.add_argument("--keep", metavar="FILE", help="with --count: keep the N MiB callgrind file")
     p.add_argument("--top", type=int, default=15, help="with --count: functions shown")
@@ -231,6 +235,8 @@ def main() -> int:
     args = p.parse_args()
     if not 0 <= args.size_mib <= 1024:
         p.error("--size-mib must be 0..1024")
+    global CHUNK
+    CHUNK = args.chunk_kib * 1024
     if args.count:
         return count(args)
     cipher = asyncio.run(
