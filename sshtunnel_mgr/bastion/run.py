@@ -63,11 +63,6 @@ async def serve(
     if config.worker_count > 1:
         if config_path is None:
             raise ConfigError("workers > 1 needs the bastion's config file for its workers")
-        if config.web.https_listen or config.web.http_listen:  # each worker would bind them
-            raise ConfigError(
-                "workers: more than one worker does not serve [bastion.web] yet",
-                hint="set workers = 1 on a bastion with web listeners",
-            )
         await _supervise(config, config_path, stop, reload, handle_signals)
         return
     bastion = Bastion(config, load=load)

@@ -57,6 +57,8 @@ class Bastion:
         # A worker (bastion/workers): listening sockets its supervisor bound, used instead
         # of binding bastion.listen; the "listening" line is then the supervisor's.
         self.inherited: list[socket.socket] | None = None
+        # ... and the web listeners' ("https"/"http"), served instead of binding [bastion.web]
+        self.web_inherited: dict[str, list[socket.socket]] | None = None
 
     def reload_from_file(self) -> dict[str, Any]:
         """Re-read the config file (then the access file it names) and apply it. Reads on
@@ -116,7 +118,7 @@ class Bastion:
                 ) from None
         self.addresses = self.listener.addresses
         if self.config.web.https_listen or self.config.web.http_listen:
-            self.web = WebFront(self.state, self.config.web)
+            self.web = WebFront(self.state, self.config.web, self.web_inherited)
             try:
                 await self.web.start()
             except ConfigError:

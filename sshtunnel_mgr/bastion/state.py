@@ -60,6 +60,12 @@ class RouteMesh(Protocol):
     ) -> Awaitable[Pipe]:
         """Open ``route`` through the worker that holds it (a relay); the client's end."""
 
+    def relay_web(
+        self, route: Route[int], orig: tuple[str, int], conn_id: int, end: Pipe
+    ) -> Awaitable[str]:
+        """A web connection onto ``route`` of another worker: ``end`` spliced onto the
+        relay (``""``), or why not (bastion/web/conn.py)."""
+
 
 @dataclass
 class BastionState:

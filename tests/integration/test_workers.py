@@ -20,9 +20,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from sshtunnel_mgr.bastion import serve
 from sshtunnel_mgr.bastion.workers.sockets import reuseport_group
-from sshtunnel_mgr.core.errors import ConfigError
 from sshtunnel_mgr.keys.store import load_private_key
 from sshtunnel_mgr.runtime.admin import query
 from tests.harness import (
@@ -289,15 +287,6 @@ async def test_takeover_and_per_key_cap_across_workers(keys: Keys, tmp_path: Pat
             second = await login(NEAR)
             await asyncio.wait_for(second.wait_closed(), 30)  # refused after login
             assert not held.is_closed()
-
-
-async def test_workers_with_web_listeners_refused_for_now(keys: Keys, tmp_path: Path) -> None:
-    """Each worker would bind the web listeners itself: refused with the reason instead,
-    before anything is bound."""
-    web = {"https_listen": "127.0.0.1:0"}
-    config = bastion_config(keys, tmp_path / "access", 0, workers=2, web=web)
-    with pytest.raises(ConfigError, match=r"workers: more than one worker"):
-        await serve(config, config_path=tmp_path / "bastion.toml")
 
 
 async def test_key_rotation_on_one_worker_reaches_every_worker(keys: Keys, tmp_path: Path) -> None:

@@ -12,6 +12,9 @@ asks its ``HeadReader`` (https.py: the ClientHello; http.py: the request head) w
   channel. The TCP side of the splice is a ``RoutedPipe`` whose "channel" is the asyncio
   transport: it has the same calls (write, write_eof, close, is_closing, pause_reading,
   resume_reading), so the splice's bounds and backpressure (bastion/splice.py) hold here too.
+  In a worker of a multi-process bastion, a name another worker holds is opened by that
+  worker, through its relay socket (workers/relay.py: the same header as an SSH client's,
+  originator the real client address); the relay stream is then the agent's end.
 
 Before it opens, the connection is counted against the publishing key's
 ``max_channels_per_key`` (``Front.claim``; at the cap the reader's ``busy`` answer goes
@@ -59,7 +62,7 @@ class Reply:
 
 @dataclass(frozen=True)
 class Forward:
-    route: Route[LiveConnection]
+    route: Route[LiveConnection] | Route[int]  # int: held by that worker (a relay)
     name: str
     # What the agent gets instead of the bytes read (None: those bytes, as they came).
     replay: bytes | None = None
@@ -273,11 +276,14 @@ class WebConn(asyncio.Protocol):
 
     async def _open(self, forward: Forward) -> None:
         route, state = forward.route, self.state
-        stats = route.handle.route_stats.setdefault(
-            (route.name, route.port), RouteStats(state.counters)
-        )
+        local = None if isinstance(route.handle, int) else route
+        stats = None
+        if local is not None:
+            stats = local.handle.route_stats.setdefault(
+                (route.name, route.port), RouteStats(state.counters)
+            )
         client_end = RoutedPipe(on_close=self._pipe_closed)
-        agent_end = RoutedPipe(on_close=stats.closed)
+        agent_end = RoutedPipe(on_close=None if stats is None else stats.closed)
         client_end.link(agent_end)
         client_end.record = RouteRecord(
             route.name, route.port, route.conn_id, route.owner, time.monotonic(), self.reader.via
@@ -289,24 +295,27 @@ class WebConn(asyncio.Protocol):
         if forward.one_request:
             self._drop_input = True
             client_end.eof_received()  # the agent answers this one request, then closes
-        agent_conn = route.handle.conn
+        orig = (self.peer_ip, self.peer_port)
         if self._closed:
             outcome, refusal = "client left during open", ""
-        elif agent_conn is None or agent_conn.is_closed():
+        elif local is None:  # another worker's agent: through its relay socket
+            mesh = state.mesh
+            assert mesh is not None
+            route_int = cast(Route[int], route)
+            outcome = refusal = await mesh.relay_web(route_int, orig, self.conn_id, agent_end)
+            if not outcome:
+                state.counters["web_routed_relayed"] += 1
+        elif (agent_conn := local.handle.conn) is None or agent_conn.is_closed():
             outcome = refusal = "agent connection lost during open"
         else:
+            assert stats is not None
             result = await open_agent_end(
-                agent_conn,
-                agent_end,
-                route,
-                (self.peer_ip, self.peer_port),
-                stats,
-                state.config.limits,
-                self,
+                agent_conn, agent_end, local, orig, stats, state.config.limits, self
             )
             outcome, refusal = result.outcome, result.refusal
         if not outcome and not self._closed:
-            stats.opened(agent_end)
+            if stats is not None:
+                stats.opened(agent_end)
             state.counters["web_routed_ok"] += 1
             transport = self.transport
             assert transport is not None

@@ -1,8 +1,9 @@
 """The web listeners of a bastion (``[bastion.web]``), and every connection on them.
 
-``WebFront.start()`` binds ``https_listen`` and ``http_listen`` (each off unless set);
-each accepted connection is a ``WebConn`` (conn.py) with the reader of its listener. The
-front holds them all: the ones still sending their head, counted per source (a source
+``WebFront.start()`` binds ``https_listen`` and ``http_listen`` (each off unless set), or
+serves the sockets a worker's supervisor bound for them (``inherited``); each accepted
+connection is a ``WebConn`` (conn.py) with the reader of its listener. The front holds
+them all: the ones still sending their head, counted per source (a source
 over ``max_pending_per_source`` is refused at once: many slow heads cost it, not us), and
 the tasks that open agent channels. ``close()`` stops accepting and closes every
 connection still deciding; spliced ones end with their agent's channel (or ``close_all``).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import Counter
 from typing import Any
 
@@ -49,9 +51,15 @@ async def drained(ssh: asyncio.Event | None, web: WebFront | None) -> None:
 
 
 class WebFront:
-    def __init__(self, state: BastionState, config: WebConfig) -> None:
+    def __init__(
+        self,
+        state: BastionState,
+        config: WebConfig,
+        inherited: dict[str, list[socket.socket]] | None = None,
+    ) -> None:
         self.state = state
         self.config = config
+        self.inherited = inherited  # a worker's: "https"/"http" sockets, never bound here
         self.policy = WebPolicy(config)
         self.rate = SourceRate()
         self.servers: list[asyncio.Server] = []
@@ -79,10 +87,15 @@ class WebFront:
 
     async def start(self) -> None:
         https, http = self.config.https_address, self.config.http_address
-        if https is not None:
-            self.https_addresses = await self._listen(https, self._https_reader)
-        if http is not None:
-            self.http_addresses = await self._listen(http, self._http_reader)
+        if self.inherited is not None:
+            got = self.inherited
+            self.https_addresses = await self._serve(got.get("https", []), self._https_reader)
+            self.http_addresses = await self._serve(got.get("http", []), self._http_reader)
+        else:
+            if https is not None:
+                self.https_addresses = await self._listen(https, self._https_reader)
+            if http is not None:
+                self.http_addresses = await self._listen(http, self._http_reader)
         if self.enabled:
             event(
                 log,
@@ -108,6 +121,9 @@ class WebFront:
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                 hint="check bastion.web https_listen/http_listen; is another server there?",
             ) from None
+        return await self._serve(socks, reader)
+
+    async def _serve(self, socks: list[socket.socket], reader: Any) -> list[tuple[str, int]]:
         loop = asyncio.get_running_loop()
         bound = []
         for sock in socks:

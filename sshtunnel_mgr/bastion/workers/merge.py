@@ -26,10 +26,27 @@ def status(
         "connections": sum(a.get("connections", 0) for a in got),
         "access_keys": first.get("access_keys", 0),
         "names": names,
-        "web": first.get("web"),
+        "web": web(got),
         "asyncssh": first.get("asyncssh"),
         "workers": workers,
     }
+
+
+def web(answers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The workers' web front snapshots (front.py) merged: the listeners and rules are
+    every worker's (one socket group), the counts add up; each worker's in ``workers``."""
+    found = [(a.get("worker"), a["web"]) for a in answers if isinstance(a.get("web"), dict)]
+    if not found:
+        return None
+    by_key: Counter[str] = Counter()
+    for _, front in found:
+        by_key.update(front.get("by_key", {}))
+    total = {k: sum(int(f.get(k) or 0) for _, f in found) for k in WEB_COUNTS}
+    rows = [{"worker": w, **{k: f.get(k, 0) for k in WEB_COUNTS}} for w, f in found]
+    return {**found[0][1], **total, "by_key": dict(by_key), "workers": rows}
+
+
+WEB_COUNTS = ("connections", "deciding", "routed_open")
 
 
 def reload(answers: list[Any]) -> dict[str, Any]:

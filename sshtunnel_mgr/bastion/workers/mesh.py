@@ -187,3 +187,12 @@ class Mesh:
     ) -> Awaitable[Pipe]:
         path = relay_path(self.directory, route.handle)
         return relay.open_remote(self.state, client, refusals, route, orig, on_close, path)
+
+    async def relay_web(
+        self, route: Route[int], orig: tuple[str, int], conn_id: int, end: Pipe
+    ) -> str:
+        """A web connection (``conn_id``, from ``orig``) onto ``route`` of another worker:
+        ``end`` spliced onto the relay (``""``), or why not."""
+        header = relay.header_for(route, orig, conn_id, "", orig[0])
+        timeout = self.state.config.limits.open_timeout + 5
+        return await relay.connect(relay_path(self.directory, route.handle), header, end, timeout)

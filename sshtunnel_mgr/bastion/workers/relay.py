@@ -130,6 +130,47 @@ class _Stream(asyncio.Protocol):
 
 
 # Worker A: the client's side --------------------------------------------------------------
+async def connect(path: Path, header: dict[str, Any], end: Pipe, timeout: float) -> str:
+    """Ask the worker at ``path`` to open ``header``'s route; on its ok, ``end`` is spliced
+    onto the relay stream and ``""`` returned, else the reason (the stream closed)."""
+    dest = f"{header['name']}:{header['port']}"
+    stream: _Stream | None = None
+    try:
+        loop = asyncio.get_running_loop()
+        _, opened = await asyncio.wait_for(loop.create_unix_connection(_Stream, str(path)), 5)
+        stream = opened
+        assert opened.transport is not None
+        opened.transport.write(json.dumps(header).encode() + b"\n")
+        answer = await asyncio.wait_for(asyncio.shield(opened.header), timeout)
+    except (OSError, ValueError, TimeoutError) as exc:
+        if stream is not None:
+            stream.close()
+        refusal = f"{dest}: the worker holding it did not answer ({exc or type(exc).__name__})"
+        answer = {"ok": False, "reason": refusal}
+    if answer.get("ok") is True and stream is not None and not stream.closed:
+        stream.splice(cast(RoutedPipe, end))
+        return ""
+    if stream is not None:
+        stream.close()
+    return str(answer.get("reason") or f"{dest}: relay closed")
+
+
+def header_for(
+    route: Route[int], orig: tuple[str, int], conn_id: int, key: str, source: str
+) -> dict[str, Any]:
+    """The relay header: the route, the originator address the agent is told (the real
+    client's), and for the holding worker's log the client's connection, key and source."""
+    return {
+        "name": route.name,
+        "port": route.port,
+        "conn": route.conn_id,
+        "orig": list(orig),
+        "client_conn": conn_id,
+        "key": key,
+        "from": source,
+    }
+
+
 async def open_remote(
     state: BastionState,
     client: LiveConnection,
@@ -147,37 +188,14 @@ async def open_remote(
         route.name, route.port, route.conn_id, route.owner, time.monotonic()
     )
     dest = f"{route.name}:{route.port}"
-    header = {
-        "name": route.name,
-        "port": route.port,
-        "conn": route.conn_id,
-        "orig": list(orig),
-        "client_conn": client.conn_id,
-        "key": client.entry.fingerprint if client.entry else "",
-        "from": client.peer_ip,
-    }
+    key = client.entry.fingerprint if client.entry else ""
+    header = header_for(route, orig, client.conn_id, key, client.peer_ip)
     timeout = state.config.limits.open_timeout + 5  # B's own open is bounded by open_timeout
-    stream: _Stream | None = None
-    try:
-        loop = asyncio.get_running_loop()
-        _, opened = await asyncio.wait_for(loop.create_unix_connection(_Stream, str(path)), 5)
-        stream = opened
-        assert opened.transport is not None
-        opened.transport.write(json.dumps(header).encode() + b"\n")
-        answer = await asyncio.wait_for(asyncio.shield(opened.header), timeout)
-    except (OSError, ValueError, TimeoutError) as exc:
-        if stream is not None:
-            stream.close()
-        refusal = f"{dest}: the worker holding it did not answer ({exc or type(exc).__name__})"
-        answer = {"ok": False, "reason": refusal}
-    if answer.get("ok") is True and stream is not None and not stream.closed:
-        stream.splice(stream_end)
+    reason = await connect(path, header, stream_end, timeout)
+    if not reason:
         state.counters["routed_ok"] += 1
         state.counters["routed_relayed"] += 1
         return client_end
-    if stream is not None:
-        stream.close()
-    reason = str(answer.get("reason") or f"{dest}: relay closed")
     client_end.never_opened(reason)
     refusals.refuse(
         "open",

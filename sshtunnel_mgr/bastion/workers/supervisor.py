@@ -43,6 +43,7 @@ METRICS_EVERY = 1.0  # each start of a worker numbers its connections anew
 class Worker:
     index: int
     sockets: list[socket.socket]
+    web: dict[str, list[socket.socket]] = field(default_factory=dict)  # "https"/"http"
     proc: asyncio.subprocess.Process | None = None
     writer: asyncio.StreamWriter | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -92,13 +93,36 @@ class Supervisor:
                 self.addresses.append((str(name[0]), int(name[1])))
                 for i, sock in enumerate(group):
                     per_worker[i].append(sock)
+        web = self._web_groups(n)
         self.directory = Path(tempfile.mkdtemp(prefix="sshtun-workers-"))  # mode 0700
-        self.workers = [Worker(i, socks) for i, socks in enumerate(per_worker)]
+        self.workers = [Worker(i, socks, web[i]) for i, socks in enumerate(per_worker)]
         self._tasks = tasks
         for worker in self.workers:
             tasks.spawn(self._keep(worker), f"worker-{worker.index}")
         if self.config.metrics_address is not None:
             tasks.spawn(self._metrics_loop(), "metrics")
+
+    def _web_groups(self, n: int) -> list[dict[str, list[socket.socket]]]:
+        """``[bastion.web]``'s listeners as reuseport groups too (the same source
+        affinity: a source's per-source web caps stay in one worker); per worker."""
+        per_worker: list[dict[str, list[socket.socket]]] = [{} for _ in range(n)]
+        web = self.config.web
+        for via, address in (("https", web.https_address), ("http", web.http_address)):
+            if address is None:
+                continue
+            host, port = address
+            try:
+                groups = reuseport_group(host, port, n)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                    hint="check bastion.web https_listen/http_listen; is another server there?",
+                ) from None
+            for group in groups:
+                self._sockets += group
+                for i, sock in enumerate(group):
+                    per_worker[i].setdefault(via, []).append(sock)
+        return per_worker
 
     async def _metrics_loop(self) -> None:
         """The metrics endpoint answers from the workers' last numbers (every second)."""
@@ -126,6 +150,7 @@ class Supervisor:
             "json" if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers) else "text"
         )
         fds = [s.fileno() for s in worker.sockets]
+        web = {via: [s.fileno() for s in socks] for via, socks in worker.web.items()}
         self._starts += 1
         try:
             worker.proc = await asyncio.create_subprocess_exec(
@@ -140,7 +165,9 @@ class Supervisor:
                 "--conn-base", str(self._starts * CONN_IDS_PER_START + 1),
                 "--log-level", str(root.level),
                 "--log-format", fmt,
-                pass_fds=[*fds, theirs.fileno()],
+                "--https-fds", ",".join(map(str, web.get("https", []))),
+                "--http-fds", ",".join(map(str, web.get("http", []))),
+                pass_fds=[*fds, *(f for v in web.values() for f in v), theirs.fileno()],
                 stdin=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
         finally:

@@ -3,7 +3,8 @@ listening sockets its supervisor passed down, with its routes shared (mesh.py) a
 socket for the other workers' clients (relay.py). Started by the supervisor only::
 
     python -m sshtunnel_mgr.bastion.workers.worker --config FILE --index I --control-fd FD
-        --listen-fds FD,FD --dir DIR --conn-base N [--log-level N] [--log-format text|json]
+        --listen-fds FD,FD [--https-fds FD,FD] [--http-fds FD,FD] --dir DIR --conn-base N
+        [--log-level N] [--log-format text|json]
 
 It ignores SIGINT, SIGTERM and SIGHUP (systemd and a terminal signal the whole group): the
 supervisor's "stop" drains it as SIGTERM drains a one-process bastion (a second one cuts
@@ -108,11 +109,16 @@ class WorkerField(logging.Filter):
         return True
 
 
+def _sockets(fds: str) -> list[socket.socket]:
+    return [socket.socket(fileno=int(fd)) for fd in fds.split(",") if fd]
+
+
 async def run_worker(args: argparse.Namespace) -> None:
     path = Path(args.config)
     config = load_config(path).require_bastion()
     bastion = Bastion(config, load=lambda: load_config(path).require_bastion())
-    bastion.inherited = [socket.socket(fileno=int(fd)) for fd in args.listen_fds.split(",") if fd]
+    bastion.inherited = _sockets(args.listen_fds)
+    bastion.web_inherited = {"https": _sockets(args.https_fds), "http": _sockets(args.http_fds)}
     bastion.state.number_from(args.conn_base)
     bastion.state.audit.static = {"worker": args.index}
     directory = Path(args.dir)
@@ -134,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--listen-fds", required=True)
+    parser.add_argument("--https-fds", default="")  # [bastion.web]'s listeners
+    parser.add_argument("--http-fds", default="")
     parser.add_argument("--dir", required=True)
     parser.add_argument("--conn-base", type=int, default=1)
     parser.add_argument("--log-level", type=int, default=logging.INFO)
