@@ -60,6 +60,12 @@ class RouteMesh(Protocol):
     ) -> Awaitable[Pipe]:
         """Open ``route`` through the worker that holds it (a relay); the client's end."""
 
+    def web_claimed(self, key: str, delta: int) -> None:
+        """This worker's routed web connections to ``key``'s names changed by ``delta``."""
+
+    def web_elsewhere(self, key: str) -> int:
+        """The routed web connections to ``key``'s names on the other workers."""
+
     def relay_web(
         self, route: Route[int], orig: tuple[str, int], conn_id: int, end: Pipe
     ) -> Awaitable[str]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from sshtunnel_mgr.runtime.admin import query
 from tests.harness import Keys, free_port
 from tests.integration.scene import scene, sshtun_process
 from tests.integration.test_workers import _status, _until
@@ -146,8 +147,20 @@ async def test_web_front_across_two_workers(keys: Keys, tmp_path: Path) -> None:
                     return got.exists() and got.stat().st_size > 256 << 10
 
                 await _until(flowing)
-                rows = (await _status(s))["web"]["workers"]
-                assert [(r["worker"], r["routed_open"]) for r in rows] == [(0, 0), (1, 1)]
+                found = (await _status(s))["web"]
+                assert [(r["worker"], r["routed_open"]) for r in found["workers"]] == [
+                    (0, 0),
+                    (1, 1),
+                ]
+                assert found["by_key"] == {keys.agent.fingerprint: 1}
+                # The publishing key's cap counts its web connections on every worker:
+                # at 1, worker 0 refuses a second one (the one open is on worker 1).
+                limits = {"max_channels_per_key": 1}
+                s.bastion_file(workers=2, audit_log=str(audit), web=web, limits=limits)
+                answer = await query(s.keys.dir / f"bastion-{s.port}.sock", {"cmd": "reload"})
+                assert answer["ok"], answer
+                code, _, err = await curl(*_https(FAR, https, pki.ca, "index.html"))
+                assert code != 0 and "unrecognized" in err.lower(), err
                 os.kill(status["workers"][0]["pid"], signal.SIGKILL)
                 await bastion.wait_log("worker died", "worker=0")
                 _, err_bytes = await asyncio.wait_for(download.communicate(), 90)

@@ -186,16 +186,22 @@ class WebFront:
         to its names, together) already. The key's SSH channels are capped on their own
         count only (guard.py), so a web flood never starves its agent's health probes."""
         limit = self.state.config.limits.max_channels_per_key
-        held = self.key_channels[key] + self.state.key_usage.channels(key)
+        mesh = self.state.mesh  # a worker's: the key's SSH channels and web connections
+        elsewhere = 0 if mesh is None else mesh.web_elsewhere(key)  # on every worker
+        held = self.key_channels[key] + self.state.key_usage.channels(key) + elsewhere
         if held >= limit:
             return (
                 f"publishing key {key} holds {held} routed channels and web connections "
                 f"(max_channels_per_key {limit})"
             )
         self.key_channels[key] += 1
+        if mesh is not None:
+            mesh.web_claimed(key, 1)
         return ""
 
     def release(self, key: str) -> None:
+        if self.state.mesh is not None:
+            self.state.mesh.web_claimed(key, -1)
         self.key_channels[key] -= 1
         if self.key_channels[key] <= 0:
             del self.key_channels[key]

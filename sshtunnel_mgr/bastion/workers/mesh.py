@@ -69,7 +69,8 @@ class Mesh:
         self._view: RouteTable[int] | None = None
         self._seq = 0
         self._writer: asyncio.StreamWriter | None = None
-        # Other workers' live connections and routed channels per key: {worker: {key: [c, ch]}}
+        # Other workers' live connections, routed channels and routed web connections per
+        # key: {worker: {key: [c, ch, web]}}
         self._usage: dict[int, dict[str, list[int]]] = {}
         self._reloads: dict[int, asyncio.Future[None]] = {}  # asked of the supervisor
         self.on_stop: Callable[[], None] | None = None
@@ -92,15 +93,25 @@ class Mesh:
     def dropped(self, conn_id: int) -> None:
         self._send({"op": "drop", "conn": conn_id})
 
-    def usage(self, key: str, connections: int, channels: int) -> None:
+    def usage(self, key: str, connections: int, channels: int, web: int = 0) -> None:
         """Tell the supervisor (it keeps every worker's totals and sends them to all)."""
         if self._writer is not None and not self._writer.is_closing():
             message = {"op": "usage", "key": key, "conns": connections, "chans": channels}
+            if web:
+                message["web"] = web
             self._writer.write(wire.encode(message))
 
     def others(self, key: str) -> tuple[int, int]:
         rows = [u[key] for w, u in self._usage.items() if w != self.worker and key in u]
         return sum(r[0] for r in rows), sum(r[1] for r in rows)
+
+    def web_claimed(self, key: str, delta: int) -> None:
+        """This worker's routed web connections to ``key``'s names changed by ``delta``."""
+        self.usage(key, 0, 0, delta)
+
+    def web_elsewhere(self, key: str) -> int:
+        """The routed web connections to ``key``'s names on the other workers."""
+        return sum(u[key][2] for w, u in self._usage.items() if w != self.worker and key in u)
 
     async def reload_all(self) -> object:
         """This worker rewrote the access file (a key rotation): every worker re-reads
@@ -151,7 +162,7 @@ class Mesh:
                 waiting.set_result(None)
             return
         elif op == "usage":  # a worker's totals for one key
-            row = [int(message["conns"]), int(message["chans"])]
+            row = [int(message["conns"]), int(message["chans"]), int(message.get("web", 0))]
             self._usage.setdefault(int(message["worker"]), {})[str(message["key"])] = row
             return
         else:

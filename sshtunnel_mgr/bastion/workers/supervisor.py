@@ -72,7 +72,8 @@ class Supervisor:
         self._starts = 0
         self._stopping = False
         self.last_metrics: dict[int, dict[str, Any]] = {}
-        self.usage: dict[int, dict[str, list[int]]] = {}  # per worker: key -> [conns, chans]
+        # Per worker: key -> [connections, routed channels, routed web connections]
+        self.usage: dict[int, dict[str, list[int]]] = {}
         self._tasks: TaskSet | None = None
 
     # Start ---------------------------------------------------------------------------------
@@ -177,9 +178,8 @@ class Supervisor:
         worker.writer = writer
         writer.write(wire.encode(wire.table_message(self.table)))
         for index, keys in self.usage.items():
-            for key, (conns, chans) in keys.items():
-                usage = {"op": "usage", "worker": index, "key": key, "conns": conns, "chans": chans}
-                writer.write(wire.encode(usage))
+            for key, row in keys.items():
+                writer.write(wire.encode(wire.usage_message(index, key, row)))
         return reader
 
     async def _keep(self, worker: Worker) -> None:
@@ -267,17 +267,16 @@ class Supervisor:
     def _usage(self, index: int, message: dict[str, Any]) -> None:
         """A worker's change of one key's connections/channels: its new totals to all."""
         try:
-            key, conns, chans = str(message["key"]), int(message["conns"]), int(message["chans"])
+            key = str(message["key"])
+            deltas = [int(message["conns"]), int(message["chans"]), int(message.get("web", 0))]
         except (KeyError, TypeError, ValueError) as exc:
             event(log, logging.ERROR, "bad usage message", worker=index, error=repr(exc))
             return
-        row = self.usage.setdefault(index, {}).setdefault(key, [0, 0])
-        row[0], row[1] = max(row[0] + conns, 0), max(row[1] + chans, 0)
-        if row == [0, 0]:
+        row = self.usage.setdefault(index, {}).setdefault(key, [0, 0, 0])
+        row[:] = [max(have + delta, 0) for have, delta in zip(row, deltas, strict=True)]
+        if row == [0, 0, 0]:
             del self.usage[index][key]
-        self._send_all(
-            {"op": "usage", "worker": index, "key": key, "conns": row[0], "chans": row[1]}
-        )
+        self._send_all(wire.usage_message(index, key, row))
 
     def _send_all(self, message: dict[str, Any]) -> None:
         data = wire.encode(message)

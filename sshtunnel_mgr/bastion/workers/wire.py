@@ -1,7 +1,9 @@
 """What the supervisor and its workers say to each other: one JSON object per line.
 
 Worker → supervisor: ``{"op": "publish"|"withdraw"|"drop", "seq": n, ...}`` (its route
-changes, numbered) and ``{"op": "ready"}``. Supervisor → worker: ``{"op": "table", ...}``
+changes, numbered), ``{"op": "usage", "key": k, "conns": d, "chans": d[, "web": d]}`` (its
+per-key counts changed by these; the supervisor sends each worker's totals to all) and
+``{"op": "ready"}``. Supervisor → worker: ``{"op": "table", ...}``
 (every route, once, when the worker starts) then each change of any worker, in the
 supervisor's order, as ``{"op": ..., "worker": w, "seq": n, ...}``, and ``{"op": "gone",
 "worker": w}`` when a worker died. Every worker applies the same changes in the same order
@@ -86,6 +88,13 @@ def table_from(message: dict[str, Any]) -> RouteTable[int]:
         MappingProxyType(grouped(message.get("routes", []))),
         MappingProxyType(grouped(message.get("standby", []))),
     )
+
+
+def usage_message(worker: int, key: str, row: list[int]) -> dict[str, Any]:
+    """Worker ``worker``'s totals for ``key`` (connections, routed channels, routed web
+    connections), as the supervisor tells every worker."""
+    conns, chans, web = row
+    return {"op": "usage", "worker": worker, "key": key, "conns": conns, "chans": chans, "web": web}
 
 
 def encode(message: dict[str, Any]) -> bytes:
