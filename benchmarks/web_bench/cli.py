@@ -30,7 +30,14 @@ from bench_tunnel import (
 from tests.harness import (
     Keys,
 )
-from web_bench.clients import WebRun, bulk_run, cpu_measured, rps_run, ttfb_run
+from web_bench.clients import (
+    WebRun,
+    bulk_run,
+    cpu_measured,
+    rps_run,
+    rps_sources_run,
+    ttfb_run,
+)
 from web_bench.report import METRICS, ratios, summarize, table
 from web_bench.scene import (
     CURL,
@@ -61,7 +68,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         home = await start_home(work, procs, args.bulk_mib, args.nginx_workers)
         env.home_port = home.port
         sides = {
-            "sshtun": await start_sshtun(env, home),
+            "sshtun": await start_sshtun(env, home, workers=args.workers),
             "reference": await start_reference(env, home, args.cipher),
         }
         log(
@@ -71,7 +78,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         for side in sides.values():  # warm-up: a few of each, not counted
             await rps_run(side, home, min(50, args.requests), min(4, args.clients))
         work_of: dict[str, Callable[[Side], Awaitable[WebRun]]] = {
-            "rps": lambda s: rps_run(s, home, args.requests, args.clients),
+            "rps": lambda s: (
+                rps_run(s, home, args.requests, args.clients)
+                if args.sources == 1
+                else rps_sources_run(s, home, args.requests, args.clients, args.sources)
+            ),
             "ttfb": lambda s: ttfb_run(s, home, args.ttfb),
             "bulk": lambda s: bulk_run(s, home),
         }
@@ -147,6 +158,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ttfb", type=int, default=200, help="curl requests per TTFB run")
     p.add_argument("--bulk-mib", type=int, default=256, help="size of the big file (MiB)")
     p.add_argument("--nginx-workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="the sshtun bastion's workers (1..16)")
+    p.add_argument(
+        "--sources",
+        type=int,
+        default=1,
+        help="client addresses for requests/s (1: h2load from 127.0.0.1; more: one curl -Z "
+        "from each of 127.0.0.2, .3, ..., so a multi-process bastion spreads them)",
+    )
     p.add_argument(
         "--cipher",
         default="aes128-gcm@openssh.com",
@@ -166,6 +185,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--rounds must be 1..30 and --clients 1..1000")
     if not 1 <= args.requests <= 1_000_000 or not 1 <= args.ttfb <= 10_000:
         p.error("--requests must be 1..1000000 and --ttfb 1..10000")
+    if not 1 <= args.workers <= 16 or not 1 <= args.sources <= 50:
+        p.error("--workers must be 1..16 and --sources 1..50")
     if not 1 <= args.bulk_mib <= 4096:
         p.error("--bulk-mib must be 1..4096")
     return args
@@ -207,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{res['rounds_done']} rounds; h2load {args.requests} requests x {args.clients} "
         f"connections, {args.ttfb} TTFB requests, {args.bulk_mib} MiB bulk; ssh -R cipher "
-        f"{args.cipher}; nginx workers {args.nginx_workers}"
+        f"{args.cipher}; nginx workers {args.nginx_workers}; sshtun workers {args.workers}; "
+        f"requests/s from {args.sources} source address(es)"
     )
     print(
         f"load average before {load_before}, after {res['load_after']}; "

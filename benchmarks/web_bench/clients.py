@@ -3,6 +3,7 @@ first byte, bulk download); each run bounded by a timeout and checked."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -64,6 +65,47 @@ async def rps_run(side: Side, home: Home, requests: int, clients: int) -> WebRun
         raise RuntimeError(f"{side.kind}: {requests} requests but nginx accepted {new_conns}")
     return WebRun(
         seconds, value=float(rate.group(1)), units=requests, detail={"nginx_accepted": new_conns}
+    )
+
+
+async def rps_sources_run(
+    side: Side, home: Home, requests: int, clients: int, sources: int
+) -> WebRun:
+    """New-connection requests/s from ``sources`` client addresses (127.0.0.2, .3, ...):
+    one ``curl -Z`` per address, ``clients / sources`` transfers at a time, each on a new
+    connection with a full handshake (``Connection: close``, ``--no-sessionid``; checked
+    with ``num_connects`` and nginx's counter). A multi-process bastion spreads sources
+    over its workers (h2load has no source address option, so its clients are all one)."""
+    per = max(1, requests // sources)
+    argvs = []
+    for k in range(sources):
+        argv = [*curl_base(side, home), "--interface", f"127.0.0.{k + 2}", "--http1.1"]
+        argv += ["--no-sessionid", "-H", "Connection: close", "-Z"]
+        argv += [
+            "--parallel-max",
+            str(max(1, clients // sources)),
+            "-w",
+            "%{num_connects} %{http_code}\n",
+        ]
+        for _ in range(per):
+            argv += ["-o", "/dev/null", url(side)]
+        argvs.append(argv)
+    before = await accepted(home)
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(run_tool(argv, 60 + per / 10) for argv in argvs))
+    seconds = time.perf_counter() - t0
+    new_conns = await accepted(home) - before
+    ok = sum(line.split() == ["1", "200"] for out, _, _ in results for line in out.splitlines())
+    if any(code != 0 for _, _, code in results) or ok != per * sources:
+        errors = " | ".join(err[-300:] for _, err, _ in results)
+        raise RuntimeError(f"{side.kind}: curl -Z: {ok} of {per * sources} ok: {errors}")
+    if new_conns < per * sources:
+        raise RuntimeError(f"{side.kind}: {per * sources} requests but nginx accepted {new_conns}")
+    return WebRun(
+        seconds,
+        value=per * sources / seconds,
+        units=per * sources,
+        detail={"nginx_accepted": new_conns, "sources": sources},
     )
 
 

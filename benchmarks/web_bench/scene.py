@@ -146,13 +146,14 @@ def proc_cpu(proc: asyncio.subprocess.Process, tree: bool = False) -> Callable[[
 
 
 async def start_sshtun(
-    env: Env, home: Home, profile_dir: Path | None = None, label: str = "sshtun"
+    env: Env, home: Home, profile_dir: Path | None = None, label: str = "sshtun", workers: int = 1
 ) -> Side:
     """The sshtun bastion with [bastion.web] and the agent publishing cloud.test:443 with
     tls = "passthrough" to the home nginx; both as shipped, audit log on. The one change
     from the defaults: no cap on new connections per source (max_new_per_source = 0, 120 a
     minute by default), since every client here comes from 127.0.0.1 (haproxy has no cap
-    either); max_pending_per_source is raised to 1000 for the same reason."""
+    either); max_pending_per_source is raised to 1000 for the same reason. ``workers``: the
+    bastion's (over 1, its CPU is the supervisor's process tree)."""
     d = env.work / label
     d.mkdir(mode=0o700)
     access = d / "access"
@@ -175,6 +176,7 @@ async def start_sshtun(
             web=web,
             audit_log=d / "audit.jsonl",
             admin_socket=d / "bastion.sock",
+            workers=workers,
         ),
     )
     prof = (
@@ -195,7 +197,8 @@ async def start_sshtun(
         d / "agent.log",
     )
     await wait_log(agent, d / "agent.log", "published bastion=", fail=("publish refused",))
-    side = Side("sshtun", https, [proc_cpu(bastion)], proc_cpu(agent), [agent, bastion])
+    cpu = proc_cpu(bastion, tree=workers > 1)
+    side = Side("sshtun", https, [cpu], proc_cpu(agent), [agent, bastion])
     await ready(side, home)
     return side
 
