@@ -163,11 +163,13 @@ class BastionState:
             self.mesh.withdrawn(name, port, conn_id)
 
     def _swap(self, routes: RouteTable[LiveConnection], gone: int) -> None:
-        """Install a new route table; say which standby connections serve again."""
-        before = {(r.name, r.port, r.conn_id) for r in self.routes}
+        """Install a new route table; say which standby connections serve again (only
+        the names ``gone`` had can change: no scan of the whole table)."""
+        keys = self.routes.names_of(gone)
+        before = {(k, r.conn_id) for k in keys for r in self.routes.lookup(*k)}
         self.routes = routes
-        for route in routes:
-            if (route.name, route.port, route.conn_id) not in before:
+        for route in (r for k in keys for r in routes.lookup(*k)):
+            if ((route.name, route.port), route.conn_id) not in before:
                 event(
                     log,
                     logging.INFO,

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Generic, TypeVar
 
+from sshtunnel_mgr.core.pmap import PMap
+
 H = TypeVar("H")
+K = TypeVar("K")
+V = TypeVar("V")
 
 RouteKey = tuple[str, int]
 
@@ -37,22 +40,62 @@ class Route(Generic[H]):
 Routes = Mapping[RouteKey, tuple[Route[H], ...]]
 
 
-def _frozen(routes: dict[RouteKey, tuple[Route[H], ...]]) -> Routes[H]:
-    return MappingProxyType({key: served for key, served in routes.items() if served})
+def _set(table: Mapping[K, V], key: K, value: V | None) -> PMap[K, V]:
+    """``table`` with ``key`` set (or removed when ``value`` is empty), sharing the rest."""
+    pmap = table if isinstance(table, PMap) else PMap(table)
+    return pmap.set(key, value) if value else pmap.remove(key)
+
+
+def _index(routes: Routes[H], standby: Routes[H]) -> Mapping[int, frozenset[RouteKey]]:
+    """conn_id -> every ``name:port`` it serves or stands by for (built once, for a table
+    made whole, e.g. one a worker received)."""
+    index: dict[int, set[RouteKey]] = {}
+    for table in (routes, standby):
+        for key, served in table.items():
+            for route in served:
+                index.setdefault(route.conn_id, set()).add(key)
+    return PMap({conn: frozenset(keys) for conn, keys in index.items()})
 
 
 @dataclass(frozen=True)
 class RouteTable(Generic[H]):
-    routes: Routes[H] = field(default_factory=lambda: MappingProxyType({}))  # serving
+    routes: Routes[H] = field(default_factory=PMap)  # serving
     # Older connections of a serving route's key, newest last: they take over when it goes.
-    standby: Routes[H] = field(default_factory=lambda: MappingProxyType({}))
+    standby: Routes[H] = field(default_factory=PMap)
+    # conn_id -> its names, serving or on standby (derived; kept in step by every change).
+    index: Mapping[int, frozenset[RouteKey]] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("routes", "standby"):  # a table made whole (e.g. received) is shared
+            value = getattr(self, name)
+            if not isinstance(value, PMap):
+                object.__setattr__(self, name, PMap((k, v) for k, v in value.items() if v))
+        if self.index is None:
+            object.__setattr__(self, "index", _index(self.routes, self.standby))
+
+    @property
+    def by_conn(self) -> Mapping[int, frozenset[RouteKey]]:
+        assert self.index is not None  # set by __post_init__
+        return self.index
 
     def _with(
         self, key: RouteKey, served: tuple[Route[H], ...], standby: tuple[Route[H], ...]
     ) -> RouteTable[H]:
-        return RouteTable(
-            _frozen({**self.routes, key: served}), _frozen({**self.standby, key: standby})
-        )
+        """This table with ``key``'s serving and standby routes replaced."""
+        before = {r.conn_id for r in (*self.routes.get(key, ()), *self.standby.get(key, ()))}
+        after = {r.conn_id for r in (*served, *standby)}
+        by_conn = self.by_conn
+        for conn in before - after:
+            by_conn = _set(by_conn, conn, by_conn.get(conn, frozenset()) - {key})
+        for conn in after - before:
+            by_conn = _set(by_conn, conn, by_conn.get(conn, frozenset()) | {key})
+        routes = self.routes
+        if served != routes.get(key, ()):
+            routes = _set(routes, key, served)
+        old_standby = self.standby
+        if standby != old_standby.get(key, ()):
+            old_standby = _set(old_standby, key, standby)
+        return RouteTable(routes, old_standby, by_conn)
 
     def publish(self, route: Route[H]) -> tuple[RouteTable[H], tuple[Route[H], ...]]:
         """Add a route; return the new table and the routes it took over (same owner).
@@ -76,10 +119,11 @@ class RouteTable(Generic[H]):
 
     def withdraw_connection(self, conn_id: int) -> RouteTable[H]:
         """Remove every route a connection serves or stands by for (it closed)."""
-        routes, standby = dict(self.routes), dict(self.standby)
-        for key in {*self.routes, *self.standby}:
-            routes[key], standby[key] = self._without(key, conn_id)
-        return RouteTable(_frozen(routes), _frozen(standby))
+        table = self
+        for key in sorted(self.by_conn.get(conn_id, ())):
+            served, standby = table._without(key, conn_id)
+            table = table._with(key, served, standby)
+        return table
 
     def _without(
         self, key: RouteKey, conn_id: int
@@ -114,8 +158,7 @@ class RouteTable(Generic[H]):
 
     def names_of(self, conn_id: int) -> list[RouteKey]:
         """Every ``name:port`` a connection published, serving or on standby."""
-        keys = [*self.routes, *(k for k in self.standby if k not in self.routes)]
-        return [k for k in keys if self.route_of(*k, conn_id) is not None]
+        return sorted(self.by_conn.get(conn_id, ()))
 
     def __iter__(self) -> Iterator[Route[H]]:
         for served in self.routes.values():
