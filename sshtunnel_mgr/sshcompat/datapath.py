@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 import asyncssh
@@ -125,7 +126,7 @@ def install_recv_feed(conn: Any) -> bool:
     def data_received(data: bytes, datatype: Any = None) -> None:
         conn._reset_keepalive_timer()
         if aead_check is not None:
-            aead_check()
+            aead_check(len(data))
         try:
             _feed(conn, data, pkthdr, packet)
         except disconnect_error as exc:  # as asyncssh's _recv_data
@@ -208,16 +209,46 @@ AEAD_GLUE = Shim(
 )
 
 
-def _aead_refresh(conn: Any) -> Callable[[], None] | None:
+# A connection is tuned once it moves this much within GLUE_WINDOW seconds: the glue's
+# AESGCM objects cost about 2.5 KiB each (cryptography 50 keeps an initialised context), so
+# an idle agent link (keepalives only) stays stock and small; a transfer pays the stock
+# path for its first 256 KiB only.
+GLUE_AFTER = 256 * 1024
+GLUE_WINDOW = 10.0
+
+
+def warm(conn: Any, read: int) -> bool:
+    """Whether ``conn`` now carries a transfer (and from then on): GLUE_AFTER bytes read
+    (``read``: this read's size) and sent within GLUE_WINDOW seconds. Called per read by
+    aead_glue and per data packet by sendfast, until it says yes."""
+    if conn._sshtun_hot:
+        return True
+    sent = float(getattr(conn, "_rekey_bytes_sent", 0))
+    now = monotonic()
+    window = getattr(conn, "_sshtun_window", None)  # bytes read, send counter, clock
+    if window is None or now - window[2] > GLUE_WINDOW or sent < window[1]:
+        window = conn._sshtun_window = [0.0, sent, now]  # a new window (or a rekey)
+    window[0] += read
+    if window[0] + sent - window[1] >= GLUE_AFTER:
+        conn._sshtun_hot = True
+        del conn._sshtun_window
+        return True
+    return False
+
+
+def _aead_refresh(conn: Any) -> Callable[[int], None] | None:
     """A function that tunes the connection's current encryption objects once each (called
-    per read); None when aead_glue is not installed on this connection."""
+    per read with its size, once the connection carries a transfer); None when aead_glue
+    is not installed on this connection."""
     if not getattr(conn, "_sshtun_aead_glue", False):
         return None
     seen: list[object] = [None, None, True]  # send and recv objects tuned; still on
 
-    def refresh() -> None:
+    def refresh(size: int) -> None:
+        if not seen[2] or (not conn._sshtun_hot and not warm(conn, size)):
+            return
         send, recv = conn._send_encryption, conn._recv_encryption
-        if (send is seen[0] and recv is seen[1]) or not seen[2]:
+        if send is seen[0] and recv is seen[1]:
             return
         seen[0], seen[1] = send, recv
         try:
@@ -236,6 +267,7 @@ def install_aead_glue(conn: Any) -> bool:
     conn._send_encryption  # noqa: B018 -- the internals this shim reads must exist
     conn._recv_encryption  # noqa: B018
     conn._sshtun_aead_glue = True
+    conn._sshtun_hot = False  # until it carries a transfer (_aead_refresh)
     return True
 
 
@@ -247,7 +279,7 @@ def refresh_on_read(conn: Any) -> bool:
         return False
 
     def data_received(data: bytes, datatype: Any = None) -> None:
-        refresh()
+        refresh(len(data))
         original(data, datatype)
 
     conn.data_received = data_received

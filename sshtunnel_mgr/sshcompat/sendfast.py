@@ -36,7 +36,7 @@ from typing import Any
 import asyncssh
 
 from sshtunnel_mgr.sshcompat import Shim, missing, parameters
-from sshtunnel_mgr.sshcompat.datapath import tune_encryption
+from sshtunnel_mgr.sshcompat.datapath import tune_encryption, warm
 
 MSG_CHANNEL_DATA = 94  # RFC 4254 §9
 _CONN_ATTRS = (
@@ -94,6 +94,8 @@ def install(conn: Any) -> bool:
     def fast_ok() -> bool:
         enc = conn._send_encryption
         if enc is not glued[0]:  # a new key exchange: tune it now (state stays shared)
+            if getattr(conn, "_sshtun_aead_glue", False) and not warm(conn, 0):
+                return False  # no transfer yet: stay stock (datapath.GLUE_AFTER)
             glued[0] = enc
             glued[1] = tune_encryption(enc) or getattr(enc, "_sshtun_glue", False)
         return bool(

@@ -19,6 +19,7 @@ import asyncssh
 import pytest
 from asyncssh.logging import SSHLogger
 
+from sshtunnel_mgr.sshcompat.datapath import GLUE_AFTER
 from sshtunnel_mgr.sshcompat.sendpath import Tuning, tune_connection
 from tests.harness import (
     Keys,
@@ -243,9 +244,11 @@ async def test_reads_cut_anywhere_reach_the_parser_intact(keys: Keys, cipher: st
     "cipher", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"]
 )
 async def test_data_packets_built_by_the_shim_only_for_aead(keys: Keys, cipher: str) -> None:
-    """No rekeying: with an AEAD cipher every data packet after login is built by
-    data_packets (sendfast.py), none by asyncssh's send_packet; with CTR all of them are
-    asyncssh's. 2 MiB each way, intact."""
+    """No rekeying: with an AEAD cipher every data packet once the connection carries a
+    transfer is built by data_packets (sendfast.py): only those of about the first
+    GLUE_AFTER bytes (256 KiB: an idle link stays stock, without the glue's cipher
+    objects) go by asyncssh's send_packet; with CTR all of them are asyncssh's. 2 MiB each
+    way (64 packets of 32 KiB), intact."""
     server_recorder, client_recorder = Recorder(), Recorder()
     async with _serve(keys, server_recorder, cipher) as port:
         opts = _client_opts(keys, port, client_recorder, cipher)
@@ -254,7 +257,34 @@ async def test_data_packets_built_by_the_shim_only_for_aead(keys: Keys, cipher: 
     for side in (server_recorder, client_recorder):
         assert side.tuning == [FULL]
         slow = side.slow[MSG_CHANNEL_DATA]
-        assert slow == 0 if cipher != "aes128-ctr" else slow >= 64
+        assert slow <= 2 * GLUE_AFTER // (32 * 1024) if cipher != "aes128-ctr" else slow >= 64
+
+
+async def test_an_idle_link_keeps_the_stock_cipher_objects_until_a_transfer(
+    keys: Keys, server_recorder: Recorder, client_recorder: Recorder
+) -> None:
+    """aead_glue's cipher objects cost ~2.5 KiB each (10,000 idle agents: +70 MiB on the
+    bastion): a link that only logs in and trades a few small messages stays stock; the
+    first transfer tunes both ends' objects."""
+    cipher = "aes128-gcm@openssh.com"
+    async with _serve(keys, server_recorder, cipher) as port:
+        opts = _client_opts(keys, port, client_recorder, cipher)
+        async with asyncssh.connect("127.0.0.1", **opts) as conn:
+            ends = (conn, *server_recorder.conns)
+
+            def tuned() -> list[bool]:
+                return [
+                    getattr(enc, "_sshtun_glue", False)
+                    for side in ends
+                    for enc in (side._send_encryption, side._recv_encryption)
+                ]
+
+            for _ in range(5):
+                await _round_trip(conn, 1000)
+            assert tuned() == [False] * 4
+            await _round_trip(conn, 2 * MIB)
+            await _round_trip(conn, 1000)  # the sender's objects: tuned on its next read
+            assert tuned() == [True] * 4
 
 
 async def test_packet_log_still_written_at_debug_level_3(
