@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import signal
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,31 @@ async def test_web_front_across_two_workers(keys: Keys, tmp_path: Path) -> None:
                 )  # fmt: skip
                 assert code == 0, err
                 assert out == f"308 https://cloud.test:{https}/a/b?c=1", source
+            # The publishing key's cap counts its web connections on every worker: with
+            # one held open on worker 1 and the cap at 1, worker 0 refuses a second one.
+            sock = f"bastion-{s.port}.sock"
+            ctx = ssl.create_default_context(cafile=str(pki.ca))
+            _, held = await asyncio.open_connection(
+                "127.0.0.1", https, ssl=ctx, server_hostname="cloud.test", local_addr=(NEAR, 0)
+            )
+            try:
+
+                async def routed() -> bool:
+                    found = (await _status(s))["web"]
+                    rows = [(r["worker"], r["routed_open"]) for r in found["workers"]]
+                    return rows == [(0, 0), (1, 1)] and found["by_key"] == {fingerprint: 1}
+
+                fingerprint = keys.agent.fingerprint
+                await _until(routed)
+                limits = {"max_channels_per_key": 1}
+                s.bastion_file(workers=2, audit_log=str(audit), web=web, limits=limits)
+                assert (await query(s.keys.dir / sock, {"cmd": "reload"}))["ok"]
+                code, _, err = await curl(*_https(FAR, https, pki.ca, "index.html"))
+                assert code != 0 and "unrecognized" in err.lower(), err
+            finally:
+                held.close()
+            s.bastion_file(workers=2, audit_log=str(audit), web=web)
+            assert (await query(s.keys.dir / sock, {"cmd": "reload"}))["ok"]
             # kill -9 worker 0 (no agent there) while a download flows through worker 1.
             got = tmp_path / "got.bin"
             argv = [
@@ -147,20 +173,6 @@ async def test_web_front_across_two_workers(keys: Keys, tmp_path: Path) -> None:
                     return got.exists() and got.stat().st_size > 256 << 10
 
                 await _until(flowing)
-                found = (await _status(s))["web"]
-                assert [(r["worker"], r["routed_open"]) for r in found["workers"]] == [
-                    (0, 0),
-                    (1, 1),
-                ]
-                assert found["by_key"] == {keys.agent.fingerprint: 1}
-                # The publishing key's cap counts its web connections on every worker:
-                # at 1, worker 0 refuses a second one (the one open is on worker 1).
-                limits = {"max_channels_per_key": 1}
-                s.bastion_file(workers=2, audit_log=str(audit), web=web, limits=limits)
-                answer = await query(s.keys.dir / f"bastion-{s.port}.sock", {"cmd": "reload"})
-                assert answer["ok"], answer
-                code, _, err = await curl(*_https(FAR, https, pki.ca, "index.html"))
-                assert code != 0 and "unrecognized" in err.lower(), err
                 os.kill(status["workers"][0]["pid"], signal.SIGKILL)
                 await bastion.wait_log("worker died", "worker=0")
                 _, err_bytes = await asyncio.wait_for(download.communicate(), 90)
@@ -170,3 +182,12 @@ async def test_web_front_across_two_workers(keys: Keys, tmp_path: Path) -> None:
                     download.kill()
                     await download.wait()
             assert hashlib.sha256(got.read_bytes()).digest() == hashlib.sha256(big).digest()
+
+            # Worker 0, restarted, serves the web listener's sockets it inherited again.
+            async def back() -> bool:
+                row = (await _status(s))["workers"][0]
+                return bool(row["up"] and row["restarts"] == 1)
+
+            await _until(back)
+            code, out, err = await curl(*_https(FAR, https, pki.ca, "index.html"))
+            assert code == 0 and out.encode() == PAGE, err
