@@ -195,12 +195,19 @@ async def _answers(path: Path) -> bool:
     return True
 
 
+# An answer is one JSON line: a bastion's status with 10,000 names is a few MB (asyncio's
+# default 64 KiB limit failed at ~300 names). The server was checked (check_server) first.
+ANSWER_LIMIT = 64 * 1024 * 1024
+
+
 async def query(path: Path, request: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
     """Ask a running agent or bastion; SshtunError if nobody answers, UnsafeAdminSocket
     (before anything is sent) if the socket's directory or the process serving it is not
     one this user can trust."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(str(path), limit=ANSWER_LIMIT), timeout
+        )
     except FileNotFoundError:
         raise SshtunError(
             f"no admin socket at {path}",
@@ -219,6 +226,8 @@ async def query(path: Path, request: dict[str, Any], timeout: float = 10) -> dic
         line = await asyncio.wait_for(reader.readline(), timeout)
     except (OSError, TimeoutError) as exc:
         raise SshtunError(f"admin socket {path} did not answer: {exc}") from None
+    except ValueError:  # a line over ANSWER_LIMIT
+        raise SshtunError(f"admin socket {path} sent an answer over {ANSWER_LIMIT} bytes") from None
     finally:
         writer.close()
     try:

@@ -229,6 +229,45 @@ async def test_two_workers_route_relay_restart_and_revoke(keys: Keys, tmp_path: 
                     os.kill(pid, 0)
 
 
+async def test_a_restarted_worker_gets_a_table_of_many_names(keys: Keys, tmp_path: Path) -> None:
+    """The supervisor hands a (re)started worker every route: with 1,500 names that is far
+    more than one 64 KiB control line. Worker 0 is killed and comes back; a client on it
+    reaches a name held on worker 1 through the relay."""
+    count = 1500
+    async with scene(keys, tmp_path, bastion=False) as s:
+        s.access.write_text(access_text(keys, listen="*.many.test:22", open_="*.many.test:22"))
+        async with _bastion(s, workers=2) as bastion:
+            agent = await _login(s, keys.agent.path, NEAR)  # publishes from worker 1
+            try:
+                for i in range(count):
+                    await agent.forward_remote_port(f"n{i}.many.test", 22, "127.0.0.1", s.home.port)
+
+                async def published() -> bool:
+                    answer = await _status(s)
+                    assert answer.get("ok"), answer
+                    return len(answer["names"]) == count
+
+                await _until(published)
+                os.kill((await _status(s))["workers"][0]["pid"], signal.SIGKILL)
+                await bastion.wait_log("worker died", "worker=0")
+
+                async def back() -> bool:
+                    rows = (await _status(s))["workers"]
+                    return bool(rows[0]["up"] and rows[0]["restarts"] == 1)
+
+                await _until(back)
+                client = await _login(s, keys.client.path, FAR)  # worker 0, restarted
+                try:
+                    reader, writer = await client.open_connection(f"n{count - 1}.many.test", 22)
+                    banner = await asyncio.wait_for(reader.readline(), 30)
+                    assert banner.startswith(b"SSH-2.0-OpenSSH"), banner
+                    writer.close()
+                finally:
+                    client.close()
+            finally:
+                agent.close()
+
+
 async def test_takeover_and_per_key_cap_across_workers(keys: Keys, tmp_path: Path) -> None:
     """The agent key publishing again from another worker takes the name over (the old
     route on standby, serving again when the new one leaves); a key's connection cap

@@ -47,6 +47,32 @@ def test_a_table_survives_the_wire() -> None:
     assert again.standby == table.standby
 
 
+def test_a_large_table_goes_in_parts_each_under_one_line(tmp_path: Path) -> None:
+    """10,000 names do not fit one control line: the supervisor sends parts, the worker
+    installs the table once the last part arrives (not a half table meanwhile)."""
+    table: RouteTable[int] = RouteTable()
+    for conn in range(1, 10_001):
+        message = publish(conn, 1)
+        message["route"]["name"] = f"n{conn}.many.test"
+        table = wire.apply(table, conn % 2, message)
+    parts = wire.table_messages(table)
+    assert len(parts) > 1 and [p["more"] for p in parts] == [True] * (len(parts) - 1) + [False]
+    mesh = Mesh(0, tmp_path, cast(Any, None))
+    for part in parts:
+        line = wire.encode(part)
+        assert len(line) < wire.MAX_LINE
+        assert len(mesh.table) == 0  # nothing installed until the last part
+        mesh.received(wire.decode(line))
+
+    def rows(t: RouteTable[int]) -> list[tuple[str, int, int]]:
+        return sorted((r.name, r.handle, r.conn_id) for r in t)
+
+    assert rows(mesh.table) == rows(table) and len(mesh.table) == 10_000
+    assert wire.table_messages(RouteTable()) == [
+        {"op": "table", "routes": [], "standby": [], "more": False}
+    ]
+
+
 def test_own_changes_count_before_the_supervisor_echoes_them(tmp_path: Path) -> None:
     mesh = Mesh(1, tmp_path, cast(Any, None))  # no line to the supervisor in this test
     mesh.published(route(11))

@@ -23,6 +23,8 @@ from sshtunnel_mgr.core.limits import KeyUsage
 from sshtunnel_mgr.core.routing import Route, RouteTable
 from sshtunnel_mgr.runtime.logsetup import event
 
+ROWS = ("routes", "standby")  # the row lists of a "table" line
+
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
 RELOAD_TIMEOUT = 60.0
@@ -65,6 +67,7 @@ class Mesh:
         self.directory = directory
         self.state = state
         self.confirmed: RouteTable[int] = RouteTable()
+        self._parts: list[dict[str, Any]] = []  # "table" lines until the last part
         self._pending: list[dict[str, Any]] = []  # own changes not echoed back yet
         self._view: RouteTable[int] | None = None
         self._seq = 0
@@ -150,8 +153,13 @@ class Mesh:
     def received(self, message: dict[str, Any]) -> None:
         """One message of the supervisor (wire.py)."""
         op = message.get("op")
-        if op == "table":
-            self.confirmed = wire.table_from(message)
+        if op == "table":  # in parts: the table is whole once "more" is false
+            self._parts.append(message)
+            if message.get("more"):
+                return
+            parts, self._parts = self._parts, []
+            whole = {k: [row for part in parts for row in part.get(k, [])] for k in ROWS}
+            self.confirmed = wire.table_from(whole)
         elif op == "stop":  # the supervisor stops (a second one: at once)
             if self.on_stop is not None:
                 self.on_stop()

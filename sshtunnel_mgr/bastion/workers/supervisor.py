@@ -176,7 +176,8 @@ class Supervisor:
         worker.started_at = time.monotonic()
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=wire.MAX_LINE)
         worker.writer = writer
-        writer.write(wire.encode(wire.table_message(self.table)))
+        for part in wire.table_messages(self.table):
+            writer.write(wire.encode(part))
         for index, keys in self.usage.items():
             for key, row in keys.items():
                 writer.write(wire.encode(wire.usage_message(index, key, row)))

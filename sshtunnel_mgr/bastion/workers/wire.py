@@ -3,11 +3,12 @@
 Worker → supervisor: ``{"op": "publish"|"withdraw"|"drop", "seq": n, ...}`` (its route
 changes, numbered), ``{"op": "usage", "key": k, "conns": d, "chans": d[, "web": d]}`` (its
 per-key counts changed by these; the supervisor sends each worker's totals to all) and
-``{"op": "ready"}``. Supervisor → worker: ``{"op": "table", ...}``
-(every route, once, when the worker starts) then each change of any worker, in the
-supervisor's order, as ``{"op": ..., "worker": w, "seq": n, ...}``, and ``{"op": "gone",
-"worker": w}`` when a worker died. Every worker applies the same changes in the same order
-with ``apply``, so every table is the supervisor's (the route handle is a worker number).
+``{"op": "ready"}``. Supervisor → worker: ``{"op": "table", ..., "more": bool}`` lines
+(every route, once, when the worker starts, in parts of TABLE_ROWS) then each change of
+any worker, in the supervisor's order, as ``{"op": ..., "worker": w, "seq": n, ...}``,
+and ``{"op": "gone", "worker": w}`` when a worker died. Every worker applies the same
+changes in the same order with ``apply``, so every table is the supervisor's (the route
+handle is a worker number).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from sshtunnel_mgr.core.routing import Route, RouteKey, RouteTable
 
-MAX_LINE = 1024 * 1024  # one control message; a table is sent as one line
+MAX_LINE = 1024 * 1024  # one control message; a table is sent in parts (table_messages)
 
 
 def route_fields(route: Route[Any]) -> dict[str, Any]:
@@ -73,6 +74,29 @@ def table_message(table: RouteTable[int]) -> dict[str, Any]:
         ]
 
     return {"op": "table", "routes": rows(table.routes), "standby": rows(table.standby)}
+
+
+TABLE_ROWS = 1000  # rows per "table" line: ~250 KB, well under MAX_LINE
+
+
+def table_messages(table: RouteTable[int]) -> list[dict[str, Any]]:
+    """``table`` as several "table" lines of at most TABLE_ROWS rows (10,000 names do not
+    fit one control line); every line but the last says ``"more": true``."""
+    whole = table_message(table)
+    rows = [("routes", r) for r in whole["routes"]] + [("standby", r) for r in whole["standby"]]
+    parts: list[dict[str, Any]] = []
+    for start in range(0, max(len(rows), 1), TABLE_ROWS):
+        chunk = rows[start : start + TABLE_ROWS]
+        parts.append(
+            {
+                "op": "table",
+                "routes": [r for kind, r in chunk if kind == "routes"],
+                "standby": [r for kind, r in chunk if kind == "standby"],
+                "more": True,
+            }
+        )
+    parts[-1]["more"] = False
+    return parts
 
 
 def table_from(message: dict[str, Any]) -> RouteTable[int]:

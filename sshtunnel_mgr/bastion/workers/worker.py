@@ -26,6 +26,7 @@ from typing import Any
 from sshtunnel_mgr.bastion.metricsview import bastion_metrics
 from sshtunnel_mgr.bastion.run import BastionRole
 from sshtunnel_mgr.bastion.serve import Bastion
+from sshtunnel_mgr.bastion.workers import wire
 from sshtunnel_mgr.bastion.workers.mesh import Mesh, SharedKeyUsage, relay_path
 from sshtunnel_mgr.bastion.workers.relay import RelayServer
 from sshtunnel_mgr.core.config import load_config
@@ -58,7 +59,7 @@ class WorkerRole(BastionRole):
         self.stop_event.set()
 
     async def start(self, tasks: TaskSet) -> None:
-        reader, writer = await asyncio.open_unix_connection(sock=self.control)
+        reader, writer = await asyncio.open_unix_connection(sock=self.control, limit=wire.MAX_LINE)
         tasks.spawn(self._line(reader, writer), "control")
         await self.relay.start()
         await self.bastion.start()
