@@ -103,3 +103,23 @@ def test_help_lists_every_command_with_its_help(report: list[dict[str, object]])
     for argv, page in pages.items():
         if argv != "--version":
             assert page.startswith("Usage: sshtun"), argv
+
+
+def test_a_supervisor_of_workers_loads_no_ssh_stack() -> None:
+    """With ``workers`` over 1 the ``sshtun bastion`` process supervises and runs no SSH:
+    its modules (bastion/run.py, bastion/workers/supervisor.py) load neither asyncssh,
+    cryptography nor keyring (about 40 MiB of RSS per bastion); the config models do."""
+    script = (
+        "import json, sys\n"
+        "import sshtunnel_mgr.bastion.run, sshtunnel_mgr.bastion.workers.supervisor\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in sys.argv[1:])))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "asyncssh", "cryptography", "keyring", "pydantic"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    loaded = {name.split(".")[0] for name in json.loads(done.stdout)}
+    assert loaded == {"pydantic"}, loaded

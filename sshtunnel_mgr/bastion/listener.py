@@ -28,12 +28,13 @@ from sshtunnel_mgr.bastion.state import BastionState
 from sshtunnel_mgr.core.access import AccessEntry
 from sshtunnel_mgr.core.admission import Admission, StartupLimits, Verdict
 from sshtunnel_mgr.core.config import LimitsConfig
+from sshtunnel_mgr.core.limits import LISTEN_BACKLOG
 from sshtunnel_mgr.runtime.logsetup import event
 from sshtunnel_mgr.sshcompat import hostkeys
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
-BACKLOG = 1024
+BACKLOG = LISTEN_BACKLOG
 # After accept() fails for lack of descriptors or memory, as asyncio's own servers do.
 ACCEPT_RETRY_DELAY = 1.0
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}

@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sshtunnel_mgr.bastion.metricsview import bastion_metrics
-from sshtunnel_mgr.bastion.serve import Bastion
 from sshtunnel_mgr.core.config import BastionConfig
 from sshtunnel_mgr.core.errors import ConfigError
 from sshtunnel_mgr.runtime.admin import default_socket_path
 from sshtunnel_mgr.runtime.asyncutil import TaskSet
 from sshtunnel_mgr.runtime.metrics import bastion_samples
 from sshtunnel_mgr.runtime.service import Service
+
+if TYPE_CHECKING:  # the one-process bastion is imported by the path that runs it
+    from sshtunnel_mgr.bastion.serve import Bastion
 
 
 class BastionRole:
@@ -65,6 +66,9 @@ async def serve(
             raise ConfigError("workers > 1 needs the bastion's config file for its workers")
         await _supervise(config, config_path, stop, reload, handle_signals)
         return
+    from sshtunnel_mgr.bastion.metricsview import bastion_metrics
+    from sshtunnel_mgr.bastion.serve import Bastion
+
     bastion = Bastion(config, load=load)
     service = Service(
         BastionRole(bastion),

@@ -20,12 +20,12 @@ def bastion_cmd(config: ConfigOpt) -> None:
     """Run the routing bastion (the [bastion] section of the config)."""
     import asyncio
 
-    from sshtunnel_mgr import bastion
+    from sshtunnel_mgr.bastion.run import serve
     from sshtunnel_mgr.core.config import load_config
 
     cfg = load_config(config).require_bastion()
     load = lambda: load_config(config).require_bastion()  # noqa: E731
-    asyncio.run(bastion.serve(cfg, load=load, handle_signals=True, config_path=config))
+    asyncio.run(serve(cfg, load=load, handle_signals=True, config_path=config))
 
 
 def up_cmd(config: ConfigOpt) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Generic, Protocol, TypeVar
 
+# listen(2) backlog of the bastion's sockets (one process, or each worker's reuseport socket)
+LISTEN_BACKLOG = 1024
+
 
 class HasChannels(Protocol):
     @property

@@ -16,7 +16,7 @@ import pytest
 from sshtunnel_mgr.agent import serve as agent_serve
 from sshtunnel_mgr.agent.link import BastionLink
 from sshtunnel_mgr.bastion import Bastion
-from sshtunnel_mgr.bastion import serve as bastion_serve
+from sshtunnel_mgr.bastion.run import serve as bastion_serve
 from sshtunnel_mgr.core.config import AgentConfig
 from sshtunnel_mgr.core.errors import EXIT_FORCED, SshtunError
 from sshtunnel_mgr.runtime.admin import query

@@ -16,7 +16,7 @@ import ctypes
 import socket
 import struct
 
-from sshtunnel_mgr.bastion.listener import BACKLOG
+from sshtunnel_mgr.core.limits import LISTEN_BACKLOG as BACKLOG
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 SKF_NET_OFF = -0x100000
