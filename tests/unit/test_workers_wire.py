@@ -4,6 +4,7 @@ supervisor has not echoed yet (Mesh), so a name it just published is routable at
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, cast
 
@@ -88,3 +89,40 @@ def test_own_changes_count_before_the_supervisor_echoes_them(tmp_path: Path) -> 
     echo = {"op": "withdraw", "seq": 2, "name": "homebox", "port": 22, "conn": 11, "worker": 1}
     mesh.received(echo)
     assert serving(mesh.table) == [(0, 21)] and serving(mesh.confirmed) == [(0, 21)]
+
+
+class _Lines:
+    """A writer that keeps what the mesh wrote to the supervisor."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        self.lines.extend(wire.decode(line) for line in data.splitlines())
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_channel_and_web_counts_are_summed_before_they_go(tmp_path: Path) -> None:
+    """A web request claims and releases its key's count: 50 such requests and a channel
+    that opened go as one line per key after the batch (the claims and releases cancel);
+    a login goes at once, with what was waiting."""
+    mesh = Mesh(0, tmp_path, cast(Any, None))
+    lines = _Lines()
+    mesh._writer = cast(Any, lines)
+    for _ in range(50):
+        mesh.web_claimed("SHA256:k", 1)
+        mesh.web_claimed("SHA256:k", -1)
+    mesh.usage("SHA256:k", 0, 1)  # a routed channel opened
+    mesh.web_claimed("SHA256:k", 1)  # a web connection still open
+    assert lines.lines == []
+    for _ in range(500):  # the batch's timer (bounded wait, nothing timed)
+        if lines.lines:
+            break
+        await asyncio.sleep(0.01)
+    usage = {"op": "usage", "key": "SHA256:k"}
+    assert lines.lines == [{**usage, "conns": 0, "chans": 1, "web": 1}]
+    mesh.usage("SHA256:k", 0, -1)
+    mesh.usage("SHA256:k", 1, 0)  # a login: at once, with the waiting channel count
+    assert lines.lines[1:] == [{**usage, "conns": 1, "chans": -1}]

@@ -28,6 +28,7 @@ ROWS = ("routes", "standby")  # the row lists of a "table" line
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
 RELOAD_TIMEOUT = 60.0
+USAGE_BATCH = 0.02  # seconds a key's channel and web counts are summed before they go
 
 
 class SharedKeyUsage(KeyUsage[LiveConnection]):
@@ -76,6 +77,8 @@ class Mesh:
         # key: {worker: {key: [c, ch, web]}}
         self._usage: dict[int, dict[str, list[int]]] = {}
         self._reloads: dict[int, asyncio.Future[None]] = {}  # asked of the supervisor
+        self._deltas: dict[str, list[int]] = {}  # usage not sent yet: [conns, chans, web]
+        self._flush: asyncio.TimerHandle | None = None
         self.on_stop: Callable[[], None] | None = None
 
     # This worker's changes ----------------------------------------------------------------
@@ -97,12 +100,38 @@ class Mesh:
         self._send({"op": "drop", "conn": conn_id})
 
     def usage(self, key: str, connections: int, channels: int, web: int = 0) -> None:
-        """Tell the supervisor (it keeps every worker's totals and sends them to all)."""
-        if self._writer is not None and not self._writer.is_closing():
-            message = {"op": "usage", "key": key, "conns": connections, "chans": channels}
-            if web:
-                message["web"] = web
-            self._writer.write(wire.encode(message))
+        """Tell the supervisor (it keeps every worker's totals and sends them to all). A
+        login or logout goes at once; routed channels and web connections (one claim and
+        one release per request) are summed per key for USAGE_BATCH seconds first, so a
+        burst of short requests costs a line or none (a claim and its release cancel),
+        not two lines through the supervisor to every worker per request."""
+        row = self._deltas.setdefault(key, [0, 0, 0])
+        row[0] += connections
+        row[1] += channels
+        row[2] += web
+        if connections:
+            self._flush_usage()
+        elif self._flush is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a test's direct call): at once
+                self._flush_usage()
+                return
+            self._flush = loop.call_later(USAGE_BATCH, self._flush_usage)
+
+    def _flush_usage(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        deltas, self._deltas = self._deltas, {}
+        if self._writer is None or self._writer.is_closing():
+            return
+        for key, (conns, chans, web) in deltas.items():
+            if conns or chans or web:
+                message = {"op": "usage", "key": key, "conns": conns, "chans": chans}
+                if web:
+                    message["web"] = web
+                self._writer.write(wire.encode(message))
 
     def others(self, key: str) -> tuple[int, int]:
         rows = [u[key] for w, u in self._usage.items() if w != self.worker and key in u]
