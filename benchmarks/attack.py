@@ -40,6 +40,7 @@ from bench_tunnel import (
     Procs,
     become_subreaper,
     cancellable,
+    check_bounds,
     cpu_seconds,
     environment,
     finish,
@@ -441,9 +442,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         flood_per_source=(1, 50),
         after_seconds=(0, 60),
     )
-    for k, (lo, hi) in bounds.items():
-        if not lo <= getattr(a, k) <= hi:
-            p.error(f"--{k.replace('_', '-')} must be {lo}..{hi}")
+    check_bounds(p, a, bounds)
     if not all(1 <= b <= 200 for b in a.bursts):
         p.error("--bursts: each 1..200")
     return a

@@ -53,6 +53,7 @@ from bench_tunnel import (
     Procs,
     become_subreaper,
     cancellable,
+    check_bounds,
     environment,
     finish,
     kill_tree,
@@ -409,9 +410,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         idle_window=(0.5, 120),
         fill_timeout=(10, 3600),
     )
-    for k, (lo, hi) in bounds.items():
-        if not lo <= getattr(a, k) <= hi:
-            p.error(f"--{k.replace('_', '-')} must be {lo}..{hi}")
+    check_bounds(p, a, bounds)
     return a
 
 

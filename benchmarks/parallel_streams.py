@@ -53,6 +53,7 @@ from bench_tunnel import (
     Procs,
     become_subreaper,
     cancellable,
+    check_bounds,
     environment,
     finish,
     kill_tree,
@@ -389,9 +390,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ):
         p.error("--workers: distinct values 1..8")
     bounds = dict(agents=(1, 16), total_mib=(1, 8192), rounds=(1, 10), timeout=(5, 3600))
-    for k, (lo, hi) in bounds.items():
-        if not lo <= getattr(a, k) <= hi:
-            p.error(f"--{k.replace('_', '-')} must be {lo}..{hi}")
+    check_bounds(p, a, bounds)
     return a
 
 

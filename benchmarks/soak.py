@@ -41,6 +41,7 @@ from bench_tunnel import (
     Procs,
     become_subreaper,
     cancellable,
+    check_bounds,
     environment,
     finish,
     kill_tree,
@@ -325,9 +326,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         abort_every=(1, 3600),
         abort_count=(0, 100),
     )
-    for k, (lo, hi) in bounds.items():
-        if not lo <= getattr(a, k) <= hi:
-            p.error(f"--{k.replace('_', '-')} must be {lo}..{hi}")
+    check_bounds(p, a, bounds)
     return a
 
 

@@ -32,7 +32,16 @@ cpu_per_byte.py import from here.
 from __future__ import annotations
 
 from bench_tunnel import source  # first: decides where sshtunnel_mgr comes from
-from bench_tunnel.common import CIPHERS, DIRECTIONS, GiB, MiB, cancellable, log, short
+from bench_tunnel.common import (
+    CIPHERS,
+    DIRECTIONS,
+    GiB,
+    MiB,
+    cancellable,
+    check_bounds,
+    log,
+    short,
+)
 from bench_tunnel.procs import (
     LAUNCHED,
     Mem,
@@ -78,6 +87,7 @@ __all__ = [
     "Run",
     "become_subreaper",
     "cancellable",
+    "check_bounds",
     "cpu_seconds",
     "descendants",
     "environment",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench_tunnel.common import CIPHERS, MiB, cancellable, log, short
+from bench_tunnel.common import CIPHERS, MiB, cancellable, check_bounds, log, short
 from bench_tunnel.memory import memory_phase
 from bench_tunnel.procs import LAUNCHED, Procs, become_subreaper, finish, kill_tree
 from bench_tunnel.profiling import profile, profile_report
@@ -172,10 +172,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         max_mib=(1, 4096),
         concurrency=(1, 64),
     )
-    for k, (lo, hi) in bounds.items():
-        v = getattr(a, k)
-        if v is not None and not lo <= v <= hi:
-            p.error(f"--{k.replace('_', '-')} must be {lo}..{hi}")
+    check_bounds(p, a, bounds)
     return a
 
 

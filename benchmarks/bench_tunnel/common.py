@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
 import os
@@ -38,6 +39,19 @@ AIM_SETUP_RATIO = 0.8  # sshtun set-up time <= 0.8x OpenSSH
 
 
 AIM_IDLE_KIB = 64.0  # sshtun bastion memory per idle agent connection
+
+
+def check_bounds(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    bounds: dict[str, tuple[float, float]],
+) -> None:
+    """Every option named in ``bounds`` (dest name: (low, high)) within its range, or the
+    parser's usage error; an option left at None is not checked."""
+    for dest, (lo, hi) in bounds.items():
+        value = getattr(args, dest)
+        if value is not None and not lo <= value <= hi:
+            parser.error(f"--{dest.replace('_', '-')} must be {lo}..{hi}")
 
 
 def short(cipher: str) -> str:
