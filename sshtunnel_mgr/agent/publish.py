@@ -24,6 +24,7 @@ from sshtunnel_mgr.agent.web import WebFront, uses_web
 from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.core.config import TunnelConfig
 from sshtunnel_mgr.core.hostport import split_host_port
+from sshtunnel_mgr.core.limits import AGENT_HOP_MAX_PACKET
 from sshtunnel_mgr.core.protocol import NOT_PUBLISHED
 from sshtunnel_mgr.keys.store import key_fingerprint, public_line
 from sshtunnel_mgr.runtime.logsetup import event
@@ -124,7 +125,9 @@ class Publisher:
             else:
                 factory = forward_to(conn, count, tunnel.target_host, tunnel.target_port)
             try:
-                listeners[label] = await conn.create_server(factory, tunnel.name, tunnel.port)
+                listeners[label] = await conn.create_server(
+                    factory, tunnel.name, tunnel.port, max_pktsize=AGENT_HOP_MAX_PACKET
+                )
             except asyncssh.ChannelListenError as exc:
                 refused[label] = str(exc) or "refused"
                 continue

@@ -35,6 +35,7 @@ from asyncssh import ChannelOpenError
 
 from sshtunnel_mgr.bastion.splice import Pipe
 from sshtunnel_mgr.core.config import LimitsConfig
+from sshtunnel_mgr.core.limits import AGENT_HOP_MAX_PACKET
 from sshtunnel_mgr.core.routing import Route
 
 CLIENT_LEFT = "client left during open"
@@ -128,7 +129,12 @@ async def open_agent_end(
     timeout = limits.open_timeout
     opening = asyncio.ensure_future(
         agent_conn.create_connection(
-            lambda: agent_end, route.spelling or route.name, route.port, orig[0], orig[1]
+            lambda: agent_end,
+            route.spelling or route.name,
+            route.port,
+            orig[0],
+            orig[1],
+            max_pktsize=AGENT_HOP_MAX_PACKET,
         )
     )
     stats.track(opening, agent_end)

@@ -22,8 +22,10 @@ def bastion_cmd(config: ConfigOpt) -> None:
 
     from sshtunnel_mgr.bastion.run import serve
     from sshtunnel_mgr.core.config import load_config
+    from sshtunnel_mgr.runtime.heap import keep_heap
 
     cfg = load_config(config).require_bastion()
+    keep_heap()
     load = lambda: load_config(config).require_bastion()  # noqa: E731
     asyncio.run(serve(cfg, load=load, handle_signals=True, config_path=config))
 
@@ -34,8 +36,10 @@ def up_cmd(config: ConfigOpt) -> None:
 
     from sshtunnel_mgr import agent
     from sshtunnel_mgr.core.config import load_config
+    from sshtunnel_mgr.runtime.heap import keep_heap
 
     cfg = load_config(config).require_agent()
+    keep_heap()
     load = lambda: load_config(config).require_agent()  # noqa: E731
     asyncio.run(agent.serve(cfg, load=load, handle_signals=True))
 

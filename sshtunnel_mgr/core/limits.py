@@ -12,6 +12,14 @@ from typing import Generic, Protocol, TypeVar
 # listen(2) backlog of the bastion's sockets (one process, or each worker's reuseport socket)
 LISTEN_BACKLOG = 1024
 
+# Largest channel data packet each end of the agent hop (bastion <-> agent) says it takes
+# in its channel open / confirmation (RFC 4254 §5.1 "maximum packet size"). The SSH
+# default of 32 KiB makes a bulk transfer cost one packet's Python work per 32 KiB; both
+# ends of this hop accept larger packets (asyncssh sizes its receive limit from the channel,
+# OpenSSH takes packets up to 256 KiB), so a peer may send 128 KiB at a time. Clients of
+# the bastion (ssh -J) keep what they ask for: a sender never exceeds the receiver's figure.
+AGENT_HOP_MAX_PACKET = 128 * 1024
+
 
 class HasChannels(Protocol):
     @property

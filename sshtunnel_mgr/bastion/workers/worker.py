@@ -32,6 +32,7 @@ from sshtunnel_mgr.bastion.workers.relay import RelayServer
 from sshtunnel_mgr.core.config import load_config
 from sshtunnel_mgr.core.errors import SshtunError
 from sshtunnel_mgr.runtime.asyncutil import TaskSet
+from sshtunnel_mgr.runtime.heap import keep_heap
 from sshtunnel_mgr.runtime.logsetup import EVENT, FIELDS, event, render_event, setup_logging
 from sshtunnel_mgr.runtime.service import Service
 
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(1 if level <= logging.DEBUG else 0, level >= logging.WARNING, args.log_format)
     for handler in logging.getLogger().handlers:
         handler.addFilter(WorkerField(args.index))
+    keep_heap()
     try:
         asyncio.run(run_worker(args))
     except SshtunError as exc:
