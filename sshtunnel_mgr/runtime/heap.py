@@ -41,7 +41,7 @@ def keep_heap() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    applied = (
+    applied = bool(
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
         and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     )

@@ -306,6 +306,7 @@ def _gcm_glue(enc: Any) -> None:
     cipher = enc._cipher
     aead = AESGCM(cipher._key)
     encrypt, decrypt = aead.encrypt, aead.decrypt
+    encrypt_into = getattr(aead, "encrypt_into", None)  # cryptography >= 45
 
     def encrypt_packet(seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
         iv = cipher._iv
@@ -330,6 +331,21 @@ def _gcm_glue(enc: Any) -> None:
 
     enc.encrypt_packet = encrypt_packet
     enc.decrypt_packet = decrypt_packet
+    enc._sshtun_seal = _sealed(encrypt_packet)
+    if encrypt_into is None:
+        return
+    into: Callable[[bytes, bytes, bytes, memoryview], int] = encrypt_into
+
+    def seal(seq: int, header: bytes, packet: bytes) -> bytearray:
+        """``header`` + ciphertext + tag, encrypted straight into the buffer sent."""
+        iv = cipher._iv
+        out = bytearray(len(header) + len(packet) + _TAG)
+        out[: len(header)] = header
+        into(iv, packet, header, memoryview(out)[len(header) :])
+        cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _INVOCATION).to_bytes(8, "big")
+        return out
+
+    enc._sshtun_seal = seal
 
 
 def _chacha_glue(enc: Any) -> None:
@@ -363,3 +379,11 @@ def _chacha_glue(enc: Any) -> None:
 
     enc.encrypt_packet = encrypt_packet
     enc.decrypt_packet = decrypt_packet
+    enc._sshtun_seal = _sealed(encrypt_packet)
+
+
+def _sealed(
+    encrypt_packet: Callable[[int, bytes, bytes], tuple[bytes, bytes]],
+) -> Callable[[int, bytes, bytes], bytes]:
+    """``_sshtun_seal`` from a glue ``encrypt_packet`` (which joins the tag already)."""
+    return lambda seq, header, packet: encrypt_packet(seq, header, packet)[0]

@@ -89,7 +89,8 @@ def install(conn: Any) -> bool:
         return False  # cannot tell whether packets are logged: asyncssh's path logs them
     urandom, monotonic, join = os.urandom, time.monotonic, b"".join
 
-    glued: list[Any] = [None, False]  # the send encryption object seen last; tuned?
+    # The send encryption object seen last; tuned?; its _sshtun_seal
+    glued: list[Any] = [None, False, None]
 
     def fast_ok() -> bool:
         enc = conn._send_encryption
@@ -98,6 +99,8 @@ def install(conn: Any) -> bool:
                 return False  # no transfer yet: stay stock (datapath.GLUE_AFTER)
             glued[0] = enc
             glued[1] = tune_encryption(enc) or getattr(enc, "_sshtun_glue", False)
+            glued[2] = getattr(enc, "_sshtun_seal", None)
+            glued[1] = glued[1] and callable(glued[2])
         return bool(
             glued[1]
             and conn._kex_complete
@@ -108,9 +111,32 @@ def install(conn: Any) -> bool:
             and getattr(level_of, "_debug_level", 3) < 3
         )
 
+    def emit(send_chan: int, parts: tuple[bytes | memoryview, ...], size: int) -> None:
+        """One ``SSH_MSG_CHANNEL_DATA`` packet whose data string is ``parts`` (``size``
+        bytes, its length prefix included), sealed and handed to ``_send``."""
+        blocksize = conn._send_blocksize
+        padlen = -(conn._send_enchdrlen + 5 + size) % blocksize
+        if padlen < 4:
+            padlen += blocksize
+        packet = join(
+            (
+                bytes((padlen, MSG_CHANNEL_DATA)),
+                send_chan.to_bytes(4, "big"),
+                *parts,
+                urandom(padlen),
+            )
+        )
+        pktlen = len(packet)
+        seq = conn._send_seq
+        conn._send(glued[2](seq, pktlen.to_bytes(4, "big"), packet))
+        conn._send_seq = (seq + 1) & 0xFFFFFFFF
+        conn._rekey_bytes_sent += pktlen
+
     def wrap(chan: Any) -> None:
         stock = chan.send_packet
+        stock_write = chan.write
         chan._send_chan  # noqa: B018 -- AttributeError: keep this channel stock
+        chan._send_buf, chan._send_window, chan._send_pktsize, chan._send_state  # noqa: B018
 
         def send_packet(pkttype: int, *args: bytes) -> None:
             send_chan = chan._send_chan
@@ -121,26 +147,34 @@ def install(conn: Any) -> bool:
                 stock(pkttype, *args)
                 return
             body = args[0]  # String(data), from the channel's _flush_send_buf
-            blocksize = conn._send_blocksize
-            padlen = -(conn._send_enchdrlen + 5 + len(body)) % blocksize
-            if padlen < 4:
-                padlen += blocksize
-            packet = join(
-                (
-                    bytes((padlen, MSG_CHANNEL_DATA)),
-                    send_chan.to_bytes(4, "big"),
-                    body,
-                    urandom(padlen),
-                )
-            )
-            pktlen = len(packet)
-            seq = conn._send_seq
-            data, mac = conn._send_encryption.encrypt_packet(seq, pktlen.to_bytes(4, "big"), packet)
-            conn._send(data + mac)
-            conn._send_seq = (seq + 1) & 0xFFFFFFFF
-            conn._rekey_bytes_sent += pktlen
+            emit(send_chan, (body,), len(body))
+
+        def write(data: Any, datatype: Any = None) -> None:
+            send_chan = chan._send_chan
+            if (
+                datatype is not None
+                or chan._send_buf  # queued data goes first, by asyncssh's flush
+                or chan._send_state != "open"
+                or chan._encoding
+                or send_chan is None
+                or not chan._send_window
+                or not isinstance(data, bytes)
+                or getattr(level_of, "_debug_level", 3) >= 2  # asyncssh logs each write
+                or not fast_ok()
+            ):
+                stock_write(data, datatype)
+                return
+            view, total, done = memoryview(data), len(data), 0
+            while done < total and chan._send_window and (not done or fast_ok()):
+                size = min(total - done, chan._send_window, chan._send_pktsize)
+                emit(send_chan, (size.to_bytes(4, "big"), view[done : done + size]), 4 + size)
+                chan._send_window -= size
+                done += size
+            if done < total:  # the window is spent (or a rekey is due): asyncssh queues it
+                stock_write(view[done:])
 
         chan.send_packet = send_packet
+        chan.write = write
 
     def add_channel(chan: Any) -> Any:
         with contextlib.suppress(AttributeError, TypeError):

@@ -62,6 +62,7 @@ _EMPTY_STRING = b"\x00\x00\x00\x00"  # String(b""): the payload of asyncssh's ig
 # Flush at once when this much is corked: keeps the joined buffer small, and a bulk
 # stream still gets many packets per system call (data packets are 32 KiB).
 CORK_LIMIT = 256 * 1024
+JOIN_BELOW = 16 * 1024  # cork: packets smaller than this share a write; larger go alone
 
 # Send ciphers for which the empty-ignore countermeasure is pointless: no CBC IV chain.
 _AEAD_CIPHERS = frozenset(
@@ -206,11 +207,31 @@ class _Cork:
         if transport.is_closing():
             return
         try:
-            transport.writelines(buf)
+            if len(buf) == 1:
+                transport.write(buf[0])
+            else:
+                _write_runs(transport, buf)
         except ConnectionError:  # what stock ``_send`` ignores too
             pass
         except Exception:
             self._conn.internal_error()  # stock: the error closes the connection, logged
+
+
+def _write_runs(transport: asyncio.Transport, buf: list[bytes]) -> None:
+    """Small packets joined into one write; a big one (bulk data) written as it is, so
+    its bytes are not copied once more only to be joined (the socket takes it directly,
+    or the transport keeps what it did not take)."""
+    small: list[bytes] = []
+    for data in buf:
+        if len(data) < JOIN_BELOW:
+            small.append(data)
+            continue
+        if small:
+            transport.write(small[0] if len(small) == 1 else b"".join(small))
+            small = []
+        transport.write(data)
+    if small:
+        transport.write(small[0] if len(small) == 1 else b"".join(small))
 
 
 def _cork(conn: Any) -> bool:
@@ -218,7 +239,7 @@ def _cork(conn: Any) -> bool:
     loop = conn._loop
     if not isinstance(transport, asyncio.Transport) or not callable(conn._send):
         return False
-    for needed in (loop.call_soon, transport.writelines, transport.is_closing, conn.internal_error):
+    for needed in (loop.call_soon, transport.write, transport.is_closing, conn.internal_error):
         if not callable(needed):
             return False
     conn._send = _Cork(conn, transport, loop).send
