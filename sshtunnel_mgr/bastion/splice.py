@@ -32,7 +32,9 @@ from collections.abc import Callable
 
 import asyncssh
 
+from sshtunnel_mgr.core.limits import AGENT_HOP_MAX_PACKET
 from sshtunnel_mgr.runtime.logsetup import event
+from sshtunnel_mgr.runtime.passbatch import PassBatch
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
         self._wait_peer = False
         self._wait_drain = False
         self._paused = False
+        # What this end received in one loop pass goes to the peer's channel as one write:
+        # a jump client's 32 KiB packets leave for the agent as packets of up to 128 KiB.
+        self._batch = PassBatch(self._to_peer, AGENT_HOP_MAX_PACKET)
 
     # Wiring --------------------------------------------------------------------------
     def link(self, peer: Pipe) -> None:
@@ -104,7 +109,7 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
         self.bytes_in += len(data)
         peer = self.peer
         if peer is not None and peer.chan is not None:
-            _send(peer.chan, data)
+            self._batch.add(data)
         elif peer is not None and peer._closed:
             pass  # the other end will never take it; this end is being closed
         else:
@@ -114,8 +119,14 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
                 self._wait_peer = True
                 self._update_reading()
 
+    def _to_peer(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None and peer.chan is not None:
+            _send(peer.chan, data)
+
     def eof_received(self) -> bool:
         self._eof_in = True
+        self._batch.flush()
         peer = self.peer
         if peer is not None and peer.chan is not None:
             _send_eof(peer.chan)
@@ -148,6 +159,7 @@ class Pipe(asyncssh.SSHTCPSession[bytes]):
         if self._closed:
             return
         self._closed = True
+        self._batch.flush()  # what this end sent before it went goes first
         peer = self.peer
         if peer is not None and peer.chan is not None and not peer._closed:
             peer.chan.close()

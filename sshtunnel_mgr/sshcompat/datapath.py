@@ -59,6 +59,7 @@ from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from sshtunnel_mgr.sshcompat import Shim, missing, parameters, stepped_aside
+from sshtunnel_mgr.sshcompat.recvfast import Taker, taker
 
 _CTR0 = bytes(8)  # ChaCha20 block counter 0 (little-endian), before OpenSSH's 8-byte nonce
 _POLY_BLOCK = bytes(64)  # keystream block 0: its first 32 bytes are the Poly1305 key
@@ -122,13 +123,14 @@ def install_recv_feed(conn: Any) -> bool:
             return False
     disconnect_error = asyncssh.DisconnectError
     aead_check = _aead_refresh(conn)
+    take = taker(conn) if aead_check is not None else None  # only glued ciphers have it
 
     def data_received(data: bytes, datatype: Any = None) -> None:
         conn._reset_keepalive_timer()
         if aead_check is not None:
             aead_check(len(data))
         try:
-            _feed(conn, data, pkthdr, packet)
+            _feed(conn, data, pkthdr, packet, take)
         except disconnect_error as exc:  # as asyncssh's _recv_data
             conn._send_disconnect(exc.code, exc.reason, exc.lang)
             conn._force_close(exc)
@@ -139,13 +141,27 @@ def install_recv_feed(conn: Any) -> bool:
     return True
 
 
-def _feed(conn: Any, data: bytes, pkthdr: Callable[..., Any], packet: Callable[..., Any]) -> None:
-    """Give asyncssh's parser one step's bytes at a time; the rest to its own loop."""
+def _feed(
+    conn: Any,
+    data: bytes,
+    pkthdr: Callable[..., Any],
+    packet: Callable[..., Any],
+    take: Taker | None = None,
+) -> None:
+    """Give asyncssh's parser one step's bytes at a time; the rest to its own loop. At a
+    packet boundary, ``take`` (recvfast.py) may take a whole channel data packet first."""
     pos, end = 0, len(data)
     while pos < end:
         handler = conn._recv_handler
         func = getattr(handler, "__func__", None)
         inp = conn._inpbuf
+        if take is not None and func is pkthdr and not inp:
+            used = take(data, pos, end)
+            if used:
+                pos += used
+                if not conn._transport:
+                    return  # closed while delivering: nothing more will be answered
+                continue
         if func is pkthdr:
             need = conn._recv_blocksize - len(inp)
         elif func is packet:
@@ -329,8 +345,27 @@ def _gcm_glue(enc: Any) -> None:
         cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _INVOCATION).to_bytes(8, "big")
         return data
 
+    def open_packet(
+        header: memoryview, body: memoryview
+    ) -> tuple[bytes, Callable[[], None]] | None:
+        """Decrypt one whole packet (ciphertext and tag) from a read; the counter moves on
+        only when the caller ``commit``s (it takes the packet)."""
+        iv = cipher._iv
+        try:
+            plain: bytes = decrypt(iv, body, header)
+        except InvalidTag:
+            return None
+
+        def commit() -> None:
+            cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _INVOCATION).to_bytes(
+                8, "big"
+            )
+
+        return plain, commit
+
     enc.encrypt_packet = encrypt_packet
     enc.decrypt_packet = decrypt_packet
+    enc._sshtun_open = open_packet
     enc._sshtun_seal = _sealed(encrypt_packet)
     if encrypt_into is None:
         return

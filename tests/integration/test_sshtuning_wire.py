@@ -260,6 +260,55 @@ async def test_data_packets_built_by_the_shim_only_for_aead(keys: Keys, cipher: 
         assert slow <= 2 * GLUE_AFTER // (32 * 1024) if cipher != "aes128-ctr" else slow >= 64
 
 
+@pytest.mark.parametrize(
+    ("cipher", "split", "rekey"),
+    [
+        ("aes128-gcm@openssh.com", False, False),
+        ("aes128-gcm@openssh.com", True, True),
+        ("chacha20-poly1305@openssh.com", False, False),
+    ],
+)
+async def test_channel_data_taken_whole_from_reads_only_for_gcm(
+    keys: Keys, monkeypatch: pytest.MonkeyPatch, cipher: str, split: bool, rekey: bool
+) -> None:
+    """recvfast.py: on a GCM connection carrying a transfer, most data packets are taken
+    straight from the read (one decrypt, one copy); with reads cut anywhere and rekeying
+    every 256 KiB, the packets cut across reads and those of each new key go to asyncssh,
+    and every byte still arrives intact. ChaCha20-Poly1305 (encrypted length): none."""
+    from sshtunnel_mgr.sshcompat import datapath
+
+    taken = Counter[str]()
+    make = datapath.taker
+
+    def counting(conn: Any) -> Any:
+        take = make(conn)
+        assert take is not None
+
+        def counted(data: bytes, pos: int, end: int) -> int:
+            used = take(data, pos, end)
+            taken["fast" if used else "stock"] += 1
+            return used
+
+        return counted
+
+    monkeypatch.setattr(datapath, "taker", counting)
+    server_recorder = Recorder(random.Random(3) if split else None)
+    client_recorder = Recorder(random.Random(4) if split else None)
+    opts = {"rekey_bytes": "256k"} if rekey else {}
+    async with _serve(keys, server_recorder, cipher, **opts) as port:
+        client = _client_opts(keys, port, client_recorder, cipher)
+        async with asyncssh.connect("127.0.0.1", **client, **opts) as conn:
+            await _round_trip(conn, 4 * MIB)
+    data_packets = server_recorder.received[MSG_CHANNEL_DATA]  # the rest: asyncssh's
+    if cipher.startswith("aes"):
+        # 2 x 128 packets of 32 KiB, both ends together; reads cut into pieces of at most
+        # 40 KiB hold few whole packets
+        assert taken["fast"] >= (1 if split else 32)
+        assert data_packets < 2 * 4 * MIB // (32 * 1024)
+    else:
+        assert taken["fast"] == 0
+
+
 async def test_an_idle_link_keeps_the_stock_cipher_objects_until_a_transfer(
     keys: Keys, server_recorder: Recorder, client_recorder: Recorder
 ) -> None:

@@ -73,6 +73,9 @@ class RecordingTransport(asyncio.Transport):
         self.writes: list[bytes] = []
         self.closing = False
 
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
     def writelines(self, list_of_data: Any) -> None:
         self.writes.append(b"".join(list_of_data))
 
@@ -140,6 +143,16 @@ def test_cork_writes_once_per_loop_pass_in_order() -> None:
     assert conn.sent == []  # the stock _send is bypassed, not called twice
 
 
+def test_cork_writes_a_bulk_packet_alone_and_joins_the_small_ones_around_it() -> None:
+    conn = FakeConnection()
+    tune_connection(conn)  # type: ignore[arg-type]
+    big = bytes(sendpath.JOIN_BELOW)
+    for chunk in (b"a", b"b", big, b"c", big, big):
+        conn._send(chunk)
+    conn._loop.run_pass()
+    assert conn._transport.writes == [b"ab", big, b"c", big, big]
+
+
 def test_cork_flushes_at_once_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sendpath, "CORK_LIMIT", 10)
     conn = FakeConnection()
@@ -180,7 +193,7 @@ def test_cork_write_errors_close_the_connection_like_stock() -> None:
     def broken(data: Any) -> None:
         raise RuntimeError("transport refused")
 
-    conn._transport.writelines = broken
+    conn._transport.write = broken
     conn._send(b"x")
     conn._loop.run_pass()
     assert conn.errors == 1
