@@ -16,20 +16,17 @@ ones, per connection (instance attributes only, nothing at import):
    loop as before. Exceptions are handled as asyncssh's ``_recv_data`` does; the
    keepalive timer is reset once per read, as there. One difference: once the connection
    is closed (its transport gone) while a read is being parsed, the rest of that read is
-   dropped at once instead of being parsed for a connection that no longer sends.
-2. **AEAD glue** (shim ``aead_glue``). For ``aes*-gcm@openssh.com`` asyncssh builds a new
-   ``AESGCM`` object per packet and copies the ciphertext three times to split and re-join
-   the tag; for ``chacha20-poly1305@openssh.com`` it builds three ``Cipher`` objects per
-   packet. The connection's encryption objects get ``encrypt_packet``/``decrypt_packet``
-   that keep one ``AESGCM`` per key and join header, ciphertext and tag once (GCM), and
-   take the Poly1305 key and the payload from one ChaCha20 stream (block 0, then block 1
-   on, as RFC 8439 and OpenSSH's PROTOCOL.chacha20poly1305 define it). The cipher state
-   (the GCM invocation counter in ``GCMCipher._iv``) stays where asyncssh keeps it, so
-   asyncssh's own methods and these can take turns: the objects of a new key exchange
-   are found on the next read and tuned then; until then they run stock. Other ciphers
-   (CTR, CBC, ETM MACs) are left alone.
+   dropped at once instead of being parsed for a connection that no longer sends. At a
+   packet boundary, a GCM channel data packet wholly in the read is taken by
+   ``recvfast.py`` first (one decrypt straight from the read, one copy to the channel).
+2. **AEAD glue** (shim ``aead_glue``). For ``aes*-gcm@openssh.com`` and
+   ``chacha20-poly1305@openssh.com`` asyncssh builds new cipher objects per packet and
+   copies the ciphertext to split and re-join the tag. ``aeadglue.py`` gives the
+   connection's encryption objects methods that keep one object per key and copy once;
+   the objects of a new key exchange are found on the next read and tuned then (until
+   then they run stock). Other ciphers (CTR, CBC, ETM MACs) are left alone.
 
-Same bytes on the wire: ``tests/integration/test_datapath_wire.py`` moves random data
+Same bytes on the wire: ``tests/integration/test_sshtuning_wire.py`` moves random data
 both ways through tuned bastion and agent and real OpenSSH, for both ciphers, with
 rekeying, and compares checksums; ``tests/unit/test_datapath.py`` checks the glue against
 asyncssh's own encryption objects packet by packet.
@@ -46,29 +43,15 @@ the connection keeps asyncssh's own code.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
 import asyncssh
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
-from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from sshtunnel_mgr.sshcompat import Shim, missing, parameters, stepped_aside
+from sshtunnel_mgr.sshcompat.aeadglue import encryption_module, tune_encryption
 from sshtunnel_mgr.sshcompat.recvfast import Taker, taker
-
-_CTR0 = bytes(8)  # ChaCha20 block counter 0 (little-endian), before OpenSSH's 8-byte nonce
-_POLY_BLOCK = bytes(64)  # keystream block 0: its first 32 bytes are the Poly1305 key
-_TAG = 16
-_INVOCATION = 0xFFFFFFFFFFFFFFFF
-
-
-def _encryption_module() -> Any:
-    return importlib.import_module("asyncssh.encryption")
 
 
 # 1. recv_feed ----------------------------------------------------------------------------
@@ -190,7 +173,7 @@ def _feed(
 
 # 2. aead_glue ----------------------------------------------------------------------------
 def _check_aead_glue() -> str:
-    mod = _encryption_module()
+    mod = encryption_module()
     gcm, chacha = mod.GCMEncryption, mod.ChachaEncryption
     reason = missing(asyncssh.SSHServerConnection, "_send_encryption", "_recv_encryption")
     for cls in (gcm, chacha):
@@ -300,125 +283,3 @@ def refresh_on_read(conn: Any) -> bool:
 
     conn.data_received = data_received
     return True
-
-
-def tune_encryption(enc: object) -> bool:
-    """Give one asyncssh encryption object the faster glue if it is GCM or ChaCha20-Poly1305
-    (True); any other object (None before the first key exchange, CTR, CBC) is left alone."""
-    if enc is None or getattr(enc, "_sshtun_glue", False):
-        return False
-    mod = _encryption_module()
-    if type(enc) is mod.GCMEncryption:
-        _gcm_glue(enc)
-    elif type(enc) is mod.ChachaEncryption:
-        _chacha_glue(enc)
-    else:
-        return False
-    enc._sshtun_glue = True  # type: ignore[attr-defined]
-    return True
-
-
-def _gcm_glue(enc: Any) -> None:
-    cipher = enc._cipher
-    aead = AESGCM(cipher._key)
-    encrypt, decrypt = aead.encrypt, aead.decrypt
-    encrypt_into = getattr(aead, "encrypt_into", None)  # cryptography >= 45
-
-    def encrypt_packet(seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
-        iv = cipher._iv
-        out = encrypt(iv, packet, header)
-        cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _INVOCATION).to_bytes(8, "big")
-        # asyncssh sends ``packet + mac``: with the tag already joined and an empty mac
-        # that is the same object, not one more copy.
-        return header + out, b""
-
-    def decrypt_packet(
-        seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
-    ) -> bytes | None:
-        iv = cipher._iv
-        try:
-            data: bytes | None = decrypt(
-                iv, b"".join((first[header_len:], rest, mac)), first[:header_len]
-            )
-        except InvalidTag:
-            data = None
-        cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _INVOCATION).to_bytes(8, "big")
-        return data
-
-    def open_packet(
-        header: memoryview, body: memoryview
-    ) -> tuple[bytes, Callable[[], None]] | None:
-        """Decrypt one whole packet (ciphertext and tag) from a read; the counter moves on
-        only when the caller ``commit``s (it takes the packet)."""
-        iv = cipher._iv
-        try:
-            plain: bytes = decrypt(iv, body, header)
-        except InvalidTag:
-            return None
-
-        def commit() -> None:
-            cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _INVOCATION).to_bytes(
-                8, "big"
-            )
-
-        return plain, commit
-
-    enc.encrypt_packet = encrypt_packet
-    enc.decrypt_packet = decrypt_packet
-    enc._sshtun_open = open_packet
-    enc._sshtun_seal = _sealed(encrypt_packet)
-    if encrypt_into is None:
-        return
-    into: Callable[[bytes, bytes, bytes, memoryview], int] = encrypt_into
-
-    def seal(seq: int, header: bytes, packet: bytes) -> bytearray:
-        """``header`` + ciphertext + tag, encrypted straight into the buffer sent."""
-        iv = cipher._iv
-        out = bytearray(len(header) + len(packet) + _TAG)
-        out[: len(header)] = header
-        into(iv, packet, header, memoryview(out)[len(header) :])
-        cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _INVOCATION).to_bytes(8, "big")
-        return out
-
-    enc._sshtun_seal = seal
-
-
-def _chacha_glue(enc: Any) -> None:
-    cipher = enc._cipher
-    key, adkey = cipher._key, cipher._adkey
-
-    def encrypt_packet(seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
-        nonce = _CTR0 + seq.to_bytes(8, "big")
-        hdr = Cipher(ChaCha20(adkey, nonce), None).encryptor().update(header)
-        stream = Cipher(ChaCha20(key, nonce), None).encryptor()
-        poly = Poly1305(stream.update(_POLY_BLOCK)[:32])
-        body = stream.update(packet)  # keystream from block 1 on
-        poly.update(hdr)
-        poly.update(body)
-        return b"".join((hdr, body, poly.finalize())), b""
-
-    def decrypt_packet(
-        seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
-    ) -> bytes | None:
-        nonce = _CTR0 + seq.to_bytes(8, "big")
-        stream = Cipher(ChaCha20(key, nonce), None).encryptor()
-        poly = Poly1305(stream.update(_POLY_BLOCK)[:32])
-        poly.update(first)  # the encrypted length, then the rest of the packet
-        poly.update(rest)
-        try:
-            poly.verify(mac)
-        except InvalidSignature:
-            return None
-        body = stream.update(first[header_len:] + rest if len(first) > header_len else rest)
-        return body
-
-    enc.encrypt_packet = encrypt_packet
-    enc.decrypt_packet = decrypt_packet
-    enc._sshtun_seal = _sealed(encrypt_packet)
-
-
-def _sealed(
-    encrypt_packet: Callable[[int, bytes, bytes], tuple[bytes, bytes]],
-) -> Callable[[int, bytes, bytes], bytes]:
-    """``_sshtun_seal`` from a glue ``encrypt_packet`` (which joins the tag already)."""
-    return lambda seq, header, packet: encrypt_packet(seq, header, packet)[0]

@@ -8,7 +8,16 @@ on, this shim's channel ``send_packet`` builds the same packet (padding length, 
 type, recipient channel, the data string, random padding: RFC 4253 §6, RFC 4254 §5.2) in
 one ``join`` and does what the connection's ``send_packet`` would do after that: encrypt
 with the current sequence number, hand it to ``_send``, count the sequence number and the
-rekey bytes on.
+rekey bytes on. AES-GCM encrypts straight into the buffer that is sent (the glue's
+``_sshtun_seal``, ``AESGCM.encrypt_into``).
+
+The channel's ``write`` goes further while its send queue is empty: asyncssh would copy
+the data into a ``bytearray`` queue, slice a packet's worth off it and wrap that in a
+string, three more copies; here each packet's worth (window and the peer's maximum
+packet size permitting) goes straight from the caller's bytes into the packet. What the
+window does not cover is queued by asyncssh's own ``write`` as before, and anything that
+must follow it (more data, EOF, close) then takes asyncssh's path in order. Extended data,
+encoded channels and debug level 2 and up (asyncssh logs each write) stay stock.
 
 "Nothing special" is checked for every packet; otherwise asyncssh's own path runs
 unchanged: key exchange complete and login done (during a rekey asyncssh defers data
@@ -18,7 +27,8 @@ send cipher one ``aead_glue`` tunes (AEAD: no ``MSG_IGNORE`` countermeasure, so 
 needs ``skip_ignore`` on the connection too, which drops it for the same ciphers). A new
 key exchange's send object is tuned here at its first data packet, not at the next read.
 
-asyncssh internals used: the channel's ``send_packet`` and ``_send_chan`` (each channel
+asyncssh internals used: the channel's ``send_packet``, ``write``, ``_send_chan``,
+``_send_buf``, ``_send_window``, ``_send_pktsize``, ``_send_state`` (each channel
 is reached through the connection's ``add_channel``, as ``quiet_packet_log`` does), and
 the connection's ``_auth_complete``, ``_kex_complete``, ``_compressor``,
 ``_rekey_bytes_sent``, ``_rekey_bytes``, ``_rekey_seconds``, ``_rekey_time``,
@@ -36,7 +46,8 @@ from typing import Any
 import asyncssh
 
 from sshtunnel_mgr.sshcompat import Shim, missing, parameters
-from sshtunnel_mgr.sshcompat.datapath import tune_encryption, warm
+from sshtunnel_mgr.sshcompat.aeadglue import tune_encryption
+from sshtunnel_mgr.sshcompat.datapath import warm
 
 MSG_CHANNEL_DATA = 94  # RFC 4254 §9
 _CONN_ATTRS = (

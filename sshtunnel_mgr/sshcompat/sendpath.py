@@ -7,11 +7,13 @@ at import, other asyncssh users in the process are untouched):
 
 1. **Cork** (shim ``cork``). asyncssh hands every packet to ``transport.write`` at once,
    one ``send()`` system call each. Corked, the packets written during one event-loop pass
-   go out in one ``write`` at the end of that pass (or earlier, once ``CORK_LIMIT`` bytes
-   are waiting). Same bytes, same order; only the syscall count changes. A disconnect still
-   goes out before asyncssh aborts the transport, because the flush is queued ahead of the
-   abort. A connection tunnelled through another (its transport is an SSH channel, not a
-   socket) stays uncorked.
+   go out together at the end of that pass (or earlier, once ``CORK_LIMIT`` bytes are
+   waiting): small ones joined into one ``write``, a bulk packet (``JOIN_BELOW`` or more)
+   written on its own rather than copied once more into the join. Same bytes, same
+   order; only the syscall count changes. A disconnect still goes out before asyncssh
+   aborts the transport, because the flush is queued ahead of the abort. A connection
+   tunnelled through another (its transport is an SSH channel, not a socket) stays
+   uncorked.
 2. **No empty ``SSH_MSG_IGNORE`` before each packet** (shim ``skip_ignore``) when the
    cipher in use is not CBC. asyncssh sends one ahead of every packet once encryption is
    on: the RFC 4251 §9.3.1 countermeasure against chosen-plaintext attacks on CBC's
@@ -22,8 +24,10 @@ at import, other asyncssh users in the process are untouched):
 3. **No packet-log formatting unless packet logging is on** (shim ``quiet_packet_log``,
    in ``debuglevel.py``).
 4. **Fewer copies per packet** (shims ``recv_feed`` and ``aead_glue``, in
-   ``datapath.py``): the receive parser fed one packet at a time, one AEAD object per key;
-   channel data packets built in one join (shim ``data_packets``, ``sendfast.py``).
+   ``datapath.py``): the receive parser fed one packet at a time, one AEAD object per key,
+   GCM channel data taken whole from a read (``recvfast.py``); channel data packets built
+   in one join, a channel's writes sent straight into packets (shim ``data_packets``,
+   ``sendfast.py``).
 
 Everything else is untouched: rekeying (the byte count still runs in ``send_packet``),
 keepalives, channel windows, packet sizes, padding and MACs.

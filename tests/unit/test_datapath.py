@@ -97,3 +97,48 @@ def test_other_ciphers_are_left_alone() -> None:
     assert not datapath.tune_encryption(enc)
     assert "encrypt_packet" not in vars(enc)
     assert not datapath.tune_encryption(None)
+
+
+@pytest.mark.parametrize("name", list(CIPHERS))
+def test_seal_sends_what_asyncssh_would_send(name: bytes) -> None:
+    """``_sshtun_seal`` (sendfast.py): header, ciphertext and tag in the buffer sent, the
+    same bytes as asyncssh's ``encrypt_packet`` joined (GCM: ``encrypt_into``)."""
+    stock, tuned = _pair(name)
+    datapath.tune_encryption(tuned)
+    rng = random.Random(7)
+    for seq, size in enumerate([16, 4000, 131072 + 12, 32]):
+        header, body = _packet(rng, size)
+        want = b"".join(stock.encrypt_packet(seq, header, body))  # type: ignore[attr-defined]
+        assert bytes(tuned._sshtun_seal(seq, header, body)) == want  # type: ignore[attr-defined]
+
+
+def test_open_takes_a_whole_gcm_packet_and_moves_the_counter_only_when_committed() -> None:
+    """``_sshtun_open`` (recvfast.py): a whole packet decrypted from views of a read; the
+    counter moves on only on ``commit``, so a packet left to asyncssh decrypts there."""
+    name = b"aes128-gcm@openssh.com"
+    sender, receiver = _pair(name)
+    datapath.tune_encryption(receiver)
+    rng = random.Random(8)
+    packets = [_packet(rng, size) for size in (32, 4000, 16)]
+    wires = [
+        b"".join(sender.encrypt_packet(seq, h, b))  # type: ignore[attr-defined]
+        for seq, (h, b) in enumerate(packets)
+    ]
+    view = memoryview(wires[0])
+    opened = receiver._sshtun_open(view[:4], view[4:])  # type: ignore[attr-defined]
+    assert opened is not None and opened[0] == packets[0][1]
+    opened[1]()  # taken: the next packet's counter
+    view = memoryview(wires[1])
+    opened = receiver._sshtun_open(view[:4], view[4:])  # type: ignore[attr-defined]
+    assert opened is not None and opened[0] == packets[1][1]
+    # not committed: asyncssh's own decrypt of the same packet still works
+    wire = wires[1]
+    got = receiver.decrypt_packet(1, wire[:16], wire[16:-16], 4, wire[-16:])  # type: ignore[attr-defined]
+    assert got == packets[1][1]
+    bad = bytearray(wires[2])
+    bad[-1] ^= 1
+    view = memoryview(bytes(bad))
+    assert receiver._sshtun_open(view[:4], view[4:]) is None  # type: ignore[attr-defined]
+    chacha = _pair(b"chacha20-poly1305@openssh.com")[0]
+    assert datapath.tune_encryption(chacha)
+    assert not hasattr(chacha, "_sshtun_open")  # its length is encrypted: asyncssh's path
