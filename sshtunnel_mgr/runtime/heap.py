@@ -9,8 +9,9 @@ download (benchmarks/web_bench, 1 GiB through the bastion): 14,852 ``brk`` calls
 and 1.9 s of kernel CPU per GiB, against 0.44 s for OpenSSH's ``ssh -R`` moving the same
 bytes; with the two settings below, 0.5 s, and the agent's CPU per GiB halves.
 
-``M_MMAP_THRESHOLD`` = 1 MiB: blocks up to that size come from the heap and are reused.
-``M_TRIM_THRESHOLD`` = 8 MiB: the heap keeps up to that much free at its top instead of
+``M_MMAP_THRESHOLD`` = 512 KiB: blocks up to that size (a 256 KiB read, a 128 KiB packet)
+come from the heap and are reused.
+``M_TRIM_THRESHOLD`` = 2 MiB: the heap keeps up to that much free at its top instead of
 returning it after every burst (what a process may hold beyond its live data; it is still
 returned once more lies free). Both are process-wide ``mallopt`` settings, so the
 bastion, each bastion worker and the agent call this once at start; anything other than
@@ -28,8 +29,8 @@ log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 1024 * 1024
-TRIM_THRESHOLD = 8 * 1024 * 1024
+MMAP_THRESHOLD = 512 * 1024
+TRIM_THRESHOLD = 2 * 1024 * 1024
 
 
 def keep_heap() -> bool:

@@ -49,9 +49,8 @@ from typing import Any
 
 import asyncssh
 
-from sshtunnel_mgr.sshcompat import Shim, missing, parameters, stepped_aside
+from sshtunnel_mgr.sshcompat import Shim, missing, parameters, recvfast, stepped_aside
 from sshtunnel_mgr.sshcompat.aeadglue import encryption_module, tune_encryption
-from sshtunnel_mgr.sshcompat.recvfast import Taker, taker
 
 
 # 1. recv_feed ----------------------------------------------------------------------------
@@ -106,7 +105,8 @@ def install_recv_feed(conn: Any) -> bool:
             return False
     disconnect_error = asyncssh.DisconnectError
     aead_check = _aead_refresh(conn)
-    take = taker(conn) if aead_check is not None else None  # only glued ciphers have it
+    # Only glued ciphers have what recvfast needs; it keeps no state per connection.
+    take = recvfast.take if aead_check is not None and recvfast.usable(conn) else None
 
     def data_received(data: bytes, datatype: Any = None) -> None:
         conn._reset_keepalive_timer()
@@ -129,7 +129,7 @@ def _feed(
     data: bytes,
     pkthdr: Callable[..., Any],
     packet: Callable[..., Any],
-    take: Taker | None = None,
+    take: Callable[[Any, bytes, int, int], int] | None = None,
 ) -> None:
     """Give asyncssh's parser one step's bytes at a time; the rest to its own loop. At a
     packet boundary, ``take`` (recvfast.py) may take a whole channel data packet first."""
@@ -139,7 +139,7 @@ def _feed(
         func = getattr(handler, "__func__", None)
         inp = conn._inpbuf
         if take is not None and func is pkthdr and not inp:
-            used = take(data, pos, end)
+            used = take(conn, data, pos, end)
             if used:
                 pos += used
                 if not conn._transport:

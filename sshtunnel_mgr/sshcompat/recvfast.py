@@ -5,7 +5,7 @@ read is cut into its input buffer, the rest of the packet cut off that, the ciph
 joined with its tag, the payload cut out of the plaintext, and the data string cut out
 of the payload. On a connection moving bulk data nearly every packet is an
 ``SSH_MSG_CHANNEL_DATA`` (RFC 4254 §5.2) whose every byte is in the read at hand. For
-those, ``taker`` decrypts straight from the read (AES-GCM: the length is in clear, RFC
+those, ``take`` decrypts straight from the read (AES-GCM: the length is in clear, RFC
 5647 / OpenSSH's PROTOCOL) and hands the channel one copy of its data, doing what
 asyncssh's ``_recv_packet``/``_process_data``/``_finish_recv_packet`` do for such a
 packet: window check, ``_accept_data`` (delivery or buffering, window adjust), sequence
@@ -26,7 +26,6 @@ asyncssh internals used: ``SSHConnection._recv_encryption``, ``_recv_seq``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import asyncssh
@@ -43,66 +42,66 @@ _CONN_ATTRS = (
     "_decompressor",
 )
 
-Taker = Callable[[bytes, int, int], int]
+_LOGGER_CLASS = type(asyncssh.logger)  # its _debug_level: 2+ logs each data delivery
+# Channel classes whose _accept_data is SSHChannel's own (a TUN/TAP channel strips a
+# header there and stays stock); filled as classes are met, shared by all connections.
+_PLAIN: dict[type, bool] = {}
 
 
-def taker(conn: Any) -> Taker | None:
-    """For ``conn``: a function that takes the channel data packet starting at ``pos`` of
-    a read (``end``: where the read ends) and returns the bytes it used, or 0 when
-    asyncssh has to handle what is there. None: this connection lacks the internals."""
-    for attr in _CONN_ATTRS:
-        if not hasattr(conn, attr):
-            return None
-    base_accept = getattr(asyncssh.SSHTCPChannel, "_accept_data", None)
-    if base_accept is None:
-        return None
-    logger_class = type(asyncssh.logger)
-    fast_types: dict[type, bool] = {}
+def usable(conn: Any) -> bool:
+    """Whether ``conn`` has the internals ``take`` reads (checked once per connection; the
+    function itself keeps no per-connection state: an idle agent link costs nothing)."""
+    return all(hasattr(conn, attr) for attr in _CONN_ATTRS) and callable(
+        getattr(asyncssh.SSHTCPChannel, "_accept_data", None)
+    )
 
-    def plain_channel(chan: Any) -> bool:
-        kind = type(chan)
-        known = fast_types.get(kind)
-        if known is None:  # a channel class with its own _accept_data (TUN/TAP) stays stock
-            known = fast_types[kind] = getattr(kind, "_accept_data", None) is base_accept
-        return known
 
-    def take(data: bytes, pos: int, end: int) -> int:
-        enc = conn._recv_encryption
-        opener = getattr(enc, "_sshtun_open", None)
-        if opener is None or end - pos < 4 + _HEAD + _TAG:
-            return 0
-        pktlen = int.from_bytes(data[pos : pos + 4], "big")
-        size = 4 + pktlen + _TAG
-        if (
-            size > end - pos
-            or pktlen > conn._max_recv_pktlen
-            or not conn._auth_complete
-            or conn._decompressor
-            or getattr(logger_class, "_debug_level", 3) >= 2
-        ):
-            return 0
-        view = memoryview(data)
-        opened = opener(view[pos : pos + 4], view[pos + 4 : pos + size])
-        if opened is None:
-            return 0  # asyncssh decrypts it again and raises its MAC error
-        plain, commit = opened
-        if plain[1] != MSG_CHANNEL_DATA or pktlen < _HEAD + 4:
-            return 0
-        chan = conn._channels.get(int.from_bytes(plain[2:6], "big"))
-        datalen = int.from_bytes(plain[6:10], "big")
-        if (
-            chan is None
-            or _HEAD + datalen + plain[0] != pktlen  # not exactly one string and its padding
-            or datalen == 0
-            or not plain_channel(chan)
-            or chan._recv_state != "open"
-            or datalen > chan._recv_window
-        ):
-            return 0
-        commit()  # the GCM invocation counter moves on only for a packet taken here
-        conn._recv_seq = (conn._recv_seq + 1) & 0xFFFFFFFF
-        conn._auth_final = True
-        chan._accept_data(plain[_HEAD : _HEAD + datalen])
-        return size
+def _plain_channel(chan: Any) -> bool:
+    kind = type(chan)
+    known = _PLAIN.get(kind)
+    if known is None:
+        base = getattr(asyncssh.SSHTCPChannel, "_accept_data", None)
+        known = _PLAIN[kind] = getattr(kind, "_accept_data", None) is base
+    return known
 
-    return take
+
+def take(conn: Any, data: bytes, pos: int, end: int) -> int:
+    """Take the channel data packet starting at ``pos`` of a read (``end``: where the read
+    ends) for ``conn``; the bytes used, or 0 when asyncssh has to handle what is there."""
+    enc = conn._recv_encryption
+    opener = getattr(enc, "_sshtun_open", None)
+    if opener is None or end - pos < 4 + _HEAD + _TAG:
+        return 0
+    pktlen = int.from_bytes(data[pos : pos + 4], "big")
+    size = 4 + pktlen + _TAG
+    if (
+        size > end - pos
+        or pktlen > conn._max_recv_pktlen
+        or not conn._auth_complete
+        or conn._decompressor
+        or getattr(_LOGGER_CLASS, "_debug_level", 3) >= 2
+    ):
+        return 0
+    view = memoryview(data)
+    opened = opener(view[pos : pos + 4], view[pos + 4 : pos + size])
+    if opened is None:
+        return 0  # asyncssh decrypts it again and raises its MAC error
+    plain, commit = opened
+    if plain[1] != MSG_CHANNEL_DATA or pktlen < _HEAD + 4:
+        return 0
+    chan = conn._channels.get(int.from_bytes(plain[2:6], "big"))
+    datalen = int.from_bytes(plain[6:10], "big")
+    if (
+        chan is None
+        or _HEAD + datalen + plain[0] != pktlen  # not exactly one string and its padding
+        or datalen == 0
+        or not _plain_channel(chan)
+        or chan._recv_state != "open"
+        or datalen > chan._recv_window
+    ):
+        return 0
+    commit()  # the GCM invocation counter moves on only for a packet taken here
+    conn._recv_seq = (conn._recv_seq + 1) & 0xFFFFFFFF
+    conn._auth_final = True
+    chan._accept_data(plain[_HEAD : _HEAD + datalen])
+    return size

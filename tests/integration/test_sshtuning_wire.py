@@ -275,23 +275,17 @@ async def test_channel_data_taken_whole_from_reads_only_for_gcm(
     straight from the read (one decrypt, one copy); with reads cut anywhere and rekeying
     every 256 KiB, the packets cut across reads and those of each new key go to asyncssh,
     and every byte still arrives intact. ChaCha20-Poly1305 (encrypted length): none."""
-    from sshtunnel_mgr.sshcompat import datapath
+    from sshtunnel_mgr.sshcompat import recvfast
 
     taken = Counter[str]()
-    make = datapath.taker
+    take = recvfast.take
 
-    def counting(conn: Any) -> Any:
-        take = make(conn)
-        assert take is not None
+    def counted(conn: Any, data: bytes, pos: int, end: int) -> int:
+        used = take(conn, data, pos, end)
+        taken["fast" if used else "stock"] += 1
+        return used
 
-        def counted(data: bytes, pos: int, end: int) -> int:
-            used = take(data, pos, end)
-            taken["fast" if used else "stock"] += 1
-            return used
-
-        return counted
-
-    monkeypatch.setattr(datapath, "taker", counting)
+    monkeypatch.setattr(recvfast, "take", counted)
     server_recorder = Recorder(random.Random(3) if split else None)
     client_recorder = Recorder(random.Random(4) if split else None)
     opts = {"rekey_bytes": "256k"} if rekey else {}
