@@ -123,3 +123,21 @@ def test_a_supervisor_of_workers_loads_no_ssh_stack() -> None:
     )
     loaded = {name.split(".")[0] for name in json.loads(done.stdout)}
     assert loaded == {"pydantic"}, loaded
+
+
+def test_bastion_workers_and_agents_load_keyring_only_for_an_encrypted_key() -> None:
+    """keyring (about 40 ms and a dozen modules in every bastion process and agent) is
+    imported by keys/secrets.py only when a passphrase is stored, looked up or forgotten."""
+    script = (
+        "import sys\n"
+        "import sshtunnel_mgr.bastion.workers.worker, sshtunnel_mgr.agent.serve\n"
+        "import sshtunnel_mgr.keys.store, sshtunnel_mgr.keys.rotation\n"
+        "print(int('keyring' in sys.modules))\n"
+        "from sshtunnel_mgr.keys.secrets import usable_keyring\n"
+        "usable_keyring()\n"
+        "print(int('keyring' in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.split() == ["0", "1"]

@@ -16,10 +16,10 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import keyring
-import keyring.backend
-import keyring.errors
+if TYPE_CHECKING:
+    import keyring.backend
 
 from sshtunnel_mgr.core.errors import KeyFileError
 from sshtunnel_mgr.runtime.fsutil import write_atomic
@@ -34,11 +34,24 @@ class Stored:
     detail: str  # backend name or file path, and why
 
 
+def _keyring() -> Any:
+    """keyring, imported only when a passphrase is stored, looked up or forgotten: a bastion
+    or agent whose keys are not encrypted never loads it (about 40 ms and 11 modules)."""
+    import keyring
+    import keyring.errors
+
+    return keyring
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    return (_keyring().errors.KeyringError, RuntimeError)
+
+
 def usable_keyring() -> tuple[keyring.backend.KeyringBackend | None, str]:
     """The keyring backend to trust, or None with the reason there is none."""
     try:
-        backend = keyring.get_keyring()
-    except (keyring.errors.KeyringError, RuntimeError) as exc:
+        backend = _keyring().get_keyring()
+    except _errors() as exc:
         return None, f"keyring unavailable: {exc}"
     module = type(backend).__module__
     if module.startswith("keyring.backends.fail") or module.startswith("keyring.backends.null"):
@@ -60,7 +73,7 @@ def store_passphrase(key_path: Path, passphrase: str) -> Stored:
     if backend is not None:
         try:
             backend.set_password(SERVICE, user, passphrase)
-        except (keyring.errors.KeyringError, RuntimeError) as exc:
+        except _errors() as exc:
             why = f"keyring {type(backend).__name__} failed: {exc}"
         else:
             return Stored("keyring", f"OS keyring ({why}), service {SERVICE!r}")
@@ -89,7 +102,7 @@ def load_passphrase(key_path: Path) -> str | None:
         return None
     try:
         return backend.get_password(SERVICE, str(Path(key_path).absolute()))
-    except (keyring.errors.KeyringError, RuntimeError):
+    except _errors():
         return None
 
 
@@ -98,5 +111,5 @@ def forget_passphrase(key_path: Path) -> None:
     _file_for(key_path).unlink(missing_ok=True)
     backend, _ = usable_keyring()
     if backend is not None:
-        with contextlib.suppress(keyring.errors.KeyringError, RuntimeError):
+        with contextlib.suppress(*_errors()):
             backend.delete_password(SERVICE, str(Path(key_path).absolute()))
