@@ -12,7 +12,9 @@ import pytest
 
 from sshtunnel_mgr.cli.main import main
 from sshtunnel_mgr.core.errors import EXIT_CHECKS_FAILED, EXIT_CONFIG, EXIT_OK, EXIT_USAGE
+from sshtunnel_mgr.keys import rotation
 from sshtunnel_mgr.keys.store import generate_key
+from tests.clisamples import systemd_agent
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +73,39 @@ def test_usage_and_config_errors_keep_their_status(
     cfg = bastion(tmp_path, 'permitlisten="homebox:22"')
     assert main(["doctor", "--config", str(cfg), "--role", "agent"]) == EXIT_CONFIG
     assert main(["doctor", "--role", "both"]) == EXIT_USAGE
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["outside-the-unit", "inside-the-unit"])
+def test_a_systemd_credential_key_is_checked_at_its_source(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    inside: bool,
+) -> None:
+    """key = "$CREDENTIALS_DIRECTORY/agent_key": the variable is unset outside the unit and
+    the copy read-only inside it, so `sshtun keys rotate --key SOURCE` rotates (and records
+    beside) the LoadCredential= source, and doctor must look there too."""
+    creds = tmp_path / "credentials"
+    if inside:
+        creds.mkdir()
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    else:
+        monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    cfg, source = systemd_agent(tmp_path, rotating=True)
+    main(["doctor", "--config", str(cfg), "--role", "agent", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    found = {f["check"]: f for f in report["findings"] if f["check"].startswith("agent.key")}
+    assert {c: f["level"] for c, f in found.items()} == {
+        "agent.key-mode": "ok",
+        "agent.key-strength": "ok",
+        "agent.key-age": "ok",
+        "agent.key-rotation": "warn",
+    }
+    assert "half-finished" in found["agent.key-rotation"]["message"]
+    assert f"--key {source}" in found["agent.key-rotation"]["fix"]
+
+    rotation.clear_state(source)
+    main(["doctor", "--config", str(cfg), "--role", "agent", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    [done] = [f for f in report["findings"] if f["check"] == "agent.key-rotation"]
+    assert done["level"] == "ok" and str(source) in done["message"]

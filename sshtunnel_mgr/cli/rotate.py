@@ -26,7 +26,7 @@ from sshtunnel_mgr.core.config import AgentConfig, load_config
 from sshtunnel_mgr.core.errors import RotationError, SshtunError, UnsafeAdminSocket, UsageError
 from sshtunnel_mgr.keys import rotation
 from sshtunnel_mgr.keys.rotation import RotationState
-from sshtunnel_mgr.keys.store import load_private_key, public_line
+from sshtunnel_mgr.keys.store import credential_source, load_private_key, public_line
 from sshtunnel_mgr.runtime.admin import default_socket_path, query
 from sshtunnel_mgr.runtime.crashpoints import crashpoint
 
@@ -48,10 +48,12 @@ def rotate_agent_key(
     key_path = key or agent.key
     socket = agent.admin_socket or default_socket_path("agent")
     if "$CREDENTIALS_DIRECTORY" in str(key_path) or not key_path.exists():
+        source = credential_source(config.absolute())
         raise RotationError(
             f"the agent key {key_path} is not here",
             hint="under systemd the agent reads it from $CREDENTIALS_DIRECTORY; pass the "
-            "LoadCredential= source with --key (e.g. --key /etc/sshtun/agent_key)",
+            f"LoadCredential= source with --key (e.g. --key {source}), beside which status "
+            "and doctor read the rotation record",
         )
     steps = _Steps(agent, key_path, socket, drain, rotation.finish_command(config, key))
     state = rotation.load_state(key_path)

@@ -223,13 +223,22 @@ def format_rotation_record(described: str, finish: str, can_undo: bool) -> str:
     return text + (f"\n  or go back: {finish} --undo" if can_undo else "")
 
 
+def rotation_finish(config: Config, path: Path) -> tuple[Path, str]:
+    """The key file a rotation of the agent's key works on (for a systemd credential, its
+    source), and the command that finishes that rotation."""
+    from sshtunnel_mgr.keys import rotation
+
+    assert config.agent is not None
+    key = rotation.rotated_key(config.agent.key, path)
+    return key, rotation.finish_command(path, None if key == config.agent.key else key)
+
+
 def _rotation_record(config: Config, path: Path) -> tuple[str, str]:
     """What the rotation record beside the agent's key says ("" when there is none), and
     the new key it names."""
     from sshtunnel_mgr.keys import rotation
 
-    assert config.agent is not None
-    key = config.agent.key
+    key, finish = rotation_finish(config, path)
     try:
         state = rotation.load_state(key)
         if state is None:
@@ -237,7 +246,6 @@ def _rotation_record(config: Config, path: Path) -> tuple[str, str]:
         where = rotation.phase(state, rotation.file_fingerprint(key))
     except SshtunError as exc:
         return f"key rotation record: {exc.message}", ""
-    finish = rotation.finish_command(path, None)
     text = format_rotation_record(rotation.describe(state), finish, where == "before-swap")
     return text, state.new
 
@@ -255,7 +263,6 @@ def status_cmd(
     import asyncio
 
     from sshtunnel_mgr.core.config import load_config
-    from sshtunnel_mgr.keys import rotation
     from sshtunnel_mgr.runtime.admin import query
 
     cfg = load_config(config)
@@ -271,7 +278,7 @@ def status_cmd(
         raise SshtunError(f"status failed: {answer.get('error', 'unknown error')}")
     retiring = answer.get("rotation") or {}
     if record and retiring.get("key") == new_key and retiring.get("done"):
-        record = retired_note(rotation.finish_command(config, None))
+        record = retired_note(rotation_finish(cfg, config)[1])
     if as_json:
         answer["rotation_record"] = record or None
         typer.echo(json.dumps(answer, indent=2, sort_keys=True))

@@ -235,13 +235,14 @@ def agent_section(agent: AgentConfig, config_path: Path | None, now: datetime) -
     owners = {os.geteuid(), 0}
     if config_path is not None:
         section.add(files.check_config_file(stat_path(config_path), "agent.config-mode", "config"))
-    section.add(
-        files.check_private_key_file(stat_path(agent.key), "agent.key-mode", "agent key", owners)
-    )
-    facts = agent_key_facts(agent.key, now)
+    # Under systemd the config names the unit's copy of the key: check its source.
+    key = rotation.rotated_key(agent.key, config_path) if config_path else agent.key
+    label = "agent key" if key == agent.key else "agent key (the unit's credential source)"
+    section.add(files.check_private_key_file(stat_path(key), "agent.key-mode", label, owners))
+    facts = agent_key_facts(key, now)
     section.add(keycheck.check_key_strength(facts))
     section.add(keycheck.check_key_age(facts))
-    section.add(rotation_finding(agent.key, config_path))
+    section.add(rotation_finding(key, config_path, key != agent.key))
     section.add(shims_finding("agent"))
     for tunnel in agent.tunnels:  # tls = "files": the certificate's expiry, the key's mode
         if tunnel.cert is not None and tunnel.key is not None:
@@ -297,16 +298,20 @@ def shims_finding(role: str) -> Finding:
     return check_shims(role, version, tested, sshcompat.ASYNCSSH_RANGE, states)
 
 
-def rotation_finding(key: Path, config_path: Path | None) -> Finding:
-    """A half-finished ``sshtun keys rotate``, read from its record beside the key."""
+def rotation_finding(key: Path, config_path: Path | None, credential: bool = False) -> Finding:
+    """A half-finished ``sshtun keys rotate``, read from its record beside the key (for a
+    systemd ``credential``, beside its source, which the command is given with --key)."""
     try:
         state = rotation.load_state(key)
         where = rotation.phase(state, rotation.file_fingerprint(key)) if state else ""
     except SshtunError as exc:
         return fail("agent.key-rotation", exc.message, exc.hint or "see sshtun keys rotate")
-    command = rotation.finish_command(config_path or Path("AGENT.toml"), None)
+    command = rotation.finish_command(
+        config_path or Path("AGENT.toml"), key if credential else None
+    )
     described = rotation.describe(state) if state else None
-    return keycheck.check_rotation(described, command, where == "before-swap")
+    looked = f" (no record beside {key}, the unit's credential source)" if credential else ""
+    return keycheck.check_rotation(described, command, where == "before-swap", looked)
 
 
 def _tunnel_sshd_port(agent: AgentConfig | None) -> int | None:

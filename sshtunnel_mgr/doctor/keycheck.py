@@ -128,12 +128,13 @@ def check_pin_known_hosts(
     return findings
 
 
-def check_rotation(described: str | None, finish: str, can_undo: bool) -> Finding:
+def check_rotation(described: str | None, finish: str, can_undo: bool, looked: str = "") -> Finding:
     """A key rotation left half-finished (its record beside the agent key, ``described``
     by keys/rotation.py): the key file works, but the old key stays enrolled (with an
-    expiry) until the rotation is finished."""
+    expiry) until the rotation is finished. ``looked`` says where the record was sought
+    when that is not plain."""
     check = "agent.key-rotation"
     if described is None:
-        return ok(check, "no key rotation is under way")
+        return ok(check, f"no key rotation is under way{looked}")
     fix = f"finish it: {finish}" + (f" (or go back: {finish} --undo)" if can_undo else "")
     return warn(check, f"a key rotation is half-finished: {described}", fix)

@@ -32,7 +32,7 @@ from sshtunnel_mgr.core.keyformat import public_from_private
 from sshtunnel_mgr.keys.inventory import _is_encrypted as is_encrypted
 from sshtunnel_mgr.keys.inventory import facts_from_public
 from sshtunnel_mgr.keys.secrets import forget_passphrase, load_passphrase, store_passphrase
-from sshtunnel_mgr.keys.store import generate_key
+from sshtunnel_mgr.keys.store import credential_source, generate_key, is_credential
 from sshtunnel_mgr.runtime.crashpoints import crashpoint
 from sshtunnel_mgr.runtime.fsutil import write_atomic
 
@@ -47,6 +47,14 @@ def next_key_path(key: Path) -> Path:
 
 def state_path(key: Path) -> Path:
     return Path(str(key) + STATE_SUFFIX)
+
+
+def rotated_key(key: Path, config_path: Path) -> Path:
+    """The key file a rotation of the agent's ``key`` works on (the record sits beside it):
+    ``key`` itself, or for the systemd unit's copy of a credential, which cannot be rotated
+    in place (unset outside the service, read-only inside it), the ``LoadCredential=``
+    source that ``sshtun keys rotate --key SOURCE`` rotates."""
+    return credential_source(config_path.absolute()) if is_credential(key) else key
 
 
 def _pub(path: Path) -> Path:

@@ -16,6 +16,23 @@ from sshtunnel_mgr.keys.secrets import load_passphrase
 from sshtunnel_mgr.runtime.fsutil import write_atomic
 from sshtunnel_mgr.sshcompat import keyerrors
 
+CREDENTIAL_NAME = "agent_key"  # the agent unit's LoadCredential= name
+
+
+def credential_source(config_path: Path) -> Path:
+    """The file the agent unit hands the service as its ``agent_key`` credential:
+    ``agent_key`` beside the config, where ``sshtun init`` writes it."""
+    return config_path.parent / CREDENTIAL_NAME
+
+
+def is_credential(key: Path) -> bool:
+    """Whether ``key`` names the unit's copy of a credential: ``$CREDENTIALS_DIRECTORY/...``
+    left as written (outside the service the variable is unset) or expanded (inside it)."""
+    if "$CREDENTIALS_DIRECTORY" in str(key):
+        return True
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    return directory is not None and directory != "" and key.parent == Path(directory)
+
 
 @dataclass(frozen=True)
 class KeyInfo:

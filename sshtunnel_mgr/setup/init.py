@@ -16,6 +16,7 @@ import tomli_w
 
 from sshtunnel_mgr.core.errors import ConfigError
 from sshtunnel_mgr.core.hostport import InvalidAddress, split_host_port
+from sshtunnel_mgr.keys import store
 from sshtunnel_mgr.keys.store import generate_key
 from sshtunnel_mgr.runtime.fsutil import write_atomic
 
@@ -151,7 +152,7 @@ def render_unit(template: str, role: str, binary: str, config_path: Path) -> str
 
 def credential_source(config_path: Path) -> Path:
     """The file the agent unit hands the service as its ``agent_key`` credential."""
-    return config_path.parent / "agent_key"
+    return store.credential_source(config_path)
 
 
 def plan_systemd_install(

@@ -14,6 +14,7 @@ import pytest
 from sshtunnel_mgr.cli.main import main
 from sshtunnel_mgr.cli.status import format_status
 from sshtunnel_mgr.runtime.admin import AdminServer
+from tests.clisamples import systemd_agent
 from tests.harness import Keys, agent_config, wait_for, write_toml
 from tests.integration.scene import scene, sshtun_process
 
@@ -103,6 +104,21 @@ async def test_status_without_a_running_service_says_so(
     assert code == 1
     assert f"no admin socket at {tmp_path / 'nothing.sock'}" in err
     assert "hint: is the service running?" in err
+
+
+async def test_status_finds_the_rotation_record_of_a_systemd_credential_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """key = "$CREDENTIALS_DIRECTORY/agent_key" (unset outside the unit): the record sits
+    beside the LoadCredential= source that `sshtun keys rotate --key SOURCE` rotated."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    afile, source = systemd_agent(tmp_path, rotating=True)
+    code, _, err = await cli(capsys, "status", "--config", str(afile))
+    assert code == 1 and "no admin socket" in err
+    assert "key rotation not finished: the new key" in err
+    assert f"finish it: sshtun keys rotate --config {afile} --key {source}" in err
+    code, _, err = await cli(capsys, "keys", "rotate", "--config", str(afile))
+    assert code == 6 and f"--key {source}" in err  # rotate names the same source
 
 
 def test_format_status_tables() -> None:

@@ -106,3 +106,25 @@ def test_the_record_keeps_the_earliest_expiry_of_the_old_key(tmp_path: Path) -> 
     key = tmp_path / "agent_key"
     rotation.save_state(key, state.at("switched"))
     assert rotation.load_state(key) == state.at("switched")
+
+
+@pytest.mark.parametrize(
+    ("creds", "key", "rotated"),
+    [
+        (None, "$CREDENTIALS_DIRECTORY/agent_key", "/etc/sshtun/agent_key"),  # outside the unit
+        ("/run/credentials/a", "/run/credentials/a/agent_key", "/etc/sshtun/agent_key"),  # inside
+        (None, "/etc/sshtun/agent_key", "/etc/sshtun/agent_key"),
+        ("/run/credentials/a", "/home/me/agent_key", "/home/me/agent_key"),
+    ],
+)
+def test_a_systemd_credential_is_rotated_at_its_source(
+    monkeypatch: pytest.MonkeyPatch, creds: str | None, key: str, rotated: str
+) -> None:
+    """The unit's copy of the key cannot be rotated (unset outside the service, read-only
+    inside): status and doctor read the record beside the LoadCredential= source."""
+    if creds is None:
+        monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    else:
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", creds)
+    config = Path("/etc/sshtun/agent.toml")
+    assert rotation.rotated_key(Path(key), config) == Path(rotated)
