@@ -105,10 +105,12 @@ def test_help_lists_every_command_with_its_help(report: list[dict[str, object]])
             assert page.startswith("Usage: sshtun"), argv
 
 
-def test_a_supervisor_of_workers_loads_no_ssh_stack() -> None:
+def test_a_supervisor_of_workers_loads_no_ssh_stack_until_it_starts_them() -> None:
     """With ``workers`` over 1 the ``sshtun bastion`` process supervises and runs no SSH:
-    its modules (bastion/run.py, bastion/workers/supervisor.py) load neither asyncssh,
-    cryptography nor keyring (about 40 MiB of RSS per bastion); the config models do."""
+    importing its modules (bastion/run.py, bastion/workers/supervisor.py) loads neither
+    asyncssh, cryptography nor keyring (``sshtun status`` and friends stay light); the
+    supervisor imports the workers' stack once, as it starts them (workers/forked.py's
+    ``preload``), so every worker forked from it shares those pages."""
     script = (
         "import json, sys\n"
         "import sshtunnel_mgr.bastion.run, sshtunnel_mgr.bastion.workers.supervisor\n"

@@ -15,14 +15,13 @@ import asyncio
 import logging
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sshtunnel_mgr.bastion.workers import merge, wire
+from sshtunnel_mgr.bastion.workers import forked, merge, wire
 from sshtunnel_mgr.bastion.workers.sockets import reuseport_group
 from sshtunnel_mgr.core.config import BastionConfig
 from sshtunnel_mgr.core.errors import ConfigError, SshtunError
@@ -44,7 +43,7 @@ class Worker:
     index: int
     sockets: list[socket.socket]
     web: dict[str, list[socket.socket]] = field(default_factory=dict)  # "https"/"http"
-    proc: asyncio.subprocess.Process | None = None
+    proc: forked.ForkedWorker | None = None
     writer: asyncio.StreamWriter | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     restarts: int = 0
@@ -95,6 +94,7 @@ class Supervisor:
                 for i, sock in enumerate(group):
                     per_worker[i].append(sock)
         web = self._web_groups(n)
+        forked.preload()  # the workers' modules, shared with every worker forked from here
         self.directory = Path(tempfile.mkdtemp(prefix="sshtun-workers-"))  # mode 0700
         self.workers = [Worker(i, socks, web[i]) for i, socks in enumerate(per_worker)]
         self._tasks = tasks
@@ -153,24 +153,21 @@ class Supervisor:
         fds = [s.fileno() for s in worker.sockets]
         web = {via: [s.fileno() for s in socks] for via, socks in worker.web.items()}
         self._starts += 1
+        argv = [
+            "--config", str(self.config_path),
+            "--index", str(worker.index),
+            "--control-fd", str(theirs.fileno()),
+            "--listen-fds", ",".join(map(str, fds)),
+            "--dir", str(self.directory),
+            "--conn-base", str(self._starts * CONN_IDS_PER_START + 1),
+            "--log-level", str(root.level),
+            "--log-format", fmt,
+            "--https-fds", ",".join(map(str, web.get("https", []))),
+            "--http-fds", ",".join(map(str, web.get("http", []))),
+        ]  # fmt: skip
+        keep = [*fds, *(f for v in web.values() for f in v), theirs.fileno()]
         try:
-            worker.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "sshtunnel_mgr.bastion.workers.worker",
-                "--config", str(self.config_path),
-                "--index", str(worker.index),
-                "--control-fd", str(theirs.fileno()),
-                "--listen-fds", ",".join(map(str, fds)),
-                "--dir", str(self.directory),
-                "--conn-base", str(self._starts * CONN_IDS_PER_START + 1),
-                "--log-level", str(root.level),
-                "--log-format", fmt,
-                "--https-fds", ",".join(map(str, web.get("https", []))),
-                "--http-fds", ",".join(map(str, web.get("http", []))),
-                pass_fds=[*fds, *(f for v in web.values() for f in v), theirs.fileno()],
-                stdin=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
+            worker.proc = forked.fork_worker(argv, keep, f"sshtun-w{worker.index}")
         finally:
             theirs.close()
         worker.started_at = time.monotonic()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sshtunnel_mgr.bastion.metricsview import bastion_metrics
-from sshtunnel_mgr.bastion.run import BastionRole
+from sshtunnel_mgr.bastion.role import BastionRole
 from sshtunnel_mgr.bastion.serve import Bastion
 from sshtunnel_mgr.bastion.workers import wire
 from sshtunnel_mgr.bastion.workers.mesh import Mesh, SharedKeyUsage, relay_path
