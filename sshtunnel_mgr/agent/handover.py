@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 import asyncssh
 
 from sshtunnel_mgr.agent.client import channels_of, describe
-from sshtunnel_mgr.agent.publish import Listeners, Publisher
+from sshtunnel_mgr.agent.publish import Listeners, Publisher, close_tasks, task_failed
 from sshtunnel_mgr.core.config import TunnelConfig
-from sshtunnel_mgr.runtime.asyncutil import wait_either
+from sshtunnel_mgr.runtime.asyncutil import TaskSet, wait_either
 from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.agent")
@@ -77,16 +77,14 @@ class Retiring:
     def __init__(self, bastion: str) -> None:
         self._bastion = bastion
         self._conns: set[asyncssh.SSHClientConnection] = set()
-        self._drains: set[asyncio.Task[None]] = set()
+        self._drains = TaskSet(task_failed)
 
     def retire(self, old: asyncssh.SSHClientConnection, timeout: float | None) -> int:
         """Close ``old`` once its routed sessions have ended (or after ``timeout``
         seconds, when set), in the background; how many it carries now."""
         sessions = channels_of(old).value
         self._conns.add(old)
-        task = asyncio.create_task(self._retire(old, timeout))
-        self._drains.add(task)
-        task.add_done_callback(self._drains.discard)
+        self._drains.spawn(self._retire(old, timeout), f"drain {self._bastion}")
         return sessions
 
     def leave(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -112,16 +110,15 @@ class Retiring:
 
     async def wait_drained(self) -> None:
         """Until every handed-over connection has drained and closed."""
-        while self._drains:
-            await asyncio.gather(*list(self._drains), return_exceptions=True)
+        await self._drains.wait()
 
     def sessions(self) -> int:
         """Routed sessions still open on the connections being retired."""
         return sum(channels_of(c).value for c in self._conns if not c.is_closed())
 
-    def stop(self) -> None:
-        """The link stops: close every connection it left, now."""
+    async def aclose(self) -> None:
+        """The link stops: close every connection it left, now, and wait for their drains
+        to end."""
         for conn in list(self._conns):
             conn.close()
-        for task in self._drains:
-            task.cancel()
+        await close_tasks(self._drains, self._bastion)

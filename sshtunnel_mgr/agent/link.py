@@ -101,9 +101,9 @@ class BastionLink:
                     await asyncio.wait_for(wait_either(stop.wait(), self._leave.wait()), delay)
             if self._leave.is_set() and not stop.is_set():
                 await wait_either(self.retiring.wait_drained(), stop.wait())
-        finally:
-            self.retiring.stop()
-            self.publisher.stop()
+        finally:  # what the link started ends before it says it stopped
+            await self.retiring.aclose()
+            await self.publisher.aclose()
         self.status.state = "stopped"
 
     async def _run_once(self, stop: asyncio.Event) -> float:

@@ -27,6 +27,7 @@ from sshtunnel_mgr.core.hostport import split_host_port
 from sshtunnel_mgr.core.limits import AGENT_HOP_MAX_PACKET
 from sshtunnel_mgr.core.protocol import NOT_PUBLISHED
 from sshtunnel_mgr.keys.store import key_fingerprint, public_line
+from sshtunnel_mgr.runtime.asyncutil import TaskSet
 from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.agent")
@@ -38,6 +39,18 @@ def label_of(tunnel: TunnelConfig) -> str:
     return f"{tunnel.name}:{tunnel.port}"
 
 
+def task_failed(name: str, exc: BaseException) -> None:
+    """A link's background task (a home host key announcement, a drain) failed."""
+    event(log, logging.ERROR, "task failed", task=name, error=repr(exc))
+
+
+async def close_tasks(tasks: TaskSet, bastion: str) -> None:
+    """Cancel ``tasks`` and wait for them to end; name any that would not."""
+    left = await tasks.cancel_all()
+    if left:
+        event(log, logging.ERROR, "tasks did not end", bastion=bastion, tasks=",".join(left))
+
+
 class Publisher:
     """What one link has published on its current connection (``conn``)."""
 
@@ -46,7 +59,7 @@ class Publisher:
         self.web = web or WebFront()  # tunnels with tls/proxy_protocol (agent/web/)
         self.conn: asyncssh.SSHClientConnection | None = None
         self.listeners: Listeners = {}
-        self._tasks: set[asyncio.Task[None]] = set()  # home host key announcements
+        self._tasks = TaskSet(task_failed)  # home host key announcements
 
     # Which connection -------------------------------------------------------------------
     def start(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -72,9 +85,9 @@ class Publisher:
             self.status.refused.pop(label, None)
         return old
 
-    def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+    async def aclose(self) -> None:
+        """The link stops: cancel the announcements under way and wait for them to end."""
+        await close_tasks(self._tasks, self.status.bastion)
 
     # Publishing -------------------------------------------------------------------------
     async def publish(self, tunnels: list[TunnelConfig], timeout: float) -> None:
@@ -132,9 +145,9 @@ class Publisher:
                 refused[label] = str(exc) or "refused"
                 continue
             if tunnel.port == 22:
-                task = asyncio.create_task(self._announce_home_key(conn, tunnel, timeout))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._tasks.spawn(
+                    self._announce_home_key(conn, tunnel, timeout), f"announce {label}"
+                )
         return listeners, refused
 
     def withdraw(self, labels: list[str], reason: str) -> None:

@@ -25,6 +25,8 @@ from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.agent")
 
+CANCEL_TIMEOUT = 10.0  # how long a cancelled retiring may take to end
+
 
 class Agent(Protocol):
     """What a rotation needs of the agent (serve.py's ``Agent``): its key and its links."""
@@ -114,15 +116,15 @@ class Rotator:
             return report
         # The CLI says KEY now holds the new key: a restart would use it too.
         agent.key = new_key
-        self._start_retiring(new_fp)
+        await self._start_retiring(new_fp)
         report.update(ok=True, complete=False, retiring=self.snapshot())
         return report
 
-    def _start_retiring(self, new_fp: str) -> None:
+    async def _start_retiring(self, new_fp: str) -> None:
         if self._retire_task is not None and not self._retire_task.done():
             if self._retiring_key == new_fp:
                 return  # already on it
-            self._retire_task.cancel()
+            await self._cancel_retiring()
         self._retiring_key = new_fp
         self._progress = {
             link.label: {"bastion": link.label, "state": "draining"}
@@ -165,10 +167,20 @@ class Rotator:
             retired=answer.get("retired") or "-",
         )
 
-    def stop(self) -> None:
+    async def aclose(self) -> None:
         """The agent is stopping: a retiring left unfinished is the next run's to finish."""
-        if self._retire_task is not None:
-            self._retire_task.cancel()
+        await self._cancel_retiring()
+
+    async def _cancel_retiring(self) -> None:
+        """Cancel the retiring under way and wait for it to end (its failure is logged by
+        ``_log_failure``)."""
+        task = self._retire_task
+        if task is None or task.done():
+            return
+        task.cancel()
+        _, pending = await asyncio.wait({task}, timeout=CANCEL_TIMEOUT)
+        if pending:
+            event(log, logging.ERROR, "tasks did not end", tasks="retire the old key")
 
     def snapshot(self) -> dict[str, Any] | None:
         """How the retiring of the old key goes, per bastion (None: no rotation here)."""

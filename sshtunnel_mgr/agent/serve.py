@@ -137,7 +137,7 @@ class Agent:
         """Close every link (each closes its connection); wait for them at most ``grace``
         seconds (None: ``STOP_GRACE``), the service cancels what is left."""
         self._stop.set()
-        self.rotator.stop()
+        await self.rotator.aclose()
         grace = STOP_GRACE if grace is None else grace
         if self._link_tasks and grace > 0:
             await asyncio.wait(self._link_tasks, timeout=grace)

@@ -49,6 +49,12 @@ class TaskSet:
     def names(self) -> list[str]:
         return sorted(self._tasks.values())
 
+    async def wait(self) -> None:
+        """Until every task has ended, those spawned meanwhile too. Cancelling the wait
+        leaves the tasks running (they are still the set's)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
     async def cancel_all(self, timeout: float = 10.0) -> list[str]:
         """Cancel every task still running and wait for them (at most ``timeout``
         seconds); return the names of any that did not end in time."""
