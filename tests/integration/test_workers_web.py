@@ -191,3 +191,42 @@ async def test_web_front_across_two_workers(keys: Keys, tmp_path: Path) -> None:
             await _until(back)
             code, out, err = await curl(*_https(FAR, https, pki.ca, "index.html"))
             assert code == 0 and out.encode() == PAGE, err
+
+
+async def test_a_relayed_web_connection_is_logged_with_the_publishing_key(
+    keys: Keys, tmp_path: Path
+) -> None:
+    """The worker holding the agent logs a web connection relayed from the other worker
+    with the publishing key (``agent_key``, as every worker's audit record of a web route
+    has it), not with an empty client ``key``: a browser has no key."""
+    pki = make_pki(tmp_path / "home", ["cloud.test"])
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "index.html").write_bytes(PAGE)
+    audit = tmp_path / "audit.log"
+    async with scene(keys, tmp_path, bastion=False) as s, files_server(pki, root) as home:
+        s.access.write_text(f'permitlisten="cloud.test:443" {keys.agent.public_line}\n')
+        web = {"https_listen": "127.0.0.1:0", "public": ["*.test"]}
+        toml = s.bastion_file(workers=2, audit_log=str(audit), web=web)
+        serving = sshtun_process(
+            "bastion", "--config", str(toml), ready="listening on", timeout=120
+        )
+        agent_toml = s.agent_file([("cloud.test", 443, f"127.0.0.1:{home}")])
+        agent = sshtun_process("up", "--config", str(agent_toml), ready="published", timeout=60)
+        async with serving as bastion, agent:
+            status = await _status(s)
+            https = int(status["web"]["https"][0].rsplit(":", 1)[1])
+            code, out, err = await curl(*_https(FAR, https, pki.ca, "index.html"))
+            assert code == 0 and out.encode() == PAGE, err
+            line = await bastion.wait_log("relayed", "name=cloud.test", "worker=1")
+            assert f"agent_key={keys.agent.fingerprint}" in line, line
+            assert 'key=""' not in line and f"from={FAR}" in line, line
+
+            async def audited() -> bool:
+                return _web_routes(audit) == {(FAR, 0)}
+
+            await _until(audited)
+            [route] = [
+                r for r in map(json.loads, audit.read_text().splitlines()) if r["event"] == "route"
+            ]
+            assert route["agent_key"] == keys.agent.fingerprint

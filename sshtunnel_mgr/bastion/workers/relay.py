@@ -159,7 +159,8 @@ def header_for(
     route: Route[int], orig: tuple[str, int], conn_id: int, key: str, source: str
 ) -> dict[str, Any]:
     """The relay header: the route, the originator address the agent is told (the real
-    client's), and for the holding worker's log the client's connection, key and source."""
+    client's), and for the holding worker's log the client's connection, key ("" for a
+    web connection: a browser has none) and source."""
     return {
         "name": route.name,
         "port": route.port,
@@ -275,6 +276,9 @@ class RelayServer:
             return {"ok": False, "reason": result.refusal or result.outcome}
         stats.opened(agent_end)
         self.state.relayed += 1  # drained by a stop as a routed channel is
+        fields: dict[str, Any] = {"client_conn": header.get("client_conn")}
+        if header.get("key"):  # a web connection's browser has no key
+            fields["key"] = header["key"]
         event(
             log,
             logging.INFO,
@@ -282,8 +286,8 @@ class RelayServer:
             name=name,
             port=port,
             agent_conn=conn_id,
-            client_conn=header.get("client_conn"),
-            key=header.get("key"),
+            agent_key=route.owner,  # the publishing key, as the audit's route records
+            **fields,
             from_=header.get("from"),
         )
         assert stream.transport is not None
