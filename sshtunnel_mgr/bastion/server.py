@@ -37,7 +37,7 @@ from sshtunnel_mgr.core import policy
 from sshtunnel_mgr.core.access import AccessEntry, fingerprint
 from sshtunnel_mgr.core.routing import Route
 from sshtunnel_mgr.runtime.logsetup import event
-from sshtunnel_mgr.sshcompat import disconnects, forwardreq, kexguess, sigpolicy
+from sshtunnel_mgr.sshcompat import disconnects, forwardreq, kexguess, noreload, sigpolicy
 from sshtunnel_mgr.sshcompat.sendpath import tune_connection
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
@@ -84,6 +84,7 @@ class BastionConnection(asyncssh.SSHServer):
         sigpolicy.install(conn, self.signature_refused)  # no ssh-rsa (SHA-1) signatures
         disconnects.install(conn, self.guard.disconnect_sending)  # left_before_login's reason
         kexguess.install(conn)  # guessed first kex packets judged by RFC 4253 (Dropbear)
+        noreload.install(conn)  # no second options object per login (no config to re-read)
         event(
             log,
             logging.DEBUG,

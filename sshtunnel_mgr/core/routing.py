@@ -46,15 +46,17 @@ def _set(table: Mapping[K, V], key: K, value: V | None) -> PMap[K, V]:
     return pmap.set(key, value) if value else pmap.remove(key)
 
 
-def _index(routes: Routes[H], standby: Routes[H]) -> Mapping[int, frozenset[RouteKey]]:
+def _index(routes: Routes[H], standby: Routes[H]) -> Mapping[int, tuple[RouteKey, ...]]:
     """conn_id -> every ``name:port`` it serves or stands by for (built once, for a table
-    made whole, e.g. one a worker received)."""
-    index: dict[int, set[RouteKey]] = {}
+    made whole, e.g. one a worker received). Tuples, not sets: an agent publishes a name
+    or a few, and a one-key tuple costs 48 bytes where a frozenset costs 216 (per route,
+    in the supervisor and in every worker)."""
+    index: dict[int, dict[RouteKey, None]] = {}
     for table in (routes, standby):
         for key, served in table.items():
             for route in served:
-                index.setdefault(route.conn_id, set()).add(key)
-    return PMap({conn: frozenset(keys) for conn, keys in index.items()})
+                index.setdefault(route.conn_id, {})[key] = None
+    return PMap({conn: tuple(keys) for conn, keys in index.items()})
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ class RouteTable(Generic[H]):
     # Older connections of a serving route's key, newest last: they take over when it goes.
     standby: Routes[H] = field(default_factory=PMap)
     # conn_id -> its names, serving or on standby (derived; kept in step by every change).
-    index: Mapping[int, frozenset[RouteKey]] | None = field(default=None, compare=False, repr=False)
+    index: Mapping[int, tuple[RouteKey, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         for name in ("routes", "standby"):  # a table made whole (e.g. received) is shared
@@ -74,7 +78,7 @@ class RouteTable(Generic[H]):
             object.__setattr__(self, "index", _index(self.routes, self.standby))
 
     @property
-    def by_conn(self) -> Mapping[int, frozenset[RouteKey]]:
+    def by_conn(self) -> Mapping[int, tuple[RouteKey, ...]]:
         assert self.index is not None  # set by __post_init__
         return self.index
 
@@ -86,9 +90,10 @@ class RouteTable(Generic[H]):
         after = {r.conn_id for r in (*served, *standby)}
         by_conn = self.by_conn
         for conn in before - after:
-            by_conn = _set(by_conn, conn, by_conn.get(conn, frozenset()) - {key})
+            by_conn = _set(by_conn, conn, tuple(k for k in by_conn.get(conn, ()) if k != key))
         for conn in after - before:
-            by_conn = _set(by_conn, conn, by_conn.get(conn, frozenset()) | {key})
+            have = by_conn.get(conn, ())
+            by_conn = _set(by_conn, conn, have if key in have else (*have, key))
         routes = self.routes
         if served != routes.get(key, ()):
             routes = _set(routes, key, served)

@@ -48,6 +48,8 @@ The shims (name: module):
 - ``forwardreq`` (``forwardreq``): keep a ``tcpip-forward`` bind address as the agent spelt it.
 - ``hostkeys`` (``hostkeys``): send the host key list (hostkeys-00) after login and on rotation.
 - ``keyerrors`` (``keyerrors``): tell "this key needs a passphrase" from other load errors.
+- ``noreload`` (``noreload``): keep a server connection's options through login (no second
+  options object built in a thread per login: the bastion has no config file to re-read).
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "forwardreq": ("forwardreq", "SHIM"),
     "hostkeys": ("hostkeys", "SHIM"),
     "keyerrors": ("keyerrors", "SHIM"),
+    "noreload": ("noreload", "SHIM"),
 }
 NAMES = tuple(_REGISTRY)
 

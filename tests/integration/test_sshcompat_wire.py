@@ -93,6 +93,7 @@ CHANGES: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "disconnects": _reshaped(Connection, "_send_disconnect"),
     "forwardreq": _reshaped(Server, "_process_tcpip_forward_global_request"),
     "hostkeys": _reshaped(Server, "send_server_host_keys"),
+    "noreload": _reshaped(Server, "reload_config"),
 }
 
 

@@ -101,6 +101,7 @@ REMOVALS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "forwardreq": lambda mp: mp.delattr(Server, "_process_tcpip_forward_global_request"),
     "hostkeys": lambda mp: mp.delattr(Server, "send_server_host_keys"),
     "keyerrors": _reads_encrypted_keys,
+    "noreload": lambda mp: mp.delattr(Server, "reload_config"),
 }
 
 

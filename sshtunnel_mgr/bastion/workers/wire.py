@@ -34,13 +34,19 @@ def route_fields(route: Route[Any]) -> dict[str, Any]:
 
 
 def route_from(fields: dict[str, Any], worker: int) -> Route[int]:
+    """A route of ``worker`` as the control line carried it; a spelling equal to the
+    name is the name itself (every process keeps every worker's routes: one string less
+    each). Not interned: names and owners are mostly unique, and an interned string
+    costs its entry in the interpreter's table too."""
+    name = str(fields["name"])
+    spelling = str(fields.get("spelling", ""))
     return Route(
-        name=str(fields["name"]),
+        name=name,
         port=int(fields["port"]),
         owner=str(fields["owner"]),
         conn_id=int(fields["conn"]),
         handle=worker,
-        spelling=str(fields.get("spelling", "")),
+        spelling=name if spelling == name else spelling,
         since=float(fields.get("since", 0.0)),
     )
 
