@@ -30,7 +30,7 @@ from sshtunnel_mgr.core.admission import Admission, StartupLimits, Verdict
 from sshtunnel_mgr.core.config import LimitsConfig
 from sshtunnel_mgr.core.limits import LISTEN_BACKLOG
 from sshtunnel_mgr.runtime.logsetup import event
-from sshtunnel_mgr.sshcompat import hostkeys
+from sshtunnel_mgr.sshcompat import hostkeys, serverstart
 
 log = logging.getLogger("sshtunnel_mgr.bastion")
 
@@ -249,7 +249,7 @@ class Listener:
     async def _serve(self, arrival: Arrival) -> None:
         """One connection up to its login (or its end)."""
         try:
-            conn = await asyncssh.run_server(arrival.sock, options=self.options)
+            conn = await serverstart.start(arrival.sock, self.options)  # run_server, lighter
         except (asyncssh.Error, OSError) as exc:
             # Left, refused or failed before logging in: BastionConnection logged why.
             event(log, logging.DEBUG, "startup ended", from_=arrival.peer_ip, reason=str(exc))

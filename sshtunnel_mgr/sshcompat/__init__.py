@@ -50,6 +50,8 @@ The shims (name: module):
 - ``keyerrors`` (``keyerrors``): tell "this key needs a passphrase" from other load errors.
 - ``noreload`` (``noreload``): keep a server connection's options through login (no second
   options object built in a thread per login: the bastion has no config file to re-read).
+- ``serverstart`` (``serverstart``): start an accepted connection on the listener's own
+  options (``run_server`` builds a copy per connection, in a thread).
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "hostkeys": ("hostkeys", "SHIM"),
     "keyerrors": ("keyerrors", "SHIM"),
     "noreload": ("noreload", "SHIM"),
+    "serverstart": ("serverstart", "SHIM"),
 }
 NAMES = tuple(_REGISTRY)
 

@@ -80,6 +80,12 @@ def _lookup_reshaped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(asyncssh.connection, "lookup_server_auth", lookup)
 
 
+def _no_waiter(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = asyncssh.connection.SSHConnectionOptions  # no login future declared any more
+    monkeypatch.setattr(options, "__annotations__", {**options.__annotations__})
+    monkeypatch.delitem(options.__annotations__, "waiter")
+
+
 CHANGES: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "authlog": _lookup_reshaped,
     "cork": _reshaped(Connection, "_send"),
@@ -94,6 +100,7 @@ CHANGES: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "forwardreq": _reshaped(Server, "_process_tcpip_forward_global_request"),
     "hostkeys": _reshaped(Server, "send_server_host_keys"),
     "noreload": _reshaped(Server, "reload_config"),
+    "serverstart": _no_waiter,
 }
 
 

@@ -86,6 +86,13 @@ def _reads_encrypted_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def _no_waiter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Server options that no longer carry the login future (a future asyncssh)."""
+    options = asyncssh.connection.SSHConnectionOptions
+    monkeypatch.setattr(options, "__annotations__", {**options.__annotations__})
+    monkeypatch.delitem(options.__annotations__, "waiter")
+
+
 # shim -> how to take its internal away, as a future asyncssh might
 REMOVALS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "authlog": _lookup_renamed,
@@ -102,6 +109,7 @@ REMOVALS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "hostkeys": lambda mp: mp.delattr(Server, "send_server_host_keys"),
     "keyerrors": _reads_encrypted_keys,
     "noreload": lambda mp: mp.delattr(Server, "reload_config"),
+    "serverstart": _no_waiter,
 }
 
 

@@ -1,11 +1,13 @@
-"""Shim ``noreload`` on real logins: an in-process bastion, asyncssh clients logging in.
+"""Shims ``serverstart`` and ``noreload`` on real logins: an in-process bastion, asyncssh
+clients logging in.
 
-Stock asyncssh builds a second ``SSHServerConnectionOptions`` for every connection when
-its user authentication begins (``reload_config``, in an executor thread). With the shim a
-login builds none after the one its connection started with (``run_server``'s), and the
-connection keeps that one; with the shim stepped aside (its internal reshaped, as a
-future asyncssh might) the second one is back and logins work the same. (What it saves:
-about 3.7 KiB per idle agent, idle_agents.py at N = 2,000: 31.7 -> 28.0 KiB.)
+Stock asyncssh builds two ``SSHServerConnectionOptions`` for every server connection, each
+in an executor thread: ``run_server`` copies the given options (they carry the login
+future), and user authentication re-derives them (``reload_config``, for config ``Match``
+blocks). With both shims a login builds none: the connection runs on the listener's one
+options object. With either stepped aside (its internal changed, as a future asyncssh
+might), its copy is back and logins work the same. (What each saves: about 3.7 KiB per
+idle agent; idle_agents.py at N = 2,000: 31.7 -> 28.0 KiB with noreload.)
 """
 
 from __future__ import annotations
@@ -52,11 +54,11 @@ async def test_a_login_builds_no_second_options_object(
     keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built, shims = await _per_login(keys, tmp_path, monkeypatch)
-    assert "noreload" in shims["active"]
-    assert built == 1  # run_server's, for the connection
+    assert {"noreload", "serverstart"} <= set(shims["active"])
+    assert built == 0
 
 
-async def test_stepped_aside_the_stock_second_options_object_is_back(
+async def test_noreload_stepped_aside_the_login_derives_options_again(
     keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stock = asyncssh.SSHServerConnection.reload_config
@@ -67,5 +69,16 @@ async def test_stepped_aside_the_stock_second_options_object_is_back(
 
     monkeypatch.setattr(asyncssh.SSHServerConnection, "reload_config", reshaped)
     built, shims = await _per_login(keys, tmp_path, monkeypatch)
-    assert "noreload" in shims["stepped_aside"]
-    assert built == 2
+    assert list(shims["stepped_aside"]) == ["noreload"]
+    assert built == 1
+
+
+async def test_serverstart_stepped_aside_run_server_copies_the_options_again(
+    keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = asyncssh.connection.SSHConnectionOptions  # no login future declared any more
+    monkeypatch.setattr(options, "__annotations__", {**options.__annotations__})
+    monkeypatch.delitem(options.__annotations__, "waiter")
+    built, shims = await _per_login(keys, tmp_path, monkeypatch)
+    assert list(shims["stepped_aside"]) == ["serverstart"]
+    assert built == 1
