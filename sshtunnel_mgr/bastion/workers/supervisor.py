@@ -1,7 +1,8 @@
 """The supervisor of a multi-process bastion (``workers = N``), a ``runtime.service`` role.
 
 It runs no SSH itself. ``start`` binds the listening sockets (sockets.py), makes a private
-directory (mode 0700) for the workers' admin and relay sockets, and starts the workers;
+directory (mode 0700) for the workers' admin and relay sockets, imports the workers'
+modules and forks the workers from itself (forked.py: those pages stay shared);
 each worker's control line carries its route changes here, and this process applies them
 to the global table and sends each on to every worker (wire.py). A worker that dies is
 restarted with a capped backoff on the same sockets; its routes leave the global table at
