@@ -5,7 +5,8 @@ workers are its children, named ``sshtun-wN``, and share its imported modules' p
 copy-on-write (``Shared_Dirty`` in their smaps: an ``exec``'d worker shares none of its
 heap). Each child closes every descriptor it was not given, so no worker holds the
 supervisor's end of another worker's control line: when the supervisor is killed -9, every
-worker sees its own line close and stops by itself.
+worker sees its own line close and stops by itself, and the private directory of their
+sockets goes with them (nobody else would remove it).
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ def _rollup_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in smaps_rollup of {pid}")
 
 
+def _socket_dir(pid: int) -> Path:
+    """The workers' private directory: where worker ``pid``'s relay socket is bound."""
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        path = line.split()[-1] if len(line.split()) > 7 else ""
+        if "/sshtun-workers-" in path and Path(path).name.startswith("relay-"):
+            inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            if f"socket:[{line.split()[6]}]" in inodes:
+                return Path(path).parent
+    raise AssertionError(f"worker {pid} has no relay socket")
+
+
 def _gone(pid: int) -> bool:
     try:
         return _stat(pid)[0] == "Z"  # ended, not reaped yet (by whoever adopted it)
@@ -49,6 +61,7 @@ async def test_workers_are_forked_children_that_share_the_supervisors_modules(
         s.agent_process(),
     ):
         pids = [w["pid"] for w in (await _status(s))["workers"]]
+        directory = _socket_dir(pids[0])
         for index, pid in enumerate(pids):
             assert int(_stat(pid)[1]) == bastion.pid  # its parent: the supervisor
             assert Path(f"/proc/{pid}/comm").read_text().strip() == f"sshtun-w{index}"
@@ -58,7 +71,8 @@ async def test_workers_are_forked_children_that_share_the_supervisors_modules(
             result = await s.reach(cfg=_from(s, source))
             assert result.returncode == 0, result.stderr
         # The supervisor dies without a word: each worker's control line closes (no
-        # other process holds its far end) and the worker stops by itself.
+        # other process holds its far end), the worker stops by itself, and the last one
+        # out removes the sockets' directory.
         bastion.signalled = True
         os.kill(bastion.pid, signal.SIGKILL)
 
@@ -66,3 +80,4 @@ async def test_workers_are_forked_children_that_share_the_supervisors_modules(
             return all(_gone(pid) for pid in pids)
 
         await _until(all_gone)
+        assert not directory.exists()

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -52,6 +53,7 @@ class WorkerRole(BastionRole):
         self.stop_event = asyncio.Event()
         self.force_event: asyncio.Event | None = None  # the service's, once it exists
         self.mesh.on_stop = self.stop_requested
+        self.orphaned = False  # the supervisor died without stopping this worker
 
     def stop_requested(self) -> None:
         """The supervisor's stop: drain; a second one cuts the drain."""
@@ -67,6 +69,7 @@ class WorkerRole(BastionRole):
 
     async def _line(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self.mesh.run(reader, writer)
+        self.orphaned = not self.stop_event.is_set()
         self.stop_event.set()  # the supervisor is gone: so is this worker
 
     async def ready(self) -> None:
@@ -134,6 +137,8 @@ async def run_worker(args: argparse.Namespace) -> None:
     )
     role.force_event = service.force_exit
     await service.run()
+    if role.orphaned:  # nobody else will: the sockets' directory goes with the last worker
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
