@@ -10,7 +10,12 @@ stays as the bastion made it. So this starts the connection as ``run_server`` do
 accepted socket (asyncssh's ``_connect``: no tunnel, proxy or host canonicalisation for a
 server) on the listener's one options object, handing each connection its own future as it
 is constructed: no thread hop per connection, no options object per idle agent (about
-3.7 KiB each, measured with idle_agents.py).
+3.7 KiB each, measured with idle_agents.py). The object is shared, so a change to it (a
+host key rotation: ``Listener.update``, which re-prepares it in place) is seen by every
+connection that reads it later; a server connection copies what it uses (host keys,
+algorithms, auth methods, timeouts) in its constructor and reads the options again only
+in ``reload_config`` (shim ``noreload``), so, as asyncssh documents for ``update``, the
+change reaches connections accepted after it.
 
 asyncssh internals used: the ``SSHServerConnection(loop, options, acceptor, error_handler,
 wait)`` constructor, which keeps ``options.waiter`` and completes it when ``wait`` is
