@@ -27,12 +27,17 @@ from typing import Any
 
 from sshtunnel_mgr.core import adminpolicy
 from sshtunnel_mgr.core.errors import SshtunError, UnsafeAdminSocket
+from sshtunnel_mgr.runtime.asyncutil import TaskSet
 from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.runtime.admin")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_REQUEST = 64 * 1024
+# At the stop, how long a request being answered may still take, then once cancelled.
+STOP_GRACE = 5.0
+CANCEL_TIMEOUT = 5.0
+_STOPPED = {"ok": False, "error": "the service stopped before it answered"}
 _CLIENT_HINT = (
     "if you did not make that directory, someone else did: remove it and restart the "
     "service, or set admin_socket in the config to a path in a directory only you own"
@@ -101,10 +106,15 @@ def _same(fd: int, directory: Path) -> bool:
 
 
 class AdminServer:
+    """Serves ``handler`` on the socket at ``path``; each request is a task of its own,
+    kept until it ends, so ``stop()`` can let it finish or cancel it (asyncio's
+    ``wait_closed()`` waits for none of them on Python 3.11)."""
+
     def __init__(self, path: Path, handler: Handler) -> None:
         self.path = path
         self._handler = handler
         self._server: asyncio.AbstractServer | None = None
+        self._requests = TaskSet(_request_failed)
 
     async def start(self) -> bool:
         """Bind the socket; False (with a warning saying why) if it cannot be created or its
@@ -129,7 +139,7 @@ class AdminServer:
                 self.path.unlink()  # stale, from a process that is gone
             old = os.umask(0o177)
             try:
-                self._server = await asyncio.start_unix_server(self._serve, str(self.path))
+                self._server = await asyncio.start_unix_server(self._accept, str(self.path))
             finally:
                 os.umask(old)
             os.chmod(self.path, 0o600)
@@ -145,6 +155,9 @@ class AdminServer:
             os.close(fd)
         event(log, logging.INFO, "admin socket", path=self.path)
         return True
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._requests.spawn(self._serve(reader, writer), "admin request")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -164,6 +177,9 @@ class AdminServer:
                 response = await self._handler(request)
             except (ValueError, KeyError) as exc:
                 response = {"ok": False, "error": f"bad request: {exc}"}
+            except asyncio.CancelledError:  # stop(): the answer goes out as the socket closes
+                writer.write(json.dumps(_STOPPED).encode() + b"\n")
+                raise
             writer.write(json.dumps(response).encode() + b"\n")
             await writer.drain()
         except (OSError, TimeoutError, ValueError):  # ValueError: a line over the limit
@@ -172,18 +188,32 @@ class AdminServer:
             writer.close()
 
     def close(self) -> None:
-        """Stop listening and remove the socket file (connections being answered finish;
-        ``stop()`` waits for them)."""
+        """Stop listening and remove the socket file (requests being answered go on;
+        ``stop()`` ends them)."""
         if self._server is not None and self._server.is_serving():
             self._server.close()
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
 
     async def stop(self) -> None:
+        """Stop listening, give the requests being answered ``STOP_GRACE`` seconds to
+        finish, then cancel the rest (each is told the service stopped) and wait for them,
+        at most ``CANCEL_TIMEOUT`` seconds: none outlives the service."""
         if self._server is not None:
             self.close()
             await self._server.wait_closed()
             self._server = None
+        grace = STOP_GRACE
+        if len(self._requests) and grace > 0:
+            with contextlib.suppress(TimeoutError):  # cancelling the wait leaves them running
+                await asyncio.wait_for(self._requests.wait(), grace)
+        left = await self._requests.cancel_all(CANCEL_TIMEOUT)
+        if left:
+            event(log, logging.ERROR, "tasks did not end", tasks=",".join(left))
+
+
+def _request_failed(name: str, exc: BaseException) -> None:
+    event(log, logging.ERROR, "admin request failed", error=repr(exc), exc_info=exc)
 
 
 async def _answers(path: Path) -> bool:

@@ -4,6 +4,10 @@ connection a hand-over left have ended, and the agent's ``stop`` only once a key
 rotation's retiring has. Otherwise the tasks were only cancelled, and ended (or, with the
 loop closed first, were destroyed while pending) after their owner had said it stopped.
 
+The admin socket likewise: its ``stop`` lets a request being answered finish for a grace
+period, then cancels it and waits for it (asyncio's ``wait_closed`` waits for none of them
+on Python 3.11, so a request could run on after the service had stopped).
+
 Real peers: an in-process sshtun bastion, the agent's link (or the whole agent) and a
 routed session through it; the home target is a TCP service that never sends an SSH
 banner, so the announcement of its host key stays in flight. No sleeps: each step waits
@@ -22,6 +26,8 @@ import pytest
 
 from sshtunnel_mgr.agent.link import BastionLink
 from sshtunnel_mgr.keys.store import key_fingerprint, load_private_key
+from sshtunnel_mgr.runtime import admin
+from sshtunnel_mgr.runtime.admin import AdminServer, query
 from tests.harness import Keys, access_text, agent_config, running_agent, wait_for
 from tests.integration.scene import Scene, scene, tcp_service
 
@@ -142,3 +148,70 @@ async def test_an_agent_stopped_while_retiring_the_old_key_leaves_no_task(
         close_session()
         assert len(seen) >= 1
     assert loop_complaints(caplog) == []
+
+
+@contextlib.asynccontextmanager
+async def held_admin(tmp_path: Path) -> AsyncIterator[tuple[AdminServer, asyncio.Event, list[str]]]:
+    """An admin socket whose handler waits for the returned event; ``ends`` gets one
+    entry per request as its handler ends ("answered" or "cancelled")."""
+    release = asyncio.Event()
+    ends: list[str] = []
+
+    async def handler(request: dict[str, object]) -> dict[str, object]:
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            ends.append("cancelled")
+            raise
+        ends.append("answered")
+        return {"ok": True, "cmd": request.get("cmd")}
+
+    server = AdminServer(tmp_path / "run" / "admin.sock", handler)
+    assert await server.start()
+    try:
+        yield server, release, ends
+    finally:
+        release.set()  # a test that failed half-way leaves no request behind either
+        await server.stop()
+
+
+def admin_requests(before: set[asyncio.Task[object]]) -> list[asyncio.Task[object]]:
+    return [
+        t
+        for t in asyncio.all_tasks() - before
+        if getattr(t.get_coro(), "__qualname__", "") == "AdminServer._serve"
+    ]
+
+
+async def test_the_admin_socket_stopped_lets_a_request_finish_within_its_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(admin, "STOP_GRACE", 60.0)
+    async with held_admin(tmp_path) as (server, release, ends):
+        before = asyncio.all_tasks()
+        asked = asyncio.create_task(query(server.path, {"cmd": "status"}, timeout=60))
+        await wait_for(lambda: len(admin_requests(before)) == 1)
+        [serving] = admin_requests(before)
+        stopping = asyncio.create_task(server.stop())
+        await wait_for(lambda: not server.path.exists())  # no longer listening
+        assert not stopping.done()  # ... but the request is still being answered
+        release.set()
+        await asyncio.wait_for(stopping, 30)
+        assert serving.done() and ends == ["answered"]
+        assert await asyncio.wait_for(asked, 30) == {"ok": True, "cmd": "status"}
+
+
+async def test_the_admin_socket_stopped_cancels_a_request_past_its_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(admin, "STOP_GRACE", 0.0)
+    async with held_admin(tmp_path) as (server, _release, ends):
+        before = asyncio.all_tasks()
+        asked = asyncio.create_task(query(server.path, {"cmd": "rotate"}, timeout=60))
+        await wait_for(lambda: len(admin_requests(before)) == 1)
+        [serving] = admin_requests(before)
+        await asyncio.wait_for(server.stop(), 30)
+        # Nothing outlives the stop: the handler was cancelled and its task has ended.
+        assert serving.done() and ends == ["cancelled"]
+        answer = await asyncio.wait_for(asked, 30)
+        assert answer == {"ok": False, "error": "the service stopped before it answered"}
