@@ -12,6 +12,7 @@ after a drain limit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +25,8 @@ from sshtunnel_mgr.runtime.asyncutil import TaskSet, wait_either
 from sshtunnel_mgr.runtime.logsetup import event
 
 log = logging.getLogger("sshtunnel_mgr.agent")
+
+CLOSE_TIMEOUT = 5.0  # how long a closed connection may take to end
 
 Connect = Callable[[asyncssh.SSHKey], Awaitable[asyncssh.SSHClientConnection]]
 
@@ -38,7 +41,8 @@ async def prepare(
 ) -> tuple[asyncssh.SSHClientConnection, Listeners] | str:
     """A new connection with ``key`` that publishes ``tunnels``, at least every name of
     ``wanted`` (what the old connection serves); or why there is none (nothing is left
-    open then)."""
+    open then). Cancelled (the agent stops), it closes the new connection, and waits for
+    it to end, before the cancellation goes on."""
     try:
         new = await connect(key)
     except (OSError, asyncssh.Error, TimeoutError) as exc:
@@ -48,8 +52,9 @@ async def prepare(
     except (OSError, asyncssh.Error) as exc:
         new.close()
         return f"the new connection failed: {describe(exc)}"
-    except BaseException:
+    except BaseException:  # cancelled (the agent stops): the new connection goes first
         new.close()
+        await closed(new)
         raise
     if missing := sorted(set(wanted) - set(listeners)):
         new.close()
@@ -57,6 +62,12 @@ async def prepare(
             f"{m} ({refused.get(m, 'refused')})" for m in missing
         )
     return new, listeners
+
+
+async def closed(conn: asyncssh.SSHClientConnection) -> None:
+    """Wait (at most ``CLOSE_TIMEOUT`` seconds) until ``conn``, told to close, has closed."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(conn.wait_closed(), CLOSE_TIMEOUT)
 
 
 async def drain(conn: asyncssh.SSHClientConnection, timeout: float | None) -> bool:

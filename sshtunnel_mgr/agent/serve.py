@@ -133,9 +133,16 @@ class Agent:
     async def ready(self) -> None:
         await self.ready_event.wait()
 
+    @property
+    def stopping(self) -> bool:
+        """The stop has begun (a key rotation asked for now is refused)."""
+        return self._stop.is_set()
+
     async def stop(self, grace: float | None) -> None:
-        """Close every link (each closes its connection); wait for them at most ``grace``
-        seconds (None: ``STOP_GRACE``), the service cancels what is left."""
+        """Cancel a key rotation under way and wait for it (a hand-over closes the new
+        connection it was making; the rotation is left as a crash there leaves it, for a
+        rerun to finish), close every link (each closes its connection); wait for them at
+        most ``grace`` seconds (None: ``STOP_GRACE``), the service cancels what is left."""
         self._stop.set()
         await self.rotator.aclose()
         grace = STOP_GRACE if grace is None else grace
