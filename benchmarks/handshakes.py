@@ -52,10 +52,7 @@ from bench_tunnel import (
     SRC_LABEL,
     Env,
     Procs,
-    become_subreaper,
-    cancellable,
     check_bounds,
-    environment,
     finish,
     log,
     reap_orphans,
@@ -63,10 +60,8 @@ from bench_tunnel import (
 )
 from scaling import (
     CoreSampler,
-    check_workers,
-    loadavg,
+    measured,
     med,
-    raise_nofile,
     spread,
     start_bastion,
     workers_supported,
@@ -252,32 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not SSHD:
         print("handshakes: needs OpenSSH sshd", file=sys.stderr)
         return 2
-    why = check_workers(args.workers)
-    if why:
-        print(f"handshakes: {why}", file=sys.stderr)
-        return 2
-    raise_nofile(4096)
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    become_subreaper()
-    env = environment()
-    load_before = loadavg()
-    started = time.time()
-    try:
-        setups = asyncio.run(cancellable(run(args)))
-    except asyncio.CancelledError:
-        print("handshakes: interrupted; every process it started is stopped", file=sys.stderr)
-        return 130
-    report(setups, args, env)
-    print(
-        f"load average (1/5/15 min) before {load_before}, after {loadavg()}; "
-        f"took {time.time() - started:.0f}s"
-    )
-    if args.json:
-        args.json.write_text(
-            json.dumps({"environment": env, "runs": {s.name: s.runs for s in setups}}, indent=1)
-            + "\n"
-        )
-    return 0
+    status, _ = measured("handshakes", args, run, report, lambda s: (s.name, s.runs))
+    return status
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -51,10 +50,7 @@ from bench_tunnel import (
     Env,
     MiB,
     Procs,
-    become_subreaper,
-    cancellable,
     check_bounds,
-    environment,
     finish,
     kill_tree,
     launch,
@@ -64,11 +60,9 @@ from bench_tunnel import (
 )
 from scaling import (
     CoreSampler,
-    check_workers,
     client_config,
-    loadavg,
+    measured,
     med,
-    raise_nofile,
     spread,
     start_agent,
     start_bastion,
@@ -399,31 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not SSH or not SSHD:
         print("parallel_streams: needs OpenSSH ssh and sshd", file=sys.stderr)
         return 2
-    why = check_workers(args.workers)
-    if why:
-        print(f"parallel_streams: {why}", file=sys.stderr)
-        return 2
-    raise_nofile(4096)
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    become_subreaper()
-    env = environment()
-    load_before = loadavg()
-    started = time.time()
-    try:
-        setups = asyncio.run(cancellable(run(args)))
-    except asyncio.CancelledError:
-        print("parallel_streams: interrupted; every process it started is stopped", file=sys.stderr)
-        return 130
-    report(setups, args, env)
-    print(
-        f"load average (1/5/15 min) before {load_before}, after {loadavg()}; "
-        f"took {time.time() - started:.0f}s"
-    )
-    if args.json:
-        args.json.write_text(
-            json.dumps({"environment": env, "runs": {s.name: s.rounds for s in setups}}, indent=1)
-            + "\n"
-        )
+    status, setups = measured("parallel_streams", args, run, report, lambda s: (s.name, s.rounds))
+    if status:
+        return status
     ok = all(x["ok"] == x["streams"] for s in setups for xs in s.rounds.values() for x in xs)
     return 0 if ok else 1
 

@@ -1,7 +1,8 @@
-"""What idle_agents.py and parallel_streams.py share: the sshtun bastion with a chosen
-access file and ``workers``, a process tree's memory and CPU read from /proc (every worker
-and the supervisor, or sshd's listener and every per-connection child), a 10 Hz sampler of
-the tree's cores, strict client configs for ``ssh -J``, and the summary numbers.
+"""What idle_agents.py, parallel_streams.py and handshakes.py share: the sshtun bastion
+with a chosen access file and ``workers``, a process tree's memory and CPU read from /proc
+(every worker and the supervisor, or sshd's listener and every per-connection child), a
+10 Hz sampler of the tree's cores, strict client configs for ``ssh -J``, the summary
+numbers, and the shell of a main that compares setups (``measured``).
 
 Helpers from bench_tunnel (processes, /proc), scene.py (banner wait) and tests/harness.py
 (keys, configs) are reused, not copied.
@@ -9,18 +10,31 @@ Helpers from bench_tunnel (processes, /proc), scene.py (banner wait) and tests/h
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import statistics
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from bench_tunnel import HOST_STAR, Mem, Procs, cpu_seconds, log, memory
+from bench_tunnel import (
+    HOST_STAR,
+    Mem,
+    Procs,
+    become_subreaper,
+    cancellable,
+    cpu_seconds,
+    environment,
+    log,
+    memory,
+)
 from bench_tunnel.common import CLK_TCK
 from scene import wait_banner
 
@@ -276,3 +290,43 @@ def spread(xs: Sequence[float], digits: int = 1, scale: float = 1.0) -> str:
 
 def loadavg() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# A main that compares setups --------------------------------------------------------------
+S = TypeVar("S")
+
+
+def measured(
+    name: str,
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, list[S]]],
+    report: Callable[[list[S], argparse.Namespace, dict[str, Any]], None],
+    runs_of: Callable[[S], tuple[str, Any]],
+) -> tuple[int, list[S]]:
+    """Check ``--workers``, prepare the machine (file limit, /run/sshd, subreaper), run the
+    setups, print their table with the load before and after, write ``--json``: the exit
+    status (2: cannot measure, 130: interrupted) and the setups."""
+    why = check_workers(args.workers)
+    if why:
+        print(f"{name}: {why}", file=sys.stderr)
+        return 2, []
+    raise_nofile(4096)
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    become_subreaper()
+    env = environment()
+    load_before = loadavg()
+    started = time.time()
+    try:
+        setups = asyncio.run(cancellable(run(args)))
+    except asyncio.CancelledError:
+        print(f"{name}: interrupted; every process it started is stopped", file=sys.stderr)
+        return 130, []
+    report(setups, args, env)
+    print(
+        f"load average (1/5/15 min) before {load_before}, after {loadavg()}; "
+        f"took {time.time() - started:.0f}s"
+    )
+    if args.json:
+        runs = dict(runs_of(s) for s in setups)
+        args.json.write_text(json.dumps({"environment": env, "runs": runs}, indent=1) + "\n")
+    return 0, setups
